@@ -1,0 +1,7 @@
+"""``python -m zeroft``: see zeroft.cli."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,156 @@
+"""Decoupled object cross-attention in a diffusers UNet, in IP-Adapter's layout.
+
+The paper inserts extra attention modules that attend to the object embedding (Jia et al.,
+2023, sec. 3.2). zeroft realises them as decoupled cross-attention (Ye et al., 2023,
+IP-Adapter): every UNet cross-attention layer gets its own key/value projections for object
+tokens, and a projection maps the (B, D) image embedding to ``num_tokens`` tokens of the
+UNet's cross-attention width. diffusers' own IP-Adapter processors do the attention, so no
+attention code lives here, and the weights use IP-Adapter's key layout:
+
+    image_proj.proj.weight / proj.bias / norm.weight / norm.bias
+    ip_adapter.{1,3,5,...}.to_k_ip.weight / to_v_ip.weight
+
+(numbered over ``unet.attn_processors`` in order, odd numbers for the cross-attention
+entries), which plain diffusers loads with ``pipe.load_ip_adapter``.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
+from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
+
+IP_PROCESSORS = (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)
+
+
+def _cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
+    """Names of the cross-attention processors (attn2), in diffusers' numbering order."""
+    return [name for name in unet.attn_processors if not name.endswith("attn1.processor") and "motion_modules" not in name]
+
+
+def _attention_module(unet: UNet2DConditionModel, processor_name: str):
+    return unet.get_submodule(processor_name[: -len(".processor")])
+
+
+def has_object_attention(unet: UNet2DConditionModel) -> bool:
+    return any(isinstance(p, IP_PROCESSORS) for p in unet.attn_processors.values())
+
+
+def initial_adapter_state_dict(
+    unet: UNet2DConditionModel, image_embed_dim: int, num_tokens: int = 4, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Fresh adapter weights: object key/value copied from the text ones, a random projection.
+
+    Starting the object key/value from the text key/value (as IP-Adapter does) lets object
+    tokens, which the projection places in the text tokens' space, be attended to sensibly
+    from the first training step.
+    """
+    cross_dim = unet.config.cross_attention_dim
+    generator = torch.Generator().manual_seed(seed)
+    proj = torch.nn.Linear(image_embed_dim, num_tokens * cross_dim)
+    bound = 1.0 / image_embed_dim**0.5  # nn.Linear's default init, drawn from our own generator
+    state = {
+        "image_proj.proj.weight": (torch.rand(proj.weight.shape, generator=generator) * 2 - 1) * bound,
+        "image_proj.proj.bias": (torch.rand(proj.bias.shape, generator=generator) * 2 - 1) * bound,
+        "image_proj.norm.weight": torch.ones(cross_dim),
+        "image_proj.norm.bias": torch.zeros(cross_dim),
+    }
+    for index, name in enumerate(_cross_attention_layers(unet)):
+        attention = _attention_module(unet, name)
+        key = 2 * index + 1
+        state[f"ip_adapter.{key}.to_k_ip.weight"] = attention.to_k.weight.detach().float().cpu().clone()
+        state[f"ip_adapter.{key}.to_v_ip.weight"] = attention.to_v.weight.detach().float().cpu().clone()
+    return state
+
+
+def load_object_attention(unet: UNet2DConditionModel, state_dict: dict[str, torch.Tensor]) -> None:
+    """Install IP-Adapter processors and the projection into ``unet`` and load ``state_dict``.
+
+    Args:
+        unet: any SD-family UNet with cross-attention.
+        state_dict: flat dict in IP-Adapter layout (see the module docstring).
+    """
+    nested: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in state_dict.items():
+        group, _, rest = key.partition(".")
+        if group not in nested:
+            raise ValueError(f"unexpected adapter weight {key!r} (expected image_proj.* or ip_adapter.*)")
+        nested[group][rest] = value
+    proj = nested["image_proj"].get("proj.weight")
+    if proj is None:
+        raise ValueError("adapter weights lack image_proj.proj.weight: only the plain IP-Adapter projection is supported")
+    cross_dim = nested["image_proj"]["norm.weight"].shape[0]
+    if cross_dim != unet.config.cross_attention_dim:
+        raise ValueError(
+            f"adapter was made for cross_attention_dim {cross_dim}, this UNet has {unet.config.cross_attention_dim}"
+        )
+    expected = len(_cross_attention_layers(unet))
+    if len(nested["ip_adapter"]) != 2 * expected:
+        raise ValueError(f"adapter has {len(nested['ip_adapter']) // 2} attention layers, this UNet has {expected}")
+    # The steps of diffusers' `unet._load_ip_adapter_weights`, minus its final `unet.to(dtype)`,
+    # which quantized UNets refuse: the new modules are moved on their own instead.
+    reference = unet.conv_in.weight  # convolutions are never quantized: the compute dtype and device
+    num_tokens = proj.shape[0] // cross_dim
+    unet.encoder_hid_proj = None
+    processors = unet._convert_ip_adapter_attn_to_diffusers([nested], low_cpu_mem_usage=False)
+    for processor in processors.values():
+        if isinstance(processor, IP_PROCESSORS):
+            processor.to(device=reference.device, dtype=reference.dtype)
+            processor.num_tokens = [num_tokens]
+    unet.set_attn_processor(processors)
+    # diffusers' converter assumes IP-Adapter's 4 tokens for this layout; build the projection here.
+    layer = ImageProjection(proj.shape[1], cross_dim, num_tokens)
+    layer.load_state_dict({k.replace("proj.", "image_embeds."): v for k, v in nested["image_proj"].items()})
+    unet.encoder_hid_proj = MultiIPAdapterImageProjection([layer]).to(device=reference.device, dtype=reference.dtype)
+    unet.config.encoder_hid_dim_type = "ip_image_proj"
+
+
+def install_object_attention(
+    unet: UNet2DConditionModel, image_embed_dim: int, num_tokens: int = 4, seed: int = 0
+) -> None:
+    """Add fresh, trainable object attention to ``unet`` (see :func:`initial_adapter_state_dict`).
+
+    Example:
+        >>> from zeroft.tiny import tiny_unet
+        >>> unet = tiny_unet()
+        >>> install_object_attention(unet, image_embed_dim=16)
+        >>> sorted(adapter_state_dict(unet))[:2]
+        ['image_proj.norm.bias', 'image_proj.norm.weight']
+    """
+    load_object_attention(unet, initial_adapter_state_dict(unet, image_embed_dim, num_tokens, seed))
+
+
+def adapter_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """The object-attention weights of ``unet`` in IP-Adapter layout (contiguous CPU tensors)."""
+    if not has_object_attention(unet):
+        raise ValueError("this UNet has no object attention installed")
+    layer = unet.encoder_hid_proj.image_projection_layers[0]
+    state = {
+        "image_proj.proj.weight": layer.image_embeds.weight,
+        "image_proj.proj.bias": layer.image_embeds.bias,
+        "image_proj.norm.weight": layer.norm.weight,
+        "image_proj.norm.bias": layer.norm.bias,
+    }
+    processors = unet.attn_processors
+    for index, name in enumerate(_cross_attention_layers(unet)):
+        processor = processors[name]
+        state[f"ip_adapter.{2 * index + 1}.to_k_ip.weight"] = processor.to_k_ip[0].weight
+        state[f"ip_adapter.{2 * index + 1}.to_v_ip.weight"] = processor.to_v_ip[0].weight
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def adapter_parameters(unet: UNet2DConditionModel) -> list[torch.nn.Parameter]:
+    """The trainable object-attention parameters: projection + every to_k_ip / to_v_ip."""
+    params = list(unet.encoder_hid_proj.parameters())
+    for processor in unet.attn_processors.values():
+        if isinstance(processor, IP_PROCESSORS):
+            params += list(processor.parameters())
+    return params
+
+
+def set_object_scale(unet: UNet2DConditionModel, scale: float) -> None:
+    """Scale of the object-attention output in every layer (0 = the plain text-to-image UNet)."""
+    for processor in unet.attn_processors.values():
+        if isinstance(processor, IP_PROCESSORS):
+            processor.scale = [scale]

@@ -1,0 +1,109 @@
+"""Bounded, observable caches: object masks and embeddings, prompt embeddings, whole pipelines.
+
+Every cache is an LRU with a size bound and hit/miss counters, so tests and benchmarks can
+check that a repeated photo runs neither the masker nor the encoder, and an app process can
+report what it holds. Keys are content hashes, never user or session ids: two users who upload
+the same photo share an embedding, and no one can reach another's data except by having the
+same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    size: int = 0
+    maxsize: int = 0
+
+
+class LRUCache:
+    """A thread-safe least-recently-used cache.
+
+    Example:
+        >>> cache = LRUCache(maxsize=2)
+        >>> cache.get_or_create("a", lambda: 1), cache.get_or_create("a", lambda: 2)
+        (1, 1)
+        >>> cache.stats.hits, cache.stats.misses
+        (1, 1)
+    """
+
+    def __init__(self, maxsize: int):
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.maxsize = maxsize
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.RLock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+            self.misses += 1
+            return default
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    def get_or_create(self, key: Hashable, create: Callable[[], Any]) -> Any:
+        """Return the cached value, or ``create()`` it, store it and return it.
+
+        ``create`` runs outside the lock so that a slow computation (loading a model) does not
+        block lookups of other keys; two callers racing on one new key may both compute it.
+        """
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+            self.misses += 1
+        value = create()
+        self.put(key, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    @property
+    def stats(self) -> CacheStats:
+        return CacheStats(self.hits, self.misses, len(self._items), self.maxsize)
+
+
+def image_digest(image: Image.Image) -> str:
+    """Content hash of an RGB image's pixels and size."""
+    digest = hashlib.sha256()
+    digest.update(f"{image.mode}{image.size}".encode())
+    digest.update(np.asarray(image).tobytes())
+    return digest.hexdigest()
+
+
+def mask_digest(mask: np.ndarray) -> str:
+    """Content hash of a soft mask, quantised to 8 bits so float noise does not miss the cache."""
+    quantised = np.round(np.asarray(mask, dtype=np.float32) * 255).astype(np.uint8)
+    return hashlib.sha256(f"{quantised.shape}".encode() + quantised.tobytes()).hexdigest()

@@ -1,0 +1,163 @@
+"""Command line: ``python -m zeroft generate | mask | import-ip-adapter``.
+
+Bad input prints one plain ``error:`` line and exits with status 2; a model that cannot be
+loaded (no Hub, no rembg model file) exits with status 3. Outputs never overwrite earlier runs: each run takes the next free number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+from .errors import InputError, ModelUnavailableError
+from .presets import EMBEDDED_CHECKPOINT, PRESET_NAMES
+
+logger = logging.getLogger("zeroft")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m zeroft", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="images of the object in a photo, in the scene a prompt describes")
+    gen.add_argument("--checkpoint", default=None,
+                     help=f"checkpoint folder, Hub repo id or preset ({', '.join(PRESET_NAMES)}); "
+                          f"default: the embedded {EMBEDDED_CHECKPOINT.name}")
+    gen.add_argument("--image", required=True, nargs="+", help="reference photo(s) of ONE object")
+    gen.add_argument("--mask", nargs="+", default=None, help="mask(s) for the photo(s); white marks the object")
+    gen.add_argument("--prompt", required=True, help="the scene to put the object in")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--num-images", type=int, default=1)
+    gen.add_argument("--text-guidance", type=float, default=None, help="w_text, 0..30 (default: the checkpoint's)")
+    gen.add_argument("--object-guidance", type=float, default=None, help="w_obj, 0..30 (default: the checkpoint's)")
+    gen.add_argument("--steps", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=None, help="default: random (recorded in the settings JSON)")
+    gen.add_argument("--height", type=int, default=None)
+    gen.add_argument("--width", type=int, default=None)
+    gen.add_argument("--quantization", default="none", choices=["none", "int8", "bnb-8bit", "bnb-4bit"])
+    gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    gen.add_argument("--offload", action="store_true", help="model CPU offload (CUDA only)")
+    gen.add_argument("--masker", default=None, help="override the automatic masker: border | rembg:<model>")
+    gen.add_argument("--out", required=True, help="output folder")
+
+    mask = commands.add_parser("mask", help="write the automatic object mask of a photo")
+    mask.add_argument("image")
+    mask.add_argument("--out", required=True, help="mask PNG to write")
+    mask.add_argument("--masker", default=None, help="border | rembg:<model> (default: the checkpoint's)")
+    mask.add_argument("--checkpoint", default=None, help="take the masker from this checkpoint")
+
+    imp = commands.add_parser("import-ip-adapter", help="make a checkpoint from public IP-Adapter SD1.5 weights")
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--adapter-file", default=None, help="local ip-adapter_sd15.safetensors (default: download)")
+    return parser.parse_args(argv)
+
+
+def _checkpoint(name: str | None) -> str:
+    if name is not None:
+        return name
+    if not EMBEDDED_CHECKPOINT.is_dir():
+        raise InputError(f"The embedded checkpoint {EMBEDDED_CHECKPOINT} is missing; pass --checkpoint.")
+    return str(EMBEDDED_CHECKPOINT)
+
+
+def _next_run(out: Path) -> int:
+    taken = [int(p.stem.split("_")[1]) for p in out.glob("zeroft_*.json") if p.stem.split("_")[1].isdigit()]
+    return max(taken, default=0) + 1
+
+
+def generate(args: argparse.Namespace) -> Path:
+    from PIL import Image
+    from tqdm import tqdm
+
+    from .pipeline import ZeroFTPipeline
+
+    checkpoint = _checkpoint(args.checkpoint)
+    if args.mask is not None and len(args.mask) != len(args.image):
+        raise InputError(f"Got {len(args.image)} photos but {len(args.mask)} masks; give one mask per photo.")
+    seed = random.randrange(2**31) if args.seed is None else args.seed
+    pipe = ZeroFTPipeline.from_pretrained(checkpoint, device=args.device, quantization=args.quantization,
+                                          offload=args.offload, masker=args.masker)
+    pipe.set_progress_bar_config(disable=True)
+    defaults = pipe.zeroft_config.defaults
+    steps = args.steps if args.steps is not None else defaults.steps
+    start = time.perf_counter()
+    with tqdm(total=steps, desc="generating", unit="step") as bar:
+        output = pipe(
+            args.prompt, object_image=args.image, object_mask=args.mask, negative_prompt=args.negative_prompt,
+            text_guidance=args.text_guidance, object_guidance=args.object_guidance, num_images=args.num_images,
+            num_inference_steps=steps, seed=seed, height=args.height, width=args.width,
+            callback=lambda step, total: bar.update(1),
+        )
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _next_run(out)
+    files = []
+    for index, (image, image_seed) in enumerate(zip(output.images, output.seeds)):
+        path = out / f"zeroft_{run:03d}_{index}_seed{image_seed}.png"
+        image.save(path)
+        files.append(path.name)
+    for index, mask in enumerate(output.masks):
+        Image.fromarray((mask * 255).round().astype("uint8")).save(out / f"zeroft_{run:03d}_mask{index}.png")
+    settings = {
+        "checkpoint": checkpoint, "images": [str(p) for p in args.image], "masks": args.mask,
+        "prompt": args.prompt,
+        "negative_prompt": defaults.negative_prompt if args.negative_prompt is None else args.negative_prompt,
+        "text_guidance": defaults.text_guidance if args.text_guidance is None else args.text_guidance,
+        "object_guidance": defaults.object_guidance if args.object_guidance is None else args.object_guidance,
+        "steps": steps, "seed": seed, "seeds": output.seeds, "num_images": args.num_images,
+        "height": args.height or defaults.height, "width": args.width or defaults.width,
+        "quantization": args.quantization, "device": str(pipe._execution_device), "masker": pipe.masker.spec,
+        "seconds": round(seconds, 3), "outputs": files,
+    }
+    (out / f"zeroft_{run:03d}.json").write_text(json.dumps(settings, indent=2) + "\n")
+    print(f"wrote {len(files)} image(s) and zeroft_{run:03d}.json to {out} in {seconds:.1f} s")
+    return out
+
+
+def mask(args: argparse.Namespace) -> Path:
+    from PIL import Image
+
+    from .config import ZeroFTConfig
+    from .images import load_image
+    from .masking import Masker, prepare_mask
+
+    spec = args.masker
+    if spec is None:
+        from .checkpoint import resolve_checkpoint
+
+        spec = ZeroFTConfig.load(resolve_checkpoint(_checkpoint(args.checkpoint))).masker
+    photo = load_image(args.image)
+    matte = photo.alpha if photo.alpha is not None else Masker(spec)(photo.rgb)
+    matte = prepare_mask(matte, photo.rgb.size)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((matte * 255).round().astype("uint8")).save(out)
+    print(f"wrote {out} ({photo.rgb.width}x{photo.rgb.height}, object covers {float((matte >= 0.5).mean()):.1%})")
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "generate":
+            generate(args)
+        elif args.command == "mask":
+            mask(args)
+        else:
+            from .presets import import_ip_adapter
+
+            print(f"wrote {import_ip_adapter(args.out, args.adapter_file)}")
+    except (InputError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ModelUnavailableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,103 @@
+"""The checkpoint configuration: what ``zeroft_config.json`` holds, as frozen dataclasses.
+
+A zeroft checkpoint is a folder (local or a Hub repo) with:
+
+- ``zeroft_config.json``: this module's :class:`ZeroFTConfig`;
+- ``adapter.safetensors``: projection + per-layer object key/value weights in IP-Adapter key
+  layout (``image_proj.*``, ``ip_adapter.N.to_k_ip/to_v_ip.weight``);
+- ``unet/``: the whole tuned UNet, only when the whole network was trained;
+- ``README.md``: the model card.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "zeroft_config.json"
+ADAPTER_NAME = "adapter.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The frozen object encoder f_o and how the photo is prepared for it."""
+
+    model_name: str = "ViT-H-14"  # open_clip architecture; IP-Adapter SD1.5 was trained on this one
+    pretrained: str | None = "laion2b_s32b_b79k"  # open_clip tag, fetched from the Hub as safetensors
+    path: str | None = None  # sub-folder of the checkpoint in open_clip's local layout; wins over the two above
+    background_fill: str = "gray"  # replaces the masked-out background (x ⊗ m): "gray" | "white" | "black" | "none"
+    crop_to_object: bool = True  # crop to the mask's box before encoding, so the object fills the encoder's view
+    crop_margin: float = 0.1  # box widened by this fraction of its size, keeping a little context at the edges
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Settings a checkpoint was tuned for; the CLI and the app start from these."""
+
+    text_guidance: float = 7.5  # w_text; the usual Stable Diffusion value
+    object_guidance: float = 5.0  # w_obj; lower follows the text more, higher copies the object more
+    steps: int = 30  # sampler steps
+    height: int = 512  # the base model's native size
+    width: int = 512
+    negative_prompt: str = ""  # what ε(∅, ϕ) is conditioned on
+
+
+@dataclass(frozen=True)
+class ZeroFTConfig:
+    """Everything needed to rebuild a :class:`~zeroft.ZeroFTPipeline` from its folder."""
+
+    base_model: str  # diffusers SD-family pipeline: Hub id, or a sub-folder of this checkpoint
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    image_embed_dim: int = 1024  # width of the encoder output; checked against the encoder on load
+    cross_attention_dim: int = 768  # the UNet's text-token width; object tokens share it
+    num_tokens: int = 4  # object tokens per photo; plain diffusers `load_ip_adapter` assumes 4
+    unet_tuned: bool = False  # True when unet/ holds a whole-network fine-tune
+    masker: str = "rembg:u2net"  # automatic mask (see zeroft.masking); "border" needs no download
+    base_revision: str | None = None  # pinned Hub revision of base_model, for reproducibility
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+    training: dict[str, Any] = field(default_factory=dict)  # recipe summary written by train/, shown in the card
+    licenses: dict[str, str] = field(default_factory=dict)  # licence of each part, shown in the card
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ZeroFTConfig":
+        data = dict(data)
+        version = data.get("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"This checkpoint uses zeroft format {version}; this zeroft reads up to {FORMAT_VERSION}. Upgrade zeroft."
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown keys in {CONFIG_NAME}: {unknown}")
+        data["encoder"] = _sub(EncoderConfig, data.get("encoder", {}))
+        data["defaults"] = _sub(GenerationDefaults, data.get("defaults", {}))
+        return cls(**data)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ZeroFTConfig":
+        path = Path(folder) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a zeroft checkpoint: {CONFIG_NAME} is missing")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def save(self, folder: str | Path) -> None:
+        (Path(folder) / CONFIG_NAME).write_text(self.to_json())
+
+    def replace(self, **changes: Any) -> "ZeroFTConfig":
+        return replace(self, **changes)
+
+
+def _sub(kind, data: dict[str, Any]):
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Unknown keys in {CONFIG_NAME} section {kind.__name__}: {unknown}")
+    return kind(**data)

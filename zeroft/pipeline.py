@@ -1,0 +1,327 @@
+"""``ZeroFTPipeline``: Stable Diffusion conditioned on one object photo, with two guidance weights.
+
+A subclass of diffusers' ``StableDiffusionPipeline`` that reuses its prompt encoding, latent
+preparation and scheduler handling, and adds (1) the masked object encoder, (2) decoupled
+object cross-attention in the UNet (zeroft.adapter) and (3) guidance with separate text and
+object weights, evaluated as up to three UNet branches in one batched call:
+
+    ε̂ = ε(∅,ϕ) + w_text·[ε(c,ϕ) − ε(∅,ϕ)] + w_obj·[ε(c,o) − ε(c,ϕ)]
+
+where c is the prompt, ∅ the negative prompt, o the object embedding and ϕ the null object
+embedding (all zeros, what training drops to). This generalises the paper's classifier-free
+guidance ε̂ = w·ε(x,c) + (1−w)·ε(x,∅) (Jia et al., 2023, sec. 3.2, with c = (text, object)) to
+one weight per condition, after Brooks et al. (2023, InstructPix2Pix, eq. 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+
+from .adapter import set_object_scale
+from .cache import LRUCache, image_digest, mask_digest
+from .config import ZeroFTConfig
+from .encoder import ObjectEncoder
+from .errors import InputError
+from .images import ImageInput, load_image, load_mask
+from .masking import Masker, prepare_mask
+from .validation import (check_guidance, check_num_images, check_prompt, check_seed, check_size, check_steps)
+
+
+@dataclass
+class ZeroFTOutput:
+    images: list  # PIL images, or a tensor/array for output_type "pt"/"np"/"latent"
+    masks: list[np.ndarray] = field(default_factory=list)  # the object mask used for each reference photo
+    image_embeds: torch.Tensor | None = None  # (1, D) object embedding o, reusable as `image_embeds=`
+    seeds: list[int] = field(default_factory=list)  # per-image seeds: image i is reproduced by seed=seeds[i], num_images=1
+
+
+def combine_guidance(
+    eps: dict[str, torch.Tensor], text_guidance: float, object_guidance: float
+) -> torch.Tensor:
+    """ε̂ = ε(∅,ϕ) + w_text·[ε(c,ϕ) − ε(∅,ϕ)] + w_obj·[ε(c,o) − ε(c,ϕ)].
+
+    ``eps`` holds the branches that were evaluated, keyed "uncond" (∅,ϕ), "text" (c,ϕ) and
+    "object" (c,o); see :func:`needed_branches`. A branch whose term has weight zero is not
+    evaluated and stands in for by its neighbour, which keeps the arithmetic bit-identical to
+    diffusers' two-branch guidance in the cases that reduce to it.
+    """
+    uncond, text, obj = eps.get("uncond"), eps.get("text"), eps.get("object")
+    if text is None:
+        text = uncond if uncond is not None else obj
+    if uncond is None:
+        uncond = text
+    if obj is None:
+        obj = text
+    return uncond + text_guidance * (text - uncond) + object_guidance * (obj - text)
+
+
+def needed_branches(text_guidance: float, object_guidance: float) -> list[str]:
+    """The UNet branches whose coefficient in ε̂ is not zero.
+
+    Coefficients: (∅,ϕ) → 1 − w_text; (c,ϕ) → w_text − w_obj; (c,o) → w_obj. With equal
+    weights this is ordinary two-branch guidance, as fast as diffusers' own.
+    """
+    branches = []
+    if text_guidance != 1.0:
+        branches.append("uncond")
+    if text_guidance != object_guidance:
+        branches.append("text")
+    if object_guidance != 0.0:
+        branches.append("object")
+    return branches or ["text"]
+
+
+class ZeroFTPipeline(StableDiffusionPipeline):
+    r"""Generate images of the object in one photo, in the scene a prompt describes.
+
+    Load a checkpoint with :meth:`from_pretrained` (see zeroft.checkpoint) and call it::
+
+        pipe = ZeroFTPipeline.from_pretrained("assets/zeroft-toy")
+        out = pipe("two objects on a green background", object_image="dog.png", num_images=4, seed=0)
+        out.images[0].save("out.png")
+    """
+
+    model_cpu_offload_seq = "text_encoder->object_encoder->unet->vae"
+    _optional_components = ["safety_checker", "feature_extractor", "image_encoder", "object_encoder"]
+
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        scheduler,
+        object_encoder: ObjectEncoder | None = None,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker: bool = False,
+        zeroft_config: ZeroFTConfig | None = None,
+        masker: Masker | None = None,
+        cache_size: int = 64,
+    ):
+        super().__init__(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            safety_checker=safety_checker, feature_extractor=feature_extractor, image_encoder=image_encoder,
+            requires_safety_checker=requires_safety_checker,
+        )
+        self.register_modules(object_encoder=object_encoder)
+        self.zeroft_config = zeroft_config
+        self.masker = masker or Masker(zeroft_config.masker if zeroft_config else "border")
+        self.mask_cache = LRUCache(cache_size)  # (photo digest, masker) -> auto mask
+        self.embedding_cache = LRUCache(cache_size)  # (photo, mask, encoder) digests -> (1, D) embedding
+        self.prompt_cache = LRUCache(cache_size)  # (prompt, negative prompt) -> text embeddings
+        self.encoder_calls = 0
+
+    # ------------------------------------------------------------------ object side
+
+    def object_mask(self, image: ImageInput, mask: ImageInput | np.ndarray | None = None, binary: bool = False):
+        """Load a reference photo and decide its mask: the user's, else its alpha, else automatic.
+
+        Returns:
+            (RGB PIL image, (H, W) float32 mask in [0, 1]).
+        """
+        loaded = load_image(image, "reference photo")
+        if mask is not None:
+            raw = load_mask(mask)
+        elif loaded.alpha is not None:
+            raw = loaded.alpha
+        else:
+            key = (image_digest(loaded.rgb), self.masker.spec)
+            raw = self.mask_cache.get_or_create(key, lambda: self.masker(loaded.rgb))
+        return loaded.rgb, prepare_mask(raw, loaded.rgb.size, binary=binary)
+
+    @torch.no_grad()
+    def encode_object(
+        self, images: ImageInput | Sequence[ImageInput], masks=None
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """The object embedding o = f_o(x ⊗ m), averaged over several reference photos.
+
+        Args:
+            images: one reference photo or a list of photos of the same object.
+            masks: matching masks (None entries: automatic); None for all automatic.
+
+        Returns:
+            ((1, D) embedding on the pipeline's device, list of the masks used).
+        """
+        if self.object_encoder is None:
+            raise ValueError("this pipeline has no object encoder; pass image_embeds instead")
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise InputError("Give at least one reference photo.")
+            photos = list(images)
+        else:
+            photos = [images]
+        masks = list(masks) if isinstance(masks, (list, tuple)) else [masks] * len(photos)
+        if len(masks) != len(photos):
+            raise InputError(f"Got {len(photos)} reference photos but {len(masks)} masks.")
+        embeddings, used_masks = [], []
+        for photo, mask in zip(photos, masks):
+            rgb, mask = self.object_mask(photo, mask)
+            key = (image_digest(rgb), mask_digest(mask), self.object_encoder.identity)
+
+            def encode(rgb=rgb, mask=mask):
+                self.encoder_calls += 1
+                pixels = self.object_encoder.preprocess(rgb, mask)[None]
+                return self.object_encoder(pixels).float().cpu()
+
+            embeddings.append(self.embedding_cache.get_or_create(key, encode))
+            used_masks.append(mask)
+        embedding = torch.cat(embeddings).mean(0, keepdim=True)
+        return embedding.to(self._execution_device), used_masks
+
+    # ------------------------------------------------------------------ text side
+
+    def encode_prompt_cached(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt_embeds, negative_prompt_embeds), each (1, T, C), through diffusers' encode_prompt."""
+        device = self._execution_device
+
+        def encode():
+            positive, negative = self.encode_prompt(prompt, device, 1, True, negative_prompt)
+            return positive, negative
+
+        positive, negative = self.prompt_cache.get_or_create((prompt, negative_prompt), encode)
+        return positive.to(device), negative.to(device)
+
+    def set_object_scale(self, scale: float) -> None:
+        """Scale of the object attention in every layer; 0 turns the object branch off entirely."""
+        set_object_scale(self.unet, scale)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        object_image: ImageInput | Sequence[ImageInput] | None = None,
+        object_mask=None,
+        image_embeds: torch.Tensor | None = None,
+        negative_prompt: str | None = None,
+        text_guidance: float | None = None,
+        object_guidance: float | None = None,
+        num_images: int = 1,
+        num_inference_steps: int | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        latents: torch.Tensor | None = None,
+        callback: Callable[[int, int], None] | None = None,
+        output_type: str = "pil",
+    ) -> ZeroFTOutput:
+        r"""Generate ``num_images`` images of the reference object in the scene of ``prompt``.
+
+        Args:
+            prompt: text c describing the scene.
+            object_image: reference photo (path, bytes, PIL, array) or a list of photos of one object.
+            object_mask: mask(s) for the photo(s); None = the photo's alpha, else automatic.
+            image_embeds: precomputed (1, D) object embedding, instead of ``object_image``.
+            negative_prompt: text ∅ for the unconditional branch; default from the checkpoint.
+            text_guidance: w_text in [0, 30]; default from the checkpoint.
+            object_guidance: w_obj in [0, 30]; default from the checkpoint. 0 ignores the object.
+            num_images: 1..8 images.
+            num_inference_steps: 1..150 sampler steps; default from the checkpoint.
+            seed: image i uses seed + i, so any image can be regenerated alone.
+            generator: torch generator(s), instead of ``seed``.
+            height, width: output size, multiples of 8; default from the checkpoint.
+            latents: initial noise (num_images, C, h, w), instead of drawing it.
+            callback: called as ``callback(step, total_steps)`` after every step.
+            output_type: "pil", "np", "pt" or "latent".
+        """
+        # 1. Check inputs and fill defaults from the checkpoint
+        defaults = self.zeroft_config.defaults if self.zeroft_config else None
+        prompt = check_prompt("prompt", prompt)
+        negative_prompt = check_prompt("negative prompt", defaults.negative_prompt if negative_prompt is None and defaults else negative_prompt)
+        text_guidance = check_guidance("text guidance", defaults.text_guidance if text_guidance is None else text_guidance)
+        object_guidance = check_guidance("object guidance", defaults.object_guidance if object_guidance is None else object_guidance)
+        num_images = check_num_images(num_images)
+        steps = check_steps(defaults.steps if num_inference_steps is None else num_inference_steps)
+        height = check_size("height", height or (defaults.height if defaults else self.unet.config.sample_size * self.vae_scale_factor))
+        width = check_size("width", width or (defaults.width if defaults else self.unet.config.sample_size * self.vae_scale_factor))
+        seed = check_seed(seed)
+        if object_image is not None and image_embeds is not None:
+            raise InputError("Give either a reference photo or precomputed image_embeds, not both.")
+        device = self._execution_device
+
+        # 2. Object embedding o (mask + encoder, both cached) and the null embedding ϕ
+        masks: list[np.ndarray] = []
+        if object_image is not None:
+            image_embeds, masks = self.encode_object(object_image, object_mask)
+        if image_embeds is None:
+            object_guidance = 0.0  # no object: plain text-to-image with guidance w_text
+            image_embeds = torch.zeros(1, self.zeroft_config.image_embed_dim if self.zeroft_config else self.object_encoder.embed_dim)
+        image_embeds = image_embeds.to(device).reshape(1, -1)
+        null_embeds = torch.zeros_like(image_embeds)
+
+        # 3. Encode the prompt and the negative prompt (cached)
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt_cached(prompt, negative_prompt)
+
+        # 4. Prepare timesteps
+        self.scheduler.set_timesteps(steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 5. Prepare latent variables; one generator per image so image i depends on seed + i only
+        seeds: list[int] = []
+        if generator is None and seed is not None:
+            seeds = [seed + i for i in range(num_images)]
+            generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        latents = self.prepare_latents(
+            num_images, self.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, latents
+        )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
+
+        # 6. Batch the guidance branches: (∅,ϕ), (c,ϕ), (c,o), only those with non-zero weight
+        branches = needed_branches(text_guidance, object_guidance)
+        conditions = {
+            "uncond": (negative_prompt_embeds, null_embeds),
+            "text": (prompt_embeds, null_embeds),
+            "object": (prompt_embeds, image_embeds),
+        }
+        text_batch = torch.cat([conditions[b][0].expand(num_images, -1, -1) for b in branches])  # (k·N, T, C)
+        object_batch = torch.cat([conditions[b][1].expand(num_images, -1) for b in branches])  # (k·N, D)
+        added_cond_kwargs = {"image_embeds": [object_batch[:, None, :].to(prompt_embeds.dtype)]}  # (k·N, 1, D)
+
+        # 7. Denoising loop
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * len(branches))
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                noise_pred = self.unet(
+                    model_input, t, encoder_hidden_states=text_batch, added_cond_kwargs=added_cond_kwargs, return_dict=False
+                )[0]
+                eps = dict(zip(branches, noise_pred.chunk(len(branches))))
+                noise_pred = combine_guidance(eps, text_guidance, object_guidance)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                progress_bar.update()
+                if callback is not None:
+                    callback(i + 1, len(timesteps))
+
+        # 8. Decode
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * num_images)
+        self.maybe_free_model_hooks()
+        return ZeroFTOutput(images=images, masks=masks, image_embeds=image_embeds.cpu(), seeds=seeds)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @classmethod
+    def from_pretrained(cls, checkpoint, **kwargs) -> "ZeroFTPipeline":
+        """Load a zeroft checkpoint folder or Hub repo; see :func:`zeroft.checkpoint.load_pipeline`."""
+        from .checkpoint import load_pipeline
+
+        return load_pipeline(checkpoint, **kwargs)
+
+    def save_pretrained(self, folder, unet_tuned: bool | None = None, **kwargs) -> None:
+        """Write a zeroft checkpoint folder; see :func:`zeroft.checkpoint.save_checkpoint`."""
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(self, folder, unet_tuned=unet_tuned, **kwargs)

@@ -1,0 +1,143 @@
+"""Tiny, real, randomly initialised components for tests, demos and benchmarks.
+
+Every class is the real one (diffusers ``UNet2DConditionModel``, ``AutoencoderKL``,
+transformers ``CLIPTextModel``, open_clip ``CLIP``) at toy sizes, seeded, built from configs
+in well under a second, with no file or network access. ``make_tiny_checkpoint`` writes a
+complete, self-contained zeroft checkpoint folder from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .config import EncoderConfig, GenerationDefaults, ZeroFTConfig
+from .encoder import ObjectEncoder, save_open_clip_folder
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 512, "width": 32, "heads": 2, "layers": 1},
+}
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def byte_level_vocab() -> dict[str, int]:
+    """A CLIP BPE vocabulary with no merges: the 256 byte symbols, with and without ``</w>``.
+
+    Uses GPT-2's byte-to-unicode table, so that every string tokenizes (one token per byte).
+    """
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    symbols = [chr(c) for c in codes]
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": 256 + i for i, s in enumerate(symbols)})
+    vocab["<|startoftext|>"] = 512
+    vocab["<|endoftext|>"] = 513
+    return vocab
+
+
+def tiny_tokenizer(max_length: int = 32) -> CLIPTokenizer:
+    return CLIPTokenizer(vocab=byte_level_vocab(), merges=[], model_max_length=max_length)
+
+
+def tiny_text_encoder(seed: int = 0, hidden_size: int = 32, max_length: int = 32) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=514, hidden_size=hidden_size, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=max_length, bos_token_id=512, eos_token_id=513,
+        pad_token_id=513, projection_dim=hidden_size,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def tiny_unet(seed: int = 0, cross_attention_dim: int = 32, block_out_channels=(32, 64), sample_size: int = 16) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        block_out_channels=tuple(block_out_channels), layers_per_block=1, sample_size=sample_size, in_channels=4,
+        out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8, norm_num_groups=8,
+    )
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=[8, 16], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, sample_size=32,
+    )
+
+
+def tiny_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+    )
+
+
+def tiny_open_clip(seed: int = 0):
+    """A whole (image + text) open_clip model at toy size, random weights."""
+    from open_clip.model import CLIP
+
+    torch.manual_seed(seed)
+    return CLIP(**TINY_OPEN_CLIP).eval()
+
+
+def tiny_encoder(seed: int = 0, config: EncoderConfig | None = None) -> ObjectEncoder:
+    config = config or EncoderConfig(model_name="tiny", pretrained=None, path="encoder")
+    return ObjectEncoder(tiny_open_clip(seed).visual, config, CLIP_MEAN, CLIP_STD)
+
+
+def tiny_base_pipeline(seed: int = 0):
+    """A tiny StableDiffusionPipeline (64x64 images with a 2-block VAE: latents 32x32)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=tiny_vae(seed), text_encoder=tiny_text_encoder(seed), tokenizer=tiny_tokenizer(),
+        unet=tiny_unet(seed), scheduler=tiny_scheduler(), safety_checker=None, feature_extractor=None,
+        image_encoder=None, requires_safety_checker=False,
+    )
+
+
+def make_tiny_checkpoint(folder: str | Path, seed: int = 0, masker: str = "border", num_tokens: int = 4) -> Path:
+    """Write a complete, self-contained zeroft checkpoint with random tiny weights.
+
+    Example:
+        >>> import tempfile
+        >>> from zeroft import ZeroFTPipeline
+        >>> folder = make_tiny_checkpoint(tempfile.mkdtemp())
+        >>> pipe = ZeroFTPipeline.from_pretrained(folder)
+        >>> pipe.unet.config.cross_attention_dim
+        32
+    """
+    from .adapter import install_object_attention
+    from .pipeline import ZeroFTPipeline
+
+    folder = Path(folder)
+    base = tiny_base_pipeline(seed)
+    save_open_clip_folder(tiny_open_clip(seed), TINY_OPEN_CLIP, folder / "encoder", CLIP_MEAN, CLIP_STD)
+    config = ZeroFTConfig(
+        base_model="base",
+        encoder=EncoderConfig(model_name="tiny", pretrained=None, path="encoder"),
+        image_embed_dim=TINY_OPEN_CLIP["embed_dim"],
+        cross_attention_dim=base.unet.config.cross_attention_dim,
+        num_tokens=num_tokens,
+        masker=masker,
+        defaults=GenerationDefaults(text_guidance=5.0, object_guidance=3.0, steps=4, height=64, width=64),
+        licenses={"all": "Apache-2.0 (random weights made by zeroft.tiny)"},
+    )
+    encoder = ObjectEncoder.from_config(config.encoder, folder)
+    install_object_attention(base.unet, config.image_embed_dim, num_tokens, seed=seed)
+    pipe = ZeroFTPipeline(**base.components, object_encoder=encoder, zeroft_config=config)
+    pipe.save_pretrained(folder)
+    return folder
