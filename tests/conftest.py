@@ -65,3 +65,34 @@ def other_photo():
 
 def image_array(images) -> np.ndarray:
     return np.stack([np.asarray(i, dtype=np.float32) for i in images])
+
+
+def write_tiny_u2net(folder) -> None:
+    """A u2net-shaped ONNX model (input 1x3x320x320 → 1x1x320x320) that rembg loads offline.
+
+    It scores red minus blue, one 1x1 convolution, so a red object on a blue background gets
+    a clean mask; the code path through rembg and onnxruntime is the real one.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1, 3, 1, 1], [4.0, 0.0, -4.0])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input.1", "w"], ["score"]), helper.make_node("Sigmoid", ["score"], ["mask"])],
+        "tiny_u2net",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 320, 320])],
+        [helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 320, 320])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    os.makedirs(folder, exist_ok=True)
+    onnx.save(model, os.path.join(folder, "u2net.onnx"))
+
+
+@pytest.fixture
+def u2net_home(tmp_path, monkeypatch):
+    folder = tmp_path / "u2net"
+    write_tiny_u2net(folder)
+    monkeypatch.setenv("U2NET_HOME", str(folder))
+    return folder

@@ -70,6 +70,31 @@ def _next_run(out: Path) -> int:
     return max(taken, default=0) + 1
 
 
+def _check_before_loading(args: argparse.Namespace) -> None:
+    """Fail on bad files or settings in a second, not after loading the model."""
+    from .images import load_image, load_mask
+    from .validation import check_guidance, check_num_images, check_prompt, check_seed, check_size, check_steps
+
+    if args.mask is not None and len(args.mask) != len(args.image):
+        raise InputError(f"Got {len(args.image)} photos but {len(args.mask)} masks; give one mask per photo.")
+    for path in args.image:
+        load_image(path, "reference photo")
+    for path in args.mask or []:
+        load_mask(path)
+    check_prompt("prompt", args.prompt)
+    check_prompt("negative prompt", args.negative_prompt)
+    check_num_images(args.num_images)
+    check_seed(args.seed)
+    for name, value in (("text guidance", args.text_guidance), ("object guidance", args.object_guidance)):
+        if value is not None:
+            check_guidance(name, value)
+    if args.steps is not None:
+        check_steps(args.steps)
+    for name, value in (("height", args.height), ("width", args.width)):
+        if value is not None:
+            check_size(name, value)
+
+
 def generate(args: argparse.Namespace) -> Path:
     from PIL import Image
     from tqdm import tqdm
@@ -77,8 +102,7 @@ def generate(args: argparse.Namespace) -> Path:
     from .pipeline import ZeroFTPipeline
 
     checkpoint = _checkpoint(args.checkpoint)
-    if args.mask is not None and len(args.mask) != len(args.image):
-        raise InputError(f"Got {len(args.image)} photos but {len(args.mask)} masks; give one mask per photo.")
+    _check_before_loading(args)
     seed = random.randrange(2**31) if args.seed is None else args.seed
     pipe = ZeroFTPipeline.from_pretrained(checkpoint, device=args.device, quantization=args.quantization,
                                           offload=args.offload, masker=args.masker)

@@ -1,0 +1,64 @@
+"""Automatic and user masks, and the paper's x ⊗ m."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zeroft import InputError, Masker, ModelUnavailableError, apply_mask
+
+from conftest import square_photo
+
+
+def test_border_masker_finds_the_object():
+    mask = Masker("border")(square_photo())
+    assert mask[32, 32] == 1.0 and mask[2, 2] == 0.0
+    assert abs((mask >= 0.5).mean() - (32 * 32) / (64 * 64)) < 0.01
+
+
+def test_rembg_masker_runs_an_onnx_model_offline(u2net_home):
+    mask = Masker("rembg:u2net")(square_photo(size=96, box=(24, 24, 72, 72)))
+    assert mask.shape == (96, 96)
+    assert mask[48, 48] > 0.9 and mask[4, 4] < 0.1
+
+
+def test_missing_rembg_model_gives_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("MODEL_CHECKSUM_DISABLED", "1")
+    with pytest.raises(ModelUnavailableError, match="isnet-general-use.onnx"):
+        Masker("rembg:isnet-general-use")(square_photo())
+
+
+def test_unknown_masker_is_refused():
+    with pytest.raises(ValueError, match="unknown masker"):
+        Masker("magic")
+
+
+def test_apply_mask_replaces_the_background():
+    photo = square_photo()
+    mask = Masker("border")(photo)
+    masked = np.asarray(apply_mask(photo, mask, "white"))
+    assert tuple(masked[0, 0]) == (255, 255, 255)
+    assert tuple(masked[32, 32]) == (220, 30, 30)
+    assert apply_mask(photo, mask, "none") is photo
+
+
+def test_user_mask_wins_over_the_automatic_one(tiny_pipe):
+    photo = square_photo()
+    user = np.zeros((64, 64), np.float32)
+    user[0:10, 0:10] = 1.0  # marks a background corner on purpose
+    calls = tiny_pipe.masker.calls
+    _, used = tiny_pipe.object_mask(photo, user)
+    assert np.array_equal(used, user)
+    assert tiny_pipe.masker.calls == calls
+
+
+def test_alpha_channel_serves_as_mask(tiny_pipe):
+    rgba = Image.new("RGBA", (48, 48), (0, 0, 0, 0))
+    rgba.paste((200, 0, 0, 255), (8, 8, 24, 24))
+    _, used = tiny_pipe.object_mask(rgba)
+    assert used[16, 16] == 1.0 and used[40, 40] == 0.0
+
+
+def test_automatic_mask_on_a_flat_photo_is_empty(tiny_pipe):
+    with pytest.raises(InputError, match="mask is empty"):
+        tiny_pipe.object_mask(Image.new("RGB", (64, 64), (90, 90, 90)))

@@ -1,0 +1,54 @@
+"""Quantization: int8 (torchao) on CPU within tolerance, bitsandbytes refused clearly without CUDA."""
+
+import numpy as np
+import pytest
+import torch
+
+from zeroft import InputError, ZeroFTPipeline
+from zeroft.quantization import linear_weight_bytes
+
+# Mean absolute pixel deviation (0..1 scale) allowed between int8 and fp32 images.
+INT8_MEAN_TOLERANCE = 0.01
+INT8_MAX_TOLERANCE = 0.05
+
+
+def test_int8_is_close_to_fp32_and_smaller(tiny_checkpoint, tiny_pipe, photo):
+    int8 = ZeroFTPipeline.from_pretrained(tiny_checkpoint, device="cpu", quantization="int8")
+    int8.set_progress_bar_config(disable=True)
+    assert int8.unet.conv_in.weight.dtype == torch.float32  # unquantized layers keep the compute dtype
+    ratio = linear_weight_bytes(tiny_pipe.unet) / linear_weight_bytes(int8.unet)
+    assert ratio >= 3.5, ratio
+    kwargs = dict(object_image=photo, seed=0, num_inference_steps=3, output_type="np")
+    reference = tiny_pipe("a red square", **kwargs).images
+    quantized = int8("a red square", **kwargs).images
+    deviation = np.abs(reference - quantized)
+    assert deviation.mean() < INT8_MEAN_TOLERANCE and deviation.max() < INT8_MAX_TOLERANCE
+
+
+def test_int8_cannot_be_saved(tiny_checkpoint, tmp_path):
+    int8 = ZeroFTPipeline.from_pretrained(tiny_checkpoint, device="cpu", quantization="int8")
+    with pytest.raises(ValueError, match="quantized"):
+        int8.save_pretrained(tmp_path / "x")
+
+
+@pytest.mark.parametrize("mode", ["bnb-8bit", "bnb-4bit"])
+def test_bitsandbytes_needs_cuda(tiny_checkpoint, mode):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(InputError, match="needs an NVIDIA GPU"):
+        ZeroFTPipeline.from_pretrained(tiny_checkpoint, quantization=mode)
+
+
+def test_unknown_mode(tiny_checkpoint):
+    with pytest.raises(InputError, match="Unknown quantization"):
+        ZeroFTPipeline.from_pretrained(tiny_checkpoint, quantization="int3")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["bnb-8bit", "bnb-4bit"])
+def test_bitsandbytes_on_gpu(tiny_checkpoint, photo, mode):
+    pipe = ZeroFTPipeline.from_pretrained(tiny_checkpoint, device="cuda", quantization=mode)
+    reference = ZeroFTPipeline.from_pretrained(tiny_checkpoint, device="cuda")
+    assert linear_weight_bytes(pipe.unet) < linear_weight_bytes(reference.unet)
+    out = pipe("a red square", object_image=photo, seed=0, num_inference_steps=2, output_type="np").images
+    assert np.isfinite(out).all()
