@@ -1,0 +1,1 @@
+"""zeroft's trainer and data preparation (accelerate-based); see train.train and train.prepare."""

@@ -1,0 +1,71 @@
+"""Tiny training datasets written to a folder, in the layouts train.train reads (tests, benchmarks)."""
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "yellow": (230, 220, 20)}
+BACKGROUNDS = {"blue": (30, 30, 220), "gray": (128, 128, 128)}
+
+
+def _square(colour, background, x, y, size=64, side=28):
+    image = Image.new("RGB", (size, size), background)
+    image.paste(colour, (x, y, x + side, y + side))
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (x, y, x + side, y + side))
+    return image, mask
+
+
+def write_domain_imagefolder(root: Path, photos_per_identity: int = 3, with_masks: bool = True) -> Path:
+    """An imagefolder with metadata.jsonl: file_name, caption (context only), identity, mask."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, colour in COLOURS.items():
+        for k in range(photos_per_identity):
+            background_name, background = list(BACKGROUNDS.items())[k % 2]
+            image, mask = _square(colour, background, int(rng.integers(0, 30)), int(rng.integers(0, 30)))
+            image.save(root / f"{name}_{k}.png")
+            row = {"file_name": f"{name}_{k}.png", "caption": f"an object on a {background_name} background",
+                   "identity": name}
+            if with_masks:
+                mask.save(root / f"mask_{name}_{k}.png")
+                row["mask"] = f"mask_{name}_{k}.png"
+            rows.append(row)
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def write_general_jsonl(root: Path, count: int = 8) -> Path:
+    """JSON lines with image paths relative to the folder: image, caption (describes everything)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        name, colour = list(COLOURS.items())[i % 3]
+        background_name, background = list(BACKGROUNDS.items())[i % 2]
+        image, _ = _square(colour, background, 8 + 2 * i, 18)
+        image.save(root / f"g{i}.png")
+        rows.append({"image": f"g{i}.png", "caption": f"a {name} square on a {background_name} background"})
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def write_domain_shards(root: Path, per_shard: int = 4) -> Path:
+    """The domain images as WebDataset shards: KEY.png, KEY.json, KEY.mask.png."""
+    source = write_domain_imagefolder(root / "src")
+    rows = [json.loads(line) for line in (source / "metadata.jsonl").read_text().splitlines()]
+    shards = root / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(rows), per_shard):
+        with tarfile.open(shards / f"shard-{start // per_shard:05d}.tar", "w") as tar:
+            for i, row in enumerate(rows[start:start + per_shard], start):
+                key = f"sample{i:05d}"
+                tar.add(source / row["file_name"], arcname=f"{key}.png")
+                tar.add(source / row["mask"], arcname=f"{key}.mask.png")
+                meta = root / f"{key}.json"
+                meta.write_text(json.dumps({"caption": row["caption"], "identity": row["identity"]}))
+                tar.add(meta, arcname=f"{key}.json")
+    return shards
