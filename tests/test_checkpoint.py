@@ -56,13 +56,24 @@ def test_whole_unet_checkpoint_round_trip(tiny_checkpoint, tmp_path, photo):
     again = ZeroFTPipeline.from_pretrained(folder, device="cpu")
     again.set_progress_bar_config(disable=True)
     _same_tensors(pipe, again)
-    base = ZeroFTPipeline.from_pretrained(tiny_checkpoint, device="cpu")
-    assert not torch.equal(base.unet.conv_in.weight, again.unet.conv_in.weight)  # base/ keeps the untuned UNet
+    assert not (folder / "base" / "unet").exists()  # a tuned checkpoint carries one UNet, in unet/
     # the saved UNet is a plain diffusers UNet: no adapter keys inside
     from safetensors import safe_open
 
     with safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
         assert not [k for k in f.keys() if "to_k_ip" in k or k.startswith("encoder_hid_proj")]
+
+
+def test_half_precision_storage(tiny_pipe, tmp_path, photo):
+    folder = save_checkpoint(tiny_pipe, tmp_path / "fp16", dtype=torch.float16)
+    from safetensors.torch import load_file as read
+
+    assert all(v.dtype == torch.float16 for v in read(str(folder / "adapter.safetensors")).values())
+    again = ZeroFTPipeline.from_pretrained(folder, device="cpu", dtype=torch.float32)
+    again.set_progress_bar_config(disable=True)
+    assert again.unet.dtype == torch.float32
+    kwargs = dict(object_image=photo, seed=4, num_inference_steps=2, output_type="np")
+    assert np.abs(tiny_pipe("a red square", **kwargs).images - again("a red square", **kwargs).images).max() < 0.02
 
 
 def test_hub_id_without_network_fails_clearly():

@@ -99,3 +99,12 @@ def test_images_are_reproducible_one_by_one(tiny_pipe, photo):
     single = tiny_pipe("a red square", object_image=photo, num_images=1, seed=11, num_inference_steps=2, output_type="np")
     assert batch.seeds == [10, 11]
     assert np.abs(batch.images[1] - single.images[0]).max() < 1e-5
+
+
+def test_a_batch_of_prompts_and_objects_equals_single_calls(tiny_pipe, photo, other_photo):
+    embeds = torch.cat([tiny_pipe.encode_object(photo)[0], tiny_pipe.encode_object(other_photo)[0]])
+    kwargs = dict(text_guidance=4.0, object_guidance=2.0, num_inference_steps=2, output_type="np")
+    batch = tiny_pipe(["a red square", "a green square"], image_embeds=embeds, seed=20, **kwargs).images
+    first = tiny_pipe("a red square", image_embeds=embeds[:1], seed=20, **kwargs).images
+    second = tiny_pipe("a green square", image_embeds=embeds[1:], seed=21, **kwargs).images
+    assert np.abs(batch[0] - first[0]).max() < 1e-5 and np.abs(batch[1] - second[0]).max() < 1e-5

@@ -72,9 +72,10 @@ def test_end_to_end_export_generates(setup, tmp_path):
     out = pipe("an object on a blue background", object_image=square_photo(), num_inference_steps=2, seed=0)
     assert out.images[0].size == (64, 64)
     # plain diffusers reads the exported adapter too
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    stock = StableDiffusionPipeline.from_pretrained(export / "base", safety_checker=None, requires_safety_checker=False)
+    stock = StableDiffusionPipeline.from_pretrained(export / "base", unet=UNet2DConditionModel.from_pretrained(export / "unet"),
+                                                    safety_checker=None, requires_safety_checker=False)
     stock.load_ip_adapter(str(export), subfolder="", weight_name="adapter.safetensors", image_encoder_folder=None)
 
 

@@ -69,7 +69,7 @@ def export_checkpoint(args, accelerator, models, unet, ema, regularization, grid
     pipe = ZeroFTPipeline(vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
                           unet=unwrapped, scheduler=models.scheduler, object_encoder=models.encoder,
                           zeroft_config=config)
-    save_checkpoint(pipe, folder, unet_tuned=args.train == "whole", base_source=models.base_source)
+    save_checkpoint(pipe, folder, unet_tuned=args.train == "whole")
     if grid is not None:
         shutil.copyfile(grid, folder / "validation.png")
         card = folder / "README.md"

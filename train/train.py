@@ -47,7 +47,7 @@ class Models:
     encoder: ObjectEncoder
     scheduler: object  # the base pipeline's sampler, kept for validation and export
     noise_scheduler: DDPMScheduler
-    base_source: Path | None  # local base folder, copied into the export
+    base_source: Path | None  # the local base folder, None for a Hub id (then the export refers to it)
     encoder_config: EncoderConfig
 
 

@@ -135,8 +135,6 @@ def load_pipeline(
     pipe = ZeroFTPipeline(**components, object_encoder=encoder, zeroft_config=config, masker=Masker(masker or config.masker))
     pipe.checkpoint_folder = folder
     pipe.quantization = quantization
-    if isinstance(base_source, Path):
-        pipe.base_folder = base_source
     if offload:
         pipe.enable_model_cpu_offload(device=device)
     else:
@@ -185,25 +183,27 @@ def save_unet_without_adapter(unet: UNet2DConditionModel, folder: str | Path) ->
     save_file(clean, str(folder / UNET_WEIGHTS), metadata={"format": "pt"})
 
 
-def _write_base(pipe, folder: Path, unet_tuned: bool, base_source: Path | None) -> None:
-    if base_source is not None and base_source.is_dir():
-        if base_source.resolve() != folder.resolve():
-            shutil.copytree(base_source, folder, dirs_exist_ok=True)
-        return
-    if unet_tuned:
-        raise ValueError(
-            "A self-contained checkpoint with a tuned UNet needs the untuned base folder: pass base_source=..."
-        )
+def _write_base(pipe, folder: Path, unet_tuned: bool) -> None:
+    """The base pipeline's parts from memory; its UNet only when untuned (a tuned one lives in unet/)."""
     StableDiffusionPipeline(
         vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=None, scheduler=pipe.scheduler,
         safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
     ).save_pretrained(folder, safe_serialization=True)
-    # The UNet in memory carries the object attention; write it clean and list it in the index.
-    save_unet_without_adapter(pipe.unet, folder / "unet")
-    index_path = folder / "model_index.json"
-    index = json.loads(index_path.read_text())
-    index["unet"] = ["diffusers", "UNet2DConditionModel"]
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    if not unet_tuned:
+        # The UNet in memory carries the object attention; write it clean and list it in the index.
+        save_unet_without_adapter(pipe.unet, folder / "unet")
+        index_path = folder / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["unet"] = ["diffusers", "UNet2DConditionModel"]
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def cast_weight_files(folder: str | Path, dtype: torch.dtype) -> None:
+    """Rewrite every .safetensors file under ``folder`` with its floating-point tensors in ``dtype``."""
+    for path in Path(folder).rglob("*.safetensors"):
+        tensors = load_file(str(path))
+        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+        save_file(cast, str(path), metadata={"format": "pt"})
 
 
 def save_checkpoint(
@@ -211,17 +211,18 @@ def save_checkpoint(
     folder: str | Path,
     unet_tuned: bool | None = None,
     config: ZeroFTConfig | None = None,
-    base_source: str | Path | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``pipe`` as a zeroft checkpoint folder (see zeroft.config for the layout).
 
     Args:
         pipe: the pipeline to save.
         folder: destination (created; existing files are overwritten).
-        unet_tuned: also write ``unet/`` (whole-network training); default from the config.
+        unet_tuned: write the whole UNet to ``unet/`` (whole-network training); default from the
+            config. A tuned checkpoint's local ``base/`` then holds no UNet of its own.
         config: the config to record; default ``pipe.zeroft_config``.
-        base_source: the base model folder to copy when ``config.base_model`` is a local
-            sub-folder; default the one ``pipe`` was loaded from.
+        dtype: store floating-point weights in this dtype (e.g. ``torch.float16`` halves the
+            size); loading casts back to the dtype asked for.
     """
     config = config or pipe.zeroft_config
     if config is None:
@@ -234,13 +235,14 @@ def save_checkpoint(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not is_hub_id(config.base_model):
-        source = Path(base_source) if base_source is not None else getattr(pipe, "base_folder", None)
-        _write_base(pipe, folder / config.base_model, unet_tuned, source)
+        _write_base(pipe, folder / config.base_model, unet_tuned)
     if config.encoder.path is not None:
         pipe.object_encoder.save(folder / config.encoder.path)
     save_file(adapter_state_dict(pipe.unet), str(folder / ADAPTER_NAME), metadata={"format": "pt"})
     if unet_tuned:
         save_unet_without_adapter(pipe.unet, folder / "unet")
+    if dtype is not None:
+        cast_weight_files(folder, dtype)
     config.save(folder)
     write_model_card(folder, config)
     return folder

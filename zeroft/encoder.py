@@ -110,6 +110,32 @@ def _build_open_clip(config: EncoderConfig, root: Path | None) -> tuple[nn.Modul
     return model, preprocess, None
 
 
+def prepare_object_image(image: Image.Image, mask: np.ndarray, config: EncoderConfig, image_size: int,
+                         mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The encoder's view of a photo: x ⊗ m, cropped to the object, padded square, resized, normalised.
+
+    Args:
+        image: RGB photo.
+        mask: (H, W) float mask in [0, 1].
+        config: fill colour and cropping.
+        image_size: the encoder's input side S.
+        mean, std: (3, 1, 1) normalisation.
+
+    Returns:
+        (3, S, S) float32 tensor.
+    """
+    masked = apply_mask(image, mask, config.background_fill)
+    if config.crop_to_object:
+        masked = masked.crop(mask_bbox(mask, config.crop_margin))
+    side = max(masked.size)
+    fill = BACKGROUND_FILLS.get(config.background_fill, (128, 128, 128))
+    square = Image.new("RGB", (side, side), fill)
+    square.paste(masked, ((side - masked.width) // 2, (side - masked.height) // 2))
+    square = square.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (pixels - mean) / std
+
+
 class ObjectEncoder(nn.Module):
     """Frozen open_clip image tower plus the masking and resizing that feed it.
 
@@ -167,17 +193,7 @@ class ObjectEncoder(nn.Module):
 
     def preprocess(self, image: Image.Image, mask: np.ndarray) -> torch.Tensor:
         """x ⊗ m, crop to the object, pad to a square, resize, normalise: (3, S, S) float32."""
-        c = self.config
-        masked = apply_mask(image, mask, c.background_fill)
-        if c.crop_to_object:
-            masked = masked.crop(mask_bbox(mask, c.crop_margin))
-        side = max(masked.size)
-        fill = BACKGROUND_FILLS.get(c.background_fill, (128, 128, 128))
-        square = Image.new("RGB", (side, side), fill)
-        square.paste(masked, ((side - masked.width) // 2, (side - masked.height) // 2))
-        square = square.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
-        pixels = torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (pixels - self.mean) / self.std
+        return prepare_object_image(image, mask, self.config, self.image_size, self.mean, self.std)
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

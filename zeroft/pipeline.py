@@ -194,10 +194,17 @@ class ZeroFTPipeline(StableDiffusionPipeline):
 
     # ------------------------------------------------------------------ generation
 
+    def _default(self, name: str, value, fallback):
+        """``value``, else the checkpoint's default ``name``, else ``fallback``."""
+        if value is not None:
+            return value
+        defaults = self.zeroft_config.defaults if self.zeroft_config else None
+        return getattr(defaults, name) if defaults is not None else fallback
+
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str,
+        prompt: str | list[str],
         object_image: ImageInput | Sequence[ImageInput] | None = None,
         object_mask=None,
         image_embeds: torch.Tensor | None = None,
@@ -217,36 +224,41 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         r"""Generate ``num_images`` images of the reference object in the scene of ``prompt``.
 
         Args:
-            prompt: text c describing the scene.
+            prompt: text c describing the scene; a list of P prompts generates them in one batch
+                (then ``image_embeds`` may hold one embedding per prompt, shape (P, D)).
             object_image: reference photo (path, bytes, PIL, array) or a list of photos of one object.
             object_mask: mask(s) for the photo(s); None = the photo's alpha, else automatic.
-            image_embeds: precomputed (1, D) object embedding, instead of ``object_image``.
+            image_embeds: precomputed object embedding(s), (1, D) or (P, D), instead of ``object_image``.
             negative_prompt: text ∅ for the unconditional branch; default from the checkpoint.
             text_guidance: w_text in [0, 30]; default from the checkpoint.
             object_guidance: w_obj in [0, 30]; default from the checkpoint. 0 ignores the object.
-            num_images: 1..8 images.
+            num_images: 1..8 images per prompt.
             num_inference_steps: 1..150 sampler steps; default from the checkpoint.
-            seed: image i uses seed + i, so any image can be regenerated alone.
+            seed: image i (in prompt-major order) uses seed + i, so any image can be regenerated alone.
             generator: torch generator(s), instead of ``seed``.
             height, width: output size, multiples of 8; default from the checkpoint.
-            latents: initial noise (num_images, C, h, w), instead of drawing it.
+            latents: initial noise (P·num_images, C, h, w), instead of drawing it.
             callback: called as ``callback(step, total_steps)`` after every step.
             output_type: "pil", "np", "pt" or "latent".
         """
         # 1. Check inputs and fill defaults from the checkpoint
-        defaults = self.zeroft_config.defaults if self.zeroft_config else None
-        prompt = check_prompt("prompt", prompt)
-        negative_prompt = check_prompt("negative prompt", defaults.negative_prompt if negative_prompt is None and defaults else negative_prompt)
-        text_guidance = check_guidance("text guidance", defaults.text_guidance if text_guidance is None else text_guidance)
-        object_guidance = check_guidance("object guidance", defaults.object_guidance if object_guidance is None else object_guidance)
+        prompts = [prompt] if isinstance(prompt, str) or prompt is None else list(prompt)
+        if not prompts:
+            raise InputError("Give at least one prompt.")
+        prompts = [check_prompt("prompt", p) for p in prompts]
+        negative_prompt = check_prompt("negative prompt", self._default("negative_prompt", negative_prompt, ""))
+        text_guidance = check_guidance("text guidance", self._default("text_guidance", text_guidance, 7.5))
+        object_guidance = check_guidance("object guidance", self._default("object_guidance", object_guidance, 5.0))
         num_images = check_num_images(num_images)
-        steps = check_steps(defaults.steps if num_inference_steps is None else num_inference_steps)
-        height = check_size("height", height or (defaults.height if defaults else self.unet.config.sample_size * self.vae_scale_factor))
-        width = check_size("width", width or (defaults.width if defaults else self.unet.config.sample_size * self.vae_scale_factor))
+        steps = check_steps(self._default("steps", num_inference_steps, 30))
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        height = check_size("height", self._default("height", height, native))
+        width = check_size("width", self._default("width", width, native))
         seed = check_seed(seed)
         if object_image is not None and image_embeds is not None:
             raise InputError("Give either a reference photo or precomputed image_embeds, not both.")
         device = self._execution_device
+        batch = len(prompts) * num_images
 
         # 2. Object embedding o (mask + encoder, both cached) and the null embedding ϕ
         masks: list[np.ndarray] = []
@@ -254,12 +266,18 @@ class ZeroFTPipeline(StableDiffusionPipeline):
             image_embeds, masks = self.encode_object(object_image, object_mask)
         if image_embeds is None:
             object_guidance = 0.0  # no object: plain text-to-image with guidance w_text
-            image_embeds = torch.zeros(1, self.zeroft_config.image_embed_dim if self.zeroft_config else self.object_encoder.embed_dim)
-        image_embeds = image_embeds.to(device).reshape(1, -1)
-        null_embeds = torch.zeros_like(image_embeds)
+            width_d = self.zeroft_config.image_embed_dim if self.zeroft_config else self.object_encoder.embed_dim
+            image_embeds = torch.zeros(1, width_d)
+        image_embeds = image_embeds.to(device).reshape(-1, image_embeds.shape[-1])  # (1 or P, D)
+        if image_embeds.shape[0] not in (1, len(prompts)):
+            raise InputError(f"Got {image_embeds.shape[0]} object embeddings for {len(prompts)} prompts.")
+        object_embeds = image_embeds.expand(len(prompts), -1).repeat_interleave(num_images, 0)  # (N, D)
+        null_embeds = torch.zeros_like(object_embeds)
 
-        # 3. Encode the prompt and the negative prompt (cached)
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt_cached(prompt, negative_prompt)
+        # 3. Encode the prompts and the negative prompt (cached)
+        encoded = [self.encode_prompt_cached(p, negative_prompt) for p in prompts]
+        prompt_embeds = torch.cat([e[0] for e in encoded]).repeat_interleave(num_images, 0)  # (N, T, C)
+        negative_prompt_embeds = encoded[0][1].expand(batch, -1, -1)  # (N, T, C)
 
         # 4. Prepare timesteps
         self.scheduler.set_timesteps(steps, device=device)
@@ -268,10 +286,10 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         # 5. Prepare latent variables; one generator per image so image i depends on seed + i only
         seeds: list[int] = []
         if generator is None and seed is not None:
-            seeds = [seed + i for i in range(num_images)]
+            seeds = [seed + i for i in range(batch)]
             generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         latents = self.prepare_latents(
-            num_images, self.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, latents
+            batch, self.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, latents
         )
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
 
@@ -280,10 +298,10 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         conditions = {
             "uncond": (negative_prompt_embeds, null_embeds),
             "text": (prompt_embeds, null_embeds),
-            "object": (prompt_embeds, image_embeds),
+            "object": (prompt_embeds, object_embeds),
         }
-        text_batch = torch.cat([conditions[b][0].expand(num_images, -1, -1) for b in branches])  # (k·N, T, C)
-        object_batch = torch.cat([conditions[b][1].expand(num_images, -1) for b in branches])  # (k·N, D)
+        text_batch = torch.cat([conditions[b][0] for b in branches])  # (k·N, T, C)
+        object_batch = torch.cat([conditions[b][1] for b in branches])  # (k·N, D)
         added_cond_kwargs = {"image_embeds": [object_batch[:, None, :].to(prompt_embeds.dtype)]}  # (k·N, 1, D)
 
         # 7. Denoising loop
@@ -307,7 +325,7 @@ class ZeroFTPipeline(StableDiffusionPipeline):
             images = latents
         else:
             decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-            images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * num_images)
+            images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * batch)
         self.maybe_free_model_hooks()
         return ZeroFTOutput(images=images, masks=masks, image_embeds=image_embeds.cpu(), seeds=seeds)
 

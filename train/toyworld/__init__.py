@@ -1,0 +1,1 @@
+"""The toy world: a synthetic world, its models trained from scratch, and the embedded checkpoint."""

@@ -1,0 +1,180 @@
+"""Judging generations in the toy world: identity kept, text followed, pose copied or not.
+
+A pair is (reference photo of an object, context prompt); the judge (an attribute classifier
+trained on renderings, train.toyworld.stages.train_judge) reads each generated image. Metrics:
+
+- identity accuracy: shape, colour and pattern of the reference all recognised in the output;
+- text accuracy: background and count of the prompt both recognised;
+- both: the two at once, per image;
+- pose copying (prompts with one object): the output's position cell (3×3) or rotation bin
+  equals the reference's, against the rate of two independent renderings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .models import HEADS, Judge
+from .scenes import labels, to_tensor
+from .world import (BACKGROUNDS, COLOURS, COUNTS, PATTERNS, RARE_TOKEN, SHAPES, Context, Identity, Pose, all_contexts,
+                    context_caption, position_bin, random_pose, render)
+
+CHANCE = {"identity": 1 / (len(SHAPES) * len(COLOURS) * len(PATTERNS)), "text": 1 / (len(BACKGROUNDS) * len(COUNTS)),
+          "both": 1 / (len(SHAPES) * len(COLOURS) * len(PATTERNS) * len(BACKGROUNDS) * len(COUNTS)), "rotation_copy": 0.25}
+
+
+@dataclass(frozen=True)
+class Pair:
+    reference: Image.Image
+    identity: Identity
+    reference_context: Context
+    reference_pose: Pose
+    context: Context
+    seed: int
+
+    @property
+    def prompt(self) -> str:
+        return context_caption(self.context)
+
+
+def make_pairs(identities: list[Identity], references_per_identity: int, seed: int,
+               contexts: list[Context] | None = None) -> list[Pair]:
+    """Every identity × references × context; each reference a single object in a random context and pose."""
+    rng = np.random.default_rng([seed, 11])
+    pairs = []
+    for identity in identities:
+        for r in range(references_per_identity):
+            reference_context = Context(list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))], "one")
+            pose = random_pose(rng, "one")
+            image, _ = render(identity, reference_context, pose)
+            for context in contexts or all_contexts():
+                pairs.append(Pair(image, identity, reference_context, pose, context, int(rng.integers(2**31))))
+    return pairs
+
+
+def position_copy_chance(seed: int = 0, trials: int = 20000) -> float:
+    rng = np.random.default_rng(seed)
+    return float(np.mean([position_bin(random_pose(rng, "one")) == position_bin(random_pose(rng, "one"))
+                          for _ in range(trials)]))
+
+
+def load_judge(path) -> Judge:
+    from safetensors.torch import load_file
+
+    judge = Judge()
+    judge.load_state_dict(load_file(str(path)))
+    return judge.eval()
+
+
+@torch.no_grad()
+def judge_images(judge: Judge, images: list[Image.Image]) -> dict[str, np.ndarray]:
+    predictions = {name: [] for name in HEADS}
+    for start in range(0, len(images), 128):
+        pixels = torch.stack([to_tensor(image.resize((64, 64))) for image in images[start:start + 128]])
+        logits = judge(pixels)
+        for name in HEADS:
+            predictions[name].append(logits[name].argmax(-1).numpy())
+    return {name: np.concatenate(values) for name, values in predictions.items()}
+
+
+def score(judge: Judge, images: list[Image.Image], pairs: list[Pair]) -> dict[str, float]:
+    predicted = judge_images(judge, images)
+    truth = [labels(p.identity, p.context, p.reference_pose) for p in pairs]
+    target = {name: np.array([t[name] for t in truth]) for name in HEADS}
+    correct = {name: predicted[name] == target[name] for name in HEADS}
+    identity = correct["shape"] & correct["colour"] & correct["pattern"]
+    text = correct["background"] & correct["count"]
+    single = np.array([p.context.count == "one" for p in pairs])
+    result = {
+        "pairs": len(pairs),
+        "identity": float(identity.mean()), "text": float(text.mean()), "both": float((identity & text).mean()),
+        **{f"{name}_acc": float(correct[name].mean()) for name in ("shape", "colour", "pattern", "background", "count")},
+    }
+    if single.any():
+        result["position_copy"] = float(correct["position"][single].mean())
+        result["rotation_copy"] = float(correct["rotation"][single].mean())
+    return result
+
+
+@torch.no_grad()
+def generate(pipe, pairs: list[Pair], text_guidance: float, object_guidance: float, steps: int,
+             batch_size: int = 48) -> list[Image.Image]:
+    """One image per pair, each from its own fixed seed, batched across pairs."""
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        embeds = torch.cat([pipe.encode_object(p.reference)[0] for p in chunk])
+        generators = [torch.Generator().manual_seed(p.seed) for p in chunk]
+        out = pipe([p.prompt for p in chunk], image_embeds=embeds, text_guidance=text_guidance,
+                   object_guidance=object_guidance, num_inference_steps=steps, generator=generators)
+        images += out.images
+    return images
+
+
+def evaluate(pipe, judge: Judge, pairs: list[Pair], text_guidance: float, object_guidance: float,
+             steps: int) -> tuple[dict[str, float], list[Image.Image]]:
+    started = time.perf_counter()
+    images = generate(pipe, pairs, text_guidance, object_guidance, steps)
+    result = score(judge, images, pairs)
+    result["seconds_per_image"] = round((time.perf_counter() - started) / len(pairs), 4)
+    return result, images
+
+
+def choose_guidance(pipe, judge: Judge, pairs: list[Pair], steps: int, grid_text=(3.0, 5.0, 7.5),
+                    grid_object=(1.5, 3.0, 5.0)) -> tuple[float, float, list[dict]]:
+    """The (w_text, w_obj) with the highest 'both' score on ``pairs`` (training identities, not the test set)."""
+    results = []
+    for w_text in grid_text:
+        for w_object in grid_object:
+            metrics, _ = evaluate(pipe, judge, pairs, w_text, w_object, steps)
+            results.append({"text_guidance": w_text, "object_guidance": w_object, **metrics})
+    best = max(results, key=lambda r: (r["both"], r["identity"]))
+    return best["text_guidance"], best["object_guidance"], results
+
+
+# ---------------------------------------------------------------------------------------------- per-object fine-tuning
+
+
+def finetune_per_object(base_folder, pair: Pair, steps: int, learning_rate: float, seed: int):
+    """DreamBooth-style baseline: fine-tune the base model's UNet on the ONE reference photo.
+
+    The photo is captioned with the rare token (``one sks object on a <its background>
+    background``); no prior preservation. Returns (pipeline, seconds spent personalising).
+    """
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    from ..losses import diffusion_loss, step_generator
+
+    started = time.perf_counter()
+    pipe = StableDiffusionPipeline.from_pretrained(base_folder, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    unet, vae = pipe.unet, pipe.vae
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    caption = context_caption(pair.reference_context, f"{RARE_TOKEN} object")
+    with torch.no_grad():
+        hidden = pipe.encode_prompt(caption, "cpu", 1, False)[0].expand(4, -1, -1)
+        latents = vae.encode(to_tensor(pair.reference)[None]).latent_dist.mean * vae.config.scaling_factor
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate)
+    unet.train()
+    for step in range(steps):
+        loss = diffusion_loss(unet, noise_scheduler, latents.expand(4, -1, -1, -1), hidden, None,
+                              step_generator(seed, step, 9, 0))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    unet.eval()
+    return pipe, time.perf_counter() - started
+
+
+@torch.no_grad()
+def generate_finetuned(pipe, pairs: list[Pair], guidance: float, steps: int) -> list[Image.Image]:
+    prompts = [context_caption(p.context, f"{RARE_TOKEN} object") for p in pairs]
+    generators = [torch.Generator().manual_seed(p.seed) for p in pairs]
+    return pipe(prompts, guidance_scale=guidance, num_inference_steps=steps, generator=generators,
+                height=64, width=64).images

@@ -1,0 +1,283 @@
+"""The pretraining stages of the toy world: VAE, object encoder (open_clip), judge, base text-to-image model.
+
+They stand in for what the paper takes off the shelf (Imagen's VAE-free pixel model, CLIP, a
+pretrained text-to-image network); each trains on renderings of TRAINING identities only (the
+judge, an evaluation instrument, sees all). Every stage is resumable: its state is saved every
+few minutes, and a finished stage writes ``done.json`` and is skipped on the next build.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from zeroft.config import EncoderConfig
+from zeroft.encoder import prepare_object_image, save_open_clip_folder
+
+from ..losses import diffusion_loss, step_generator
+from .models import (HEADS, MAX_TOKENS, OPEN_CLIP_CONFIG, Judge, make_scheduler, make_text_encoder, make_tokenizer,
+                     make_unet, make_vae)
+from .scenes import Scenes, collate_scenes
+from .world import Identity
+
+ENCODER_VIEW = EncoderConfig(model_name="toyworld-clip", pretrained=None, path="encoder", background_fill="gray",
+                             crop_to_object=True, crop_margin=0.1)
+CLIP_MEAN = torch.tensor([0.5, 0.5, 0.5]).view(3, 1, 1)
+CLIP_STD = torch.tensor([0.25, 0.25, 0.25]).view(3, 1, 1)
+
+
+class Stage:
+    """Resumable training state of one stage, saved atomically every ``save_every`` seconds."""
+
+    def __init__(self, folder: Path, modules: dict[str, torch.nn.Module], optimizer, total_steps: int,
+                 save_every: float = 180.0):
+        self.folder, self.modules, self.optimizer = folder, modules, optimizer
+        self.total_steps, self.save_every = total_steps, save_every
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.step, self.seconds = 0, 0.0
+        state_path = folder / "state.pt"
+        if state_path.is_file():
+            state = torch.load(state_path, weights_only=True)
+            for name, module in modules.items():
+                module.load_state_dict(state["modules"][name])
+            optimizer.load_state_dict(state["optimizer"])
+            self.step, self.seconds = state["step"], state["seconds"]
+        self._last_save = time.perf_counter()
+        self._started = time.perf_counter() - self.seconds
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / "done.json").is_file()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._started
+
+    def maybe_save(self, force: bool = False) -> None:
+        if not force and time.perf_counter() - self._last_save < self.save_every:
+            return
+        temp = self.folder / "state.pt.tmp"
+        torch.save({"modules": {n: m.state_dict() for n, m in self.modules.items()}, "optimizer": self.optimizer.state_dict(),
+                    "step": self.step, "seconds": self.elapsed()}, temp)
+        temp.replace(self.folder / "state.pt")
+        self._last_save = time.perf_counter()
+
+    def finish(self, info: dict) -> dict:
+        info = {**info, "steps": self.total_steps, "seconds": round(self.elapsed(), 1)}
+        (self.folder / "done.json").write_text(json.dumps(info, indent=2) + "\n")
+        (self.folder / "state.pt").unlink(missing_ok=True)
+        return info
+
+    def steps(self, desc: str):
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=desc, leave=False)
+        while self.step < self.total_steps:
+            yield self.step
+            self.step += 1
+            bar.update(1)
+            self.maybe_save()
+        bar.close()
+
+
+def _batch(scenes: Scenes, step: int, size: int) -> dict:
+    return collate_scenes([scenes[step * size + i] for i in range(size)])
+
+
+# ---------------------------------------------------------------------------------------------- VAE
+
+
+def train_vae(folder: Path, identities: list[Identity], steps: int, seed: int) -> dict:
+    vae = make_vae(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    stage = Stage(folder, {"vae": vae}, optimizer, steps)
+    if stage.done:
+        return json.loads((folder / "done.json").read_text())
+    scenes = Scenes(seed + 1, identities)
+    vae.train()
+    for step in stage.steps("VAE"):
+        pixels = _batch(scenes, step, 16)["pixels"]
+        posterior = vae.encode(pixels).latent_dist
+        generator = step_generator(seed, step, 0, 0)
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        reconstruction = vae.decode(latents).sample
+        kl = posterior.kl().mean() / pixels[0].numel()
+        loss = F.mse_loss(reconstruction, pixels) + 0.5 * F.l1_loss(reconstruction, pixels) + 1e-4 * kl
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    vae.eval()
+    with torch.no_grad():
+        pixels = _batch(Scenes(seed + 2, identities), 0, 64)["pixels"]
+        latents = vae.encode(pixels).latent_dist.mean
+        error = F.mse_loss(vae.decode(latents).sample, pixels).item()
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    return stage.finish({"reconstruction_mse": round(error, 5), "scaling_factor": vae.config.scaling_factor})
+
+
+# ---------------------------------------------------------------------------------------------- encoder
+
+
+def encoder_views(batch: dict) -> torch.Tensor:
+    """The frozen encoder's input for each scene: masked, cropped, 32×32 (the pipeline's own preprocessing)."""
+    size = OPEN_CLIP_CONFIG["vision_cfg"]["image_size"]
+    return torch.stack([prepare_object_image(image, mask.numpy(), ENCODER_VIEW, size, CLIP_MEAN, CLIP_STD)
+                        for image, mask in zip(batch["image"], batch["mask"])])
+
+
+def _identity_tokens(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+
+
+def _open_clip_model(seed: int):
+    from open_clip.model import CLIP
+
+    torch.manual_seed(seed)
+    config = json.loads(json.dumps(OPEN_CLIP_CONFIG))
+    config["text_cfg"].update({"pool_type": "eos", "eos_id": 1, "pad_id": 1})
+    return CLIP(**config), config
+
+
+def train_encoder(folder: Path, identities: list[Identity], held_out: list[Identity], steps: int, seed: int) -> dict:
+    """Contrastive (open_clip ClipLoss) on the encoder's view of each object ↔ its identity words.
+
+    Each batch holds every training identity once (random pose, context, count), so the loss is
+    never asked to separate two images of the same identity.
+    """
+    from open_clip.loss import ClipLoss
+
+    model, config = _open_clip_model(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    stage = Stage(folder, {"clip": model}, optimizer, steps)
+    if stage.done:
+        return json.loads((folder / "done.json").read_text())
+    tokenizer = make_tokenizer()
+    loss_fn = ClipLoss()
+    texts = _identity_tokens(tokenizer, [i.words for i in identities])
+    model.train()
+    for step in stage.steps("object encoder"):
+        rng = np.random.default_rng([seed, 3, step])
+        scenes = [Scenes(int(rng.integers(2**31)), [identity])[0] for identity in identities]
+        views = encoder_views(collate_scenes(scenes))
+        image_features, text_features, scale = model(views, texts)
+        loss = loss_fn(image_features, text_features, scale)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    save_open_clip_folder(model, config, folder / "encoder", CLIP_MEAN.flatten().tolist(), CLIP_STD.flatten().tolist())
+    return stage.finish({"retrieval_top1_held_out": round(encoder_retrieval(model, tokenizer, held_out, seed), 3),
+                         "retrieval_top1_training": round(encoder_retrieval(model, tokenizer, identities, seed), 3)})
+
+
+@torch.no_grad()
+def encoder_retrieval(model, tokenizer, identities: list[Identity], seed: int, per_identity: int = 10) -> float:
+    """Top-1 accuracy of picking an object's identity among all 72 from its image embedding."""
+    from .world import all_identities
+
+    everyone = all_identities()
+    text = F.normalize(model.encode_text(_identity_tokens(tokenizer, [i.words for i in everyone])), dim=-1)
+    hits = total = 0
+    for identity in identities:
+        batch = collate_scenes([Scenes(seed + 7, [identity])[k] for k in range(per_identity)])
+        image = F.normalize(model.encode_image(encoder_views(batch)), dim=-1)
+        hits += int(((image @ text.T).argmax(-1) == everyone.index(identity)).sum())
+        total += per_identity
+    return hits / total
+
+
+# ---------------------------------------------------------------------------------------------- judge
+
+
+def degrade(pixels: torch.Tensor, vae, generator: torch.Generator) -> torch.Tensor:
+    """Half the batch through the VAE and a little noise: what generated images look like."""
+    half = pixels.shape[0] // 2
+    with torch.no_grad():
+        roundtrip = vae.decode(vae.encode(pixels[:half]).latent_dist.mean).sample.clamp(-1, 1)
+    noisy = roundtrip + 0.05 * torch.randn(roundtrip.shape, generator=generator)
+    return torch.cat([noisy, pixels[half:]])
+
+
+def train_judge(folder: Path, identities: list[Identity], held_out: list[Identity], vae, steps: int, seed: int) -> dict:
+    """Attribute classifier on renderings of ALL identities (it is the measuring instrument)."""
+    judge = Judge()
+    optimizer = torch.optim.AdamW(judge.parameters(), lr=1e-3, weight_decay=1e-4)
+    stage = Stage(folder, {"judge": judge}, optimizer, steps)
+    if stage.done:
+        return json.loads((folder / "done.json").read_text())
+    scenes = Scenes(seed + 4, identities + held_out)
+    judge.train()
+    for step in stage.steps("judge"):
+        batch = _batch(scenes, step, 64)
+        pixels = degrade(batch["pixels"], vae, step_generator(seed, step, 4, 0))
+        logits = judge(pixels)
+        loss = sum(F.cross_entropy(logits[name], batch["labels"][name]) for name in HEADS)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    judge.eval()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(folder / "judge.safetensors"))
+    return stage.finish({"accuracy_held_out_clean": judge_accuracy(judge, held_out, None, seed),
+                         "accuracy_held_out_vae": judge_accuracy(judge, held_out, vae, seed)})
+
+
+@torch.no_grad()
+def judge_accuracy(judge, identities: list[Identity], vae, seed: int, count: int = 512) -> dict[str, float]:
+    batch = _batch(Scenes(seed + 9, identities), 0, count)
+    pixels = batch["pixels"]
+    if vae is not None:
+        pixels = vae.decode(vae.encode(pixels).latent_dist.mean).sample.clamp(-1, 1)
+    logits = judge(pixels)
+    return {name: round(float((logits[name].argmax(-1) == batch["labels"][name]).float().mean()), 4) for name in HEADS}
+
+
+# ---------------------------------------------------------------------------------------------- base model
+
+
+def train_base(folder: Path, identities: list[Identity], vae, steps: int, seed: int, batch_size: int = 32) -> dict:
+    """The 'pretrained text-to-image model': UNet + text encoder on the general stream (v-prediction)."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from diffusers.training_utils import EMAModel
+
+    unet, text_encoder, tokenizer = make_unet(seed), make_text_encoder(seed), make_tokenizer()
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=2e-4, weight_decay=1e-2)
+    ema = EMAModel(parameters, decay=0.999)
+    stage = Stage(folder, {"unet": unet, "text_encoder": text_encoder, "ema": ema}, optimizer, steps)
+    if stage.done:
+        return json.loads((folder / "done.json").read_text())
+    noise_scheduler = DDPMScheduler.from_config(make_scheduler().config)
+    scenes = Scenes(seed + 5, identities)
+    unet.train()
+    text_encoder.train()
+    vae.requires_grad_(False)
+    for step in stage.steps("base text-to-image model"):
+        batch = _batch(scenes, step, batch_size)
+        rng = np.random.default_rng([seed, 5, step])
+        captions = ["" if rng.random() < 0.1 else c for c in batch["caption"]]  # for classifier-free guidance
+        tokens = _identity_tokens(tokenizer, captions)
+        generator = step_generator(seed, step, 5, 0)
+        with torch.no_grad():
+            latents = vae.encode(batch["pixels"]).latent_dist.mean * vae.config.scaling_factor
+        hidden = text_encoder(tokens)[0]
+        loss = diffusion_loss(unet, noise_scheduler, latents, hidden, None, generator)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(parameters)
+    ema.copy_to(parameters)
+    unet.eval()
+    text_encoder.eval()
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=make_scheduler(), safety_checker=None, feature_extractor=None,
+                                   image_encoder=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder / "base", safe_serialization=True)
+    return stage.finish({"final_loss": round(float(loss), 4)})
