@@ -110,19 +110,10 @@ def _build_open_clip(config: EncoderConfig, root: Path | None) -> tuple[nn.Modul
     return model, preprocess, None
 
 
-def prepare_object_image(image: Image.Image, mask: np.ndarray, config: EncoderConfig, image_size: int,
-                         mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """The encoder's view of a photo: x ⊗ m, cropped to the object, padded square, resized, normalised.
+def object_view(image: Image.Image, mask: np.ndarray, config: EncoderConfig) -> Image.Image:
+    """What the encoder looks at, before resizing: x ⊗ m, cropped to the object, padded to a square.
 
-    Args:
-        image: RGB photo.
-        mask: (H, W) float mask in [0, 1].
-        config: fill colour and cropping.
-        image_size: the encoder's input side S.
-        mean, std: (3, 1, 1) normalisation.
-
-    Returns:
-        (3, S, S) float32 tensor.
+    The app shows this as its preview of the masked object.
     """
     masked = apply_mask(image, mask, config.background_fill)
     if config.crop_to_object:
@@ -131,7 +122,13 @@ def prepare_object_image(image: Image.Image, mask: np.ndarray, config: EncoderCo
     fill = BACKGROUND_FILLS.get(config.background_fill, (128, 128, 128))
     square = Image.new("RGB", (side, side), fill)
     square.paste(masked, ((side - masked.width) // 2, (side - masked.height) // 2))
-    square = square.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return square
+
+
+def prepare_object_image(image: Image.Image, mask: np.ndarray, config: EncoderConfig, image_size: int,
+                         mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The encoder's input: :func:`object_view`, resized to S×S and normalised: (3, S, S) float32."""
+    square = object_view(image, mask, config).resize((image_size, image_size), Image.Resampling.BICUBIC)
     pixels = torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return (pixels - mean) / std
 
