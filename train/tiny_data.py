@@ -69,3 +69,42 @@ def write_domain_shards(root: Path, per_shard: int = 4) -> Path:
                 meta.write_text(json.dumps({"caption": row["caption"], "identity": row["identity"]}))
                 tar.add(meta, arcname=f"{key}.json")
     return shards
+
+
+def write_tiny_captioner(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised BLIP captioner at toy size, saved like a Hub model (real code path, no download)."""
+    import torch
+    from transformers import BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "dog", "cat", "sitting", "on", "the",
+             "grass", "red", "green", "yellow", "square", "with", "blue", "background"]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    config = BlipConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=40, pad_token_id=0, sep_token_id=3,
+                         bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]")),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    torch.manual_seed(seed)
+    BlipForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def write_tiny_zero_shot_clip(folder: Path, seed: int = 0) -> Path:
+    """A tiny open_clip model in the local-folder layout, with open_clip's own BPE vocabulary size."""
+    import torch
+    from open_clip.model import CLIP
+
+    from zeroft.encoder import save_open_clip_folder
+
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    torch.manual_seed(seed)
+    save_open_clip_folder(CLIP(**config).eval(), config, folder, (0.48145466, 0.4578275, 0.40821073),
+                          (0.26862954, 0.26130258, 0.27577711))
+    return folder

@@ -72,6 +72,20 @@ def _hub_file(repo_id: str, filename: str) -> Path:
         ) from error
 
 
+def load_open_clip_folder(folder: str | Path, weights: Path | None = None) -> tuple[nn.Module, dict]:
+    """A whole open_clip model from the local layout (config + safetensors): (model, preprocess cfg)."""
+    import open_clip
+
+    folder = Path(folder)
+    weights = weights or folder / OPEN_CLIP_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"encoder folder {folder} has no {OPEN_CLIP_WEIGHTS} (only safetensors are loaded)")
+    with _quiet_random_init_warning():
+        model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
+    _load_safetensors_into(model, weights)
+    return model, json.loads((folder / OPEN_CLIP_CONFIG).read_text()).get("preprocess_cfg", {})
+
+
 def _build_open_clip(config: EncoderConfig, root: Path | None) -> tuple[nn.Module, dict, Path | None]:
     """Return (open_clip model, preprocess cfg, local source folder or None)."""
     import open_clip
@@ -86,12 +100,7 @@ def _build_open_clip(config: EncoderConfig, root: Path | None) -> tuple[nn.Modul
             repo = config.model_name[len("hf-hub:"):]
             folder = _hub_file(repo, OPEN_CLIP_CONFIG).parent
             weights = _hub_file(repo, OPEN_CLIP_WEIGHTS)
-        if not weights.is_file():
-            raise FileNotFoundError(f"encoder folder {folder} has no {OPEN_CLIP_WEIGHTS} (only safetensors are loaded)")
-        with _quiet_random_init_warning():
-            model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
-        _load_safetensors_into(model, weights)
-        preprocess = json.loads((folder / OPEN_CLIP_CONFIG).read_text()).get("preprocess_cfg", {})
+        model, preprocess = load_open_clip_folder(folder, weights)
         return model, preprocess, folder if config.path is not None else None
 
     model = open_clip.create_model(config.model_name, pretrained=None)

@@ -147,13 +147,19 @@ def train_encoder(folder: Path, identities: list[Identity], held_out: list[Ident
     """Contrastive (open_clip ClipLoss) on the encoder's view of each object ↔ its identity words.
 
     Each batch holds every training identity once (random pose, context, count), so the loss is
-    never asked to separate two images of the same identity.
+    never asked to separate two images of the same identity. Linear probes for shape, colour
+    and pattern on the image embedding add a cross-entropy term: with contrastive loss alone, a
+    first build retrieved held-out identities at 0.56 top-1 (training: 0.93), because 60
+    captions can be told apart without factorising them; the probes make each attribute
+    linearly readable, which carries over to unseen combinations. The probes are not exported.
     """
     from open_clip.loss import ClipLoss
 
     model, config = _open_clip_model(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
-    stage = Stage(folder, {"clip": model}, optimizer, steps)
+    width = OPEN_CLIP_CONFIG["embed_dim"]
+    probes = torch.nn.ModuleDict({name: torch.nn.Linear(width, HEADS[name]) for name in ("shape", "colour", "pattern")})
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(probes.parameters()), lr=5e-4, weight_decay=0.05)
+    stage = Stage(folder, {"clip": model, "probes": probes}, optimizer, steps)
     if stage.done:
         return json.loads((folder / "done.json").read_text())
     tokenizer = make_tokenizer()
@@ -162,17 +168,35 @@ def train_encoder(folder: Path, identities: list[Identity], held_out: list[Ident
     model.train()
     for step in stage.steps("object encoder"):
         rng = np.random.default_rng([seed, 3, step])
-        scenes = [Scenes(int(rng.integers(2**31)), [identity])[0] for identity in identities]
-        views = encoder_views(collate_scenes(scenes))
-        image_features, text_features, scale = model(views, texts)
-        loss = loss_fn(image_features, text_features, scale)
+        scenes = collate_scenes([Scenes(int(rng.integers(2**31)), [identity])[0] for identity in identities])
+        views = encoder_views(scenes)
+        embeddings = model.encode_image(views)  # (60, D), what zeroft's adapter will read
+        text_features = model.encode_text(texts, normalize=True)
+        probe_loss = sum(F.cross_entropy(probe(embeddings), scenes["labels"][name]) for name, probe in probes.items())
+        loss = loss_fn(F.normalize(embeddings, dim=-1), text_features, model.logit_scale.exp()) + 0.5 * probe_loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()
     save_open_clip_folder(model, config, folder / "encoder", CLIP_MEAN.flatten().tolist(), CLIP_STD.flatten().tolist())
     return stage.finish({"retrieval_top1_held_out": round(encoder_retrieval(model, tokenizer, held_out, seed), 3),
-                         "retrieval_top1_training": round(encoder_retrieval(model, tokenizer, identities, seed), 3)})
+                         "retrieval_top1_training": round(encoder_retrieval(model, tokenizer, identities, seed), 3),
+                         "probe_all_attributes_held_out": round(probe_accuracy(model, probes, held_out, seed), 3)})
+
+
+@torch.no_grad()
+def probe_accuracy(model, probes, identities: list[Identity], seed: int, per_identity: int = 10) -> float:
+    """Fraction of renderings whose shape, colour and pattern the linear probes all read correctly."""
+    hits = total = 0
+    for identity in identities:
+        batch = collate_scenes([Scenes(seed + 8, [identity])[k] for k in range(per_identity)])
+        embeddings = model.encode_image(encoder_views(batch))
+        correct = torch.ones(per_identity, dtype=torch.bool)
+        for name, probe in probes.items():
+            correct &= probe(embeddings).argmax(-1) == batch["labels"][name]
+        hits += int(correct.sum())
+        total += per_identity
+    return hits / total
 
 
 @torch.no_grad()
