@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from train.toyworld.evaluate import (CHANCE, evaluate, finetune_per_object, generate_finetuned, load_judge, make_pairs,
                                      position_copy_chance, score)
 from train.toyworld.world import split_identities
-from train.validation import make_grid
+from zeroft.grid import make_grid
 from zeroft import ZeroFTPipeline
 
 METRICS = ("identity", "text", "both", "position_copy", "rotation_copy")

@@ -108,3 +108,57 @@ def write_tiny_zero_shot_clip(folder: Path, seed: int = 0) -> Path:
     save_open_clip_folder(CLIP(**config).eval(), config, folder, (0.48145466, 0.4578275, 0.40821073),
                           (0.26862954, 0.26130258, 0.27577711))
     return folder
+
+
+def write_tiny_dino(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised ViT (DINO's architecture at toy size) and its image processor."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(seed)
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=32,
+                       patch_size=8), add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+DREAMBENCH_PROMPTS = """Classes
+
+subject_name,class
+backpack,backpack
+dog,dog
+teapot,teapot
+
+Prompts
+
+Object Prompts
+
+prompt_list = [
+'a {0} {1} in the jungle'.format(unique_token, class_token),
+'a {0} {1} in the snow'.format(unique_token, class_token),
+'a red {0} {1}'.format(unique_token, class_token)
+]
+
+Live Subject Prompts
+
+prompt_list = [
+'a {0} {1} in the jungle'.format(unique_token, class_token),
+'a {0} {1} wearing a red hat'.format(unique_token, class_token),
+'a {0} {1} in a chef outfit'.format(unique_token, class_token)
+]
+"""
+
+
+def write_tiny_dreambench(folder: Path) -> Path:
+    """DreamBench's layout (subject folders + prompts_and_classes.txt) with 3 fabricated subjects."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "prompts_and_classes.txt").write_text(DREAMBENCH_PROMPTS)
+    for index, (subject, colour) in enumerate([("backpack", (200, 40, 40)), ("dog", (150, 100, 40)), ("teapot", (40, 40, 200))]):
+        (folder / subject).mkdir(exist_ok=True)
+        for k in range(3):
+            image = Image.new("RGB", (96, 96), (235, 235, 235))
+            image.paste(colour, (20 + 6 * k, 24, 70 + 6 * k, 80))
+            image.save(folder / subject / f"{k:02d}.jpg")
+    return folder

@@ -9,20 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from zeroft.grid import make_grid
 from zeroft.pipeline import ZeroFTPipeline
-
-
-def make_grid(rows: list[list[Image.Image]], cell: int) -> Image.Image:
-    width = max(len(r) for r in rows)
-    grid = Image.new("RGB", (width * cell, len(rows) * cell), (255, 255, 255))
-    for y, row in enumerate(rows):
-        for x, image in enumerate(row):
-            grid.paste(image.convert("RGB").resize((cell, cell)), (x * cell, y * cell))
-    draw = ImageDraw.Draw(grid)
-    draw.line([(cell, 0), (cell, grid.height)], fill=(0, 0, 0), width=1)  # references | generations
-    return grid
 
 
 @torch.no_grad()
