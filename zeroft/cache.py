@@ -19,6 +19,9 @@ import numpy as np
 from PIL import Image
 
 
+_MISSING = object()  # distinguishes 'not cached' from a cached None
+
+
 @dataclass
 class CacheStats:
     hits: int = 0
@@ -69,14 +72,10 @@ class LRUCache:
         ``create`` runs outside the lock so that a slow computation (loading a model) does not
         block lookups of other keys; two callers racing on one new key may both compute it.
         """
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return self._items[key]
-            self.misses += 1
-        value = create()
-        self.put(key, value)
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            value = create()
+            self.put(key, value)
         return value
 
     def clear(self) -> None:
