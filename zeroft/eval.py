@@ -171,8 +171,8 @@ def evaluate_dreambench(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
-    return evaluate_dreambench(args)
+    with torch.no_grad():
+        return evaluate_dreambench(args)
 
 
 if __name__ == "__main__":
