@@ -36,7 +36,7 @@ from .validation import (check_guidance, check_num_images, check_prompt, check_s
 class ZeroFTOutput:
     images: list  # PIL images, or a tensor/array for output_type "pt"/"np"/"latent"
     masks: list[np.ndarray] = field(default_factory=list)  # the object mask used for each reference photo
-    image_embeds: torch.Tensor | None = None  # (1, D) object embedding o, reusable as `image_embeds=`
+    image_embeds: torch.Tensor | None = None  # (1, D) or (P, D) object embedding(s) o, reusable as `image_embeds=`
     seeds: list[int] = field(default_factory=list)  # per-image seeds: image i is reproduced by seed=seeds[i], num_images=1
 
 
@@ -73,7 +73,7 @@ def needed_branches(text_guidance: float, object_guidance: float) -> list[str]:
         branches.append("text")
     if object_guidance != 0.0:
         branches.append("object")
-    return branches or ["text"]
+    return branches  # never empty: w_text = 1 and w_obj = w_text leave the (c,o) branch
 
 
 class ZeroFTPipeline(StableDiffusionPipeline):

@@ -32,7 +32,7 @@ class Budget:
     """Steps per stage; the full budget was sized on this 2-core machine (about 2 h 20 min in all)."""
 
     vae: int = 5000  # batch 16; ~0.18 s/step measured here (2000 steps left patterns blurred)
-    encoder: int = 1500  # batch = the 60 training identities; ~0.4 s/step
+    encoder: int = 2500  # batch = the 60 training identities; ~0.3 s/step
     judge: int = 2000  # batch 64; ~0.36 s/step (1200 steps read patterns at 0.90 on clean renderings)
     base: int = 5000  # batch 32; ~0.5 s/step
     zeroft: int = 8000  # batch 32; ~0.55 s/step

@@ -17,9 +17,12 @@ MAX_TOKENS = 16  # the longest caption has 9 words, plus start and end tokens
 TEXT_WIDTH = 64  # text-token width, also the UNet's cross_attention_dim
 LATENT_CHANNELS = 8  # a first build with 4 lost stripes and dots: the judge read patterns at 0.69 after a round trip
 
+# The object encoder: open_clip's ModifiedResNet. A 4-layer ViT (32 px, patch 4) trained the same
+# way read held-out shapes at 0.44 with a linear probe (0.18 when the crop held two objects);
+# this ResNet read them at 0.71 after 800 steps (colour and pattern: 1.00 for both).
 OPEN_CLIP_CONFIG = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 128, "layers": 4, "head_width": 32},
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
     "text_cfg": {"context_length": MAX_TOKENS, "vocab_size": len(vocabulary()) + 4, "width": 64, "heads": 4, "layers": 2},
 }
 
