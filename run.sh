@@ -32,7 +32,7 @@ setup
 case "$command" in
   app)  exec .venv/bin/python app.py "$@" ;;
   demo) exec .venv/bin/python -m zeroft generate --image assets/examples/object-01.png \
-          --prompt "two objects on a green background" --num-images 4 --seed 0 --out outputs/demo "$@" ;;
+          --prompt "two objects on a white background" --num-images 4 --seed 0 --out outputs/demo "$@" ;;
   test) export HF_HUB_OFFLINE=1; exec .venv/bin/python -m pytest "$@" ;;
   *) echo "usage: bash run.sh app|demo|test" >&2; exit 2 ;;
 esac

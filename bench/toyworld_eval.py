@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -75,12 +76,14 @@ def load_training_state(pipe, folder: Path) -> None:
     pipe.embedding_cache.clear()
 
 
-def curve(checkpoint: Path, run: Path, judge, pairs, defaults) -> list[dict]:
+def curve(checkpoint: Path, run: Path, judge, pairs, defaults, max_points: int = 8) -> list[dict]:
     from train.checkpointing import list_checkpoints
 
     points = []
     pipe = ZeroFTPipeline.from_pretrained(checkpoint, device="cpu")
-    for step, folder in list_checkpoints(run):
+    saved = list_checkpoints(run)
+    every = max(1, -(-len(saved) // max_points))
+    for step, folder in saved[every - 1::every]:
         load_training_state(pipe, folder)
         metrics, _ = evaluate(pipe, judge, pairs, defaults.text_guidance, defaults.object_guidance, defaults.steps)
         points.append({"step": step, "identity": metrics["identity"], "text": metrics["text"], "both": metrics["both"]})
@@ -140,7 +143,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--finetune-objects", type=int, default=4)
     parser.add_argument("--finetune-steps", type=int, default=200)
     parser.add_argument("--ablation-references", type=int, default=1)
-    parser.add_argument("--curve", action="store_true", help="also evaluate every saved training state")
+    parser.add_argument("--curve", action="store_true", help="also evaluate saved training states")
+    parser.add_argument("--curve-points", type=int, default=8, help="at most this many states, evenly spaced")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -180,17 +184,18 @@ def main(argv=None) -> dict:
             row["notes"] = f"ablation: {info['steps']} steps, {info['train_seconds'] / 60:.0f} min"
             rows[f"ablation: {name}"] = row
 
-    by_identity = {}
+    by_shape: dict[str, dict] = {}
     for pair in pairs:
-        by_identity.setdefault(pair.identity, pair)
+        by_shape.setdefault(pair.identity.shape, {}).setdefault(pair.identity, pair)
+    spread = [p for group in zip_longest(*(list(g.values()) for g in by_shape.values())) for p in group if p is not None]
     prompts = ["one object on a white background", "two objects on a black background",
                "one object on a brown background", "two objects on a gray background"]
-    sample_grid(pipe, list(by_identity.values())[:6], prompts, defaults, out / "samples.png")
+    sample_grid(pipe, spread[:6], prompts, defaults, out / "samples.png")
     report = {"checkpoint": args.checkpoint, "guidance": {"text": defaults.text_guidance, "object": defaults.object_guidance},
               "sampler_steps": defaults.steps, "chance": chance, "rows": rows,
               "judge": json.loads((Path(args.judge).parent / "judge.json").read_text())}
     if args.curve:
-        points = curve(Path(args.checkpoint), work / "zeroft", judge, ablation_pairs, defaults)
+        points = curve(Path(args.checkpoint), work / "zeroft", judge, ablation_pairs, defaults, args.curve_points)
         report["curve"] = points
         plot(points, out / "curve.png")
     (out / "toyworld_eval.json").write_text(json.dumps(report, indent=2) + "\n")

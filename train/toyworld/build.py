@@ -18,6 +18,7 @@ import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 import torch
@@ -69,7 +70,7 @@ def zeroft_arguments(work: Path, budget: Budget, seed: int, validation: list[str
 
 
 def write_examples(folder: Path, held_out, seed: int, count: int = 6) -> list[dict]:
-    """Reference photos of held-out identities (never seen in training), 128 px, plus example prompts."""
+    """Reference photos of held-out identities (never seen in training; shapes taken in turn), 128 px, plus prompts."""
     import numpy as np
     from PIL import Image
 
@@ -79,8 +80,12 @@ def write_examples(folder: Path, held_out, seed: int, count: int = 6) -> list[di
     rng = np.random.default_rng([seed, 21])
     prompts = ["two objects on a white background", "one object on a black background",
                "two objects on a brown background", "one object on a gray background"]
+    by_shape: dict[str, list] = {}
+    for identity in held_out:
+        by_shape.setdefault(identity.shape, []).append(identity)
+    spread = [identity for group in zip_longest(*by_shape.values()) for identity in group if identity is not None]
     examples = []
-    for index, identity in enumerate(held_out[:count]):
+    for index, identity in enumerate(spread[:count]):
         image, _ = render(identity, Context(["gray", "white", "black", "brown"][index % 4], "one"), random_pose(rng, "one"))
         name = f"object-{index + 1:02d}.png"
         image.resize((128, 128), Image.Resampling.NEAREST).save(folder / name)
