@@ -1,9 +1,12 @@
 """The Gradio app: layout without weights, the API through gradio_client, concurrency, a real browser."""
 
+import json
 import os
+import re
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,16 @@ def server(tiny_checkpoint):
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
                             max_file_size=app.MAX_UPLOAD, allowed_paths=[str(app.EXAMPLES)])
     yield url, str(tiny_checkpoint)
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def embedded_server():
+    """The app as `python app.py` serves it: the embedded checkpoint, with the examples."""
+    demo = app.create_app()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
+                            max_file_size=app.MAX_UPLOAD, allowed_paths=[str(app.EXAMPLES)])
+    yield url, app.allowed_checkpoints()[0]
     demo.close()
 
 
@@ -163,8 +176,9 @@ def _browser_args():
 
 
 @pytest.mark.browser
-def test_a_real_browser_generates(server, tmp_path):
-    """Debian's chromium: upload, paint the mask, move both sliders, generate, see N images; save a screenshot."""
+def test_a_real_browser_generates(embedded_server):
+    """Debian's chromium on the app as shipped: upload a held-out example photo, paint the mask, move both
+    sliders, generate, see N images; save a screenshot and the click-to-first-image time as artifacts."""
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
         if os.environ.get("ZEROFT_REQUIRE_BROWSER"):
@@ -172,28 +186,36 @@ def test_a_real_browser_generates(server, tmp_path):
         pytest.skip("chromium is not installed")
     from playwright.sync_api import expect, sync_playwright
 
-    photo = tmp_path / "photo.png"
-    square_photo(size=128, box=(32, 32, 96, 96)).save(photo)
+    url, checkpoint = embedded_server
+    defaults = app.checkpoint_config(checkpoint).defaults
+    text, obj = defaults.text_guidance + 0.5, defaults.object_guidance + 0.5
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=_browser_args())
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(server[0], wait_until="load", timeout=90_000)
+        page.goto(url, wait_until="load", timeout=90_000)
         expect(page.get_by_text("Upload an image")).to_be_visible(timeout=60_000)  # the editor is mounted
-        page.locator("#photo input[type=file]").set_input_files(str(photo))
+        page.locator("#photo input[type=file]").set_input_files(str(app.EXAMPLES / "object-02.png"))
         expect(page.locator("#preview img")).to_be_visible(timeout=60_000)  # automatic mask → encoder preview
         page.get_by_role("button", name="Brush").first.click()
         box = page.locator("#photo canvas").first.bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.45)
         page.mouse.down()
-        page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.55, steps=8)
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5, steps=8)
         page.mouse.up()
-        page.locator("#text-guidance input[type=range]").fill("6.5")
-        page.locator("#object-guidance input[type=range]").fill("2.5")
-        page.locator("#steps input[type=range]").fill("3")
+        page.locator("#prompt textarea").fill("two objects on a white background")
+        page.locator("#text-guidance input[type=range]").fill(str(text))
+        page.locator("#object-guidance input[type=range]").fill(str(obj))
+        page.locator("#num-images input[type=range]").fill("4")
+        clicked = time.perf_counter()
         page.locator("#generate").click()
-        expect(page.locator("#gallery img")).to_have_count(2, timeout=120_000)
-        expect(page.locator("#settings")).to_contain_text("6.5", timeout=30_000)
-        expect(page.locator("#settings")).to_contain_text("2.5")
+        expect(page.locator("#gallery img").first).to_be_visible(timeout=120_000)
+        first_image = time.perf_counter() - clicked
+        expect(page.locator("#gallery img")).to_have_count(4, timeout=120_000)
+        expect(page.locator("#settings")).to_contain_text(re.compile(rf'"text_guidance":\s*{text:g}\b'), timeout=30_000)
+        expect(page.locator("#settings")).to_contain_text(re.compile(rf'"object_guidance":\s*{obj:g}\b'))
         page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+        (ARTIFACTS / "app-timing.json").write_text(json.dumps({"click_to_first_image_seconds": round(first_image, 2),
+                                                               "images": 4, "steps": defaults.steps,
+                                                               "checkpoint": checkpoint}) + "\n")
         browser.close()
