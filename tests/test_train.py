@@ -81,7 +81,13 @@ def test_end_to_end_export_generates(setup, tmp_path):
 
 def test_adapter_mode_keeps_the_unet_and_whole_mode_changes_it(setup, tmp_path):
     base_unet = load_file(str(setup["base"] / "unet" / "diffusion_pytorch_model.safetensors"))
-    adapter_run = main(_argv(setup, tmp_path / "a", "--train", "adapter"))
+    photo = tmp_path / "photo.png"
+    square_photo().save(photo)
+    # EMA + validation track only the trainable (adapter) parameters in this mode
+    adapter_run = main(_argv(setup, tmp_path / "a", "--train", "adapter", "--use_ema", "--validation_images", str(photo),
+                             "--validation_prompts", "an object", "--validation_steps", "2",
+                             "--validation_inference_steps", "1"))
+    assert (tmp_path / "a" / "validation" / "step-000002.png").is_file()
     assert not (adapter_run / "unet").exists()
     reloaded = ZeroFTPipeline.from_pretrained(adapter_run, device="cpu")
     state = {k: v for k, v in reloaded.unet.state_dict().items() if ".processor." not in k and "encoder_hid_proj" not in k}

@@ -43,13 +43,18 @@ def validation_pipeline(models, unet, args) -> ZeroFTPipeline:
     )
 
 
+def trainable_parameters(module) -> list:
+    """The parameters the optimizer and the EMA track (all of the UNet, or only the object attention)."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
 def export_checkpoint(args, accelerator, models, unet, ema, regularization, grid: Path | None,
                       throughput: float, seconds: float) -> Path:
     """Write the final zeroft checkpoint (EMA weights if kept), its model card, and upload it if asked."""
     unwrapped = accelerator.unwrap_model(unet)
     if ema is not None:
-        ema.store(unwrapped.parameters())
-        ema.copy_to(unwrapped.parameters())
+        ema.store(trainable_parameters(unwrapped))
+        ema.copy_to(trainable_parameters(unwrapped))
     training = {
         "recipe": "Jia et al. 2023 regularized joint training (zeroft train.train)",
         "domain_data": args.domain_data, "general_data": args.general_data,
@@ -75,7 +80,7 @@ def export_checkpoint(args, accelerator, models, unet, ema, regularization, grid
         card = folder / "README.md"
         card.write_text(card.read_text() + "\n## Validation grid\n\n![validation grid](validation.png)\n")
     if ema is not None:
-        ema.restore(unwrapped.parameters())
+        ema.restore(trainable_parameters(unwrapped))
     if args.push_to_hub:
         push_to_hub(folder, args.push_to_hub, token=args.hub_token)
     return folder

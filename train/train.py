@@ -30,7 +30,7 @@ from zeroft.encoder import ObjectEncoder
 from .args import parse_args
 from .checkpointing import checkpoint_step, clean_partial, resolve_resume, save_training_state
 from .data import MixedTrainingData, Regularization, collate, global_indices, open_streams
-from .export import export_checkpoint, validation_pipeline
+from .export import export_checkpoint, trainable_parameters, validation_pipeline
 from .losses import TextEncoderCache, diffusion_loss, encode_latents, step_generator
 from .sources import Columns
 from .validation import render_validation
@@ -162,8 +162,8 @@ def run_validation(args, accelerator, models, unet, step, ema) -> Path | None:
         return None
     unwrapped = accelerator.unwrap_model(unet)
     if ema is not None:
-        ema.store(unwrapped.parameters())
-        ema.copy_to(unwrapped.parameters())
+        ema.store(trainable_parameters(unwrapped))
+        ema.copy_to(trainable_parameters(unwrapped))
     unwrapped.eval()
     try:
         pipe = validation_pipeline(models, unwrapped, args)
@@ -173,7 +173,7 @@ def run_validation(args, accelerator, models, unet, step, ema) -> Path | None:
     finally:
         unwrapped.train()
         if ema is not None:
-            ema.restore(unwrapped.parameters())
+            ema.restore(trainable_parameters(unwrapped))
     folder = Path(args.output_dir) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:06d}.png"
@@ -204,7 +204,7 @@ def main(argv=None) -> Path | None:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
     for frozen in (models.vae, models.text_encoder, models.encoder):
         frozen.to(accelerator.device, dtype=weight_dtype)
-    parameters = [p for p in models.unet.parameters() if p.requires_grad]
+    parameters = trainable_parameters(models.unet)
     optimizer = build_optimizer(args, parameters)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=args.max_train_steps * accelerator.num_processes)
