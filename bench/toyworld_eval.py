@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from train.toyworld.evaluate import (CHANCE, evaluate, finetune_per_object, generate_finetuned, load_judge, make_pairs,
                                      position_copy_chance, score)
-from train.toyworld.world import split_identities
+from train.toyworld.world import shapes_in_turn, split_identities
 from zeroft.grid import make_grid
 from zeroft import ZeroFTPipeline
 
@@ -184,10 +183,10 @@ def main(argv=None) -> dict:
             row["notes"] = f"ablation: {info['steps']} steps, {info['train_seconds'] / 60:.0f} min"
             rows[f"ablation: {name}"] = row
 
-    by_shape: dict[str, dict] = {}
+    by_identity = {}
     for pair in pairs:
-        by_shape.setdefault(pair.identity.shape, {}).setdefault(pair.identity, pair)
-    spread = [p for group in zip_longest(*(list(g.values()) for g in by_shape.values())) for p in group if p is not None]
+        by_identity.setdefault(pair.identity, pair)
+    spread = shapes_in_turn(list(by_identity.values()), lambda pair: pair.identity.shape)
     prompts = ["one object on a white background", "two objects on a black background",
                "one object on a brown background", "two objects on a gray background"]
     sample_grid(pipe, spread[:6], prompts, defaults, out / "samples.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from zeroft.checkpoint import push_to_hub, save_checkpoint
@@ -48,13 +49,24 @@ def trainable_parameters(module) -> list:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+@contextmanager
+def ema_weights(ema, module):
+    """Inside the block ``module`` holds the EMA weights (when ``ema`` is not None); its own come back after."""
+    if ema is None:
+        yield
+        return
+    ema.store(trainable_parameters(module))
+    ema.copy_to(trainable_parameters(module))
+    try:
+        yield
+    finally:
+        ema.restore(trainable_parameters(module))
+
+
 def export_checkpoint(args, accelerator, models, unet, ema, regularization, grid: Path | None,
                       throughput: float, seconds: float) -> Path:
     """Write the final zeroft checkpoint (EMA weights if kept), its model card, and upload it if asked."""
     unwrapped = accelerator.unwrap_model(unet)
-    if ema is not None:
-        ema.store(trainable_parameters(unwrapped))
-        ema.copy_to(trainable_parameters(unwrapped))
     training = {
         "recipe": "Jia et al. 2023 regularized joint training (zeroft train.train)",
         "domain_data": args.domain_data, "general_data": args.general_data,
@@ -74,13 +86,12 @@ def export_checkpoint(args, accelerator, models, unet, ema, regularization, grid
     pipe = ZeroFTPipeline(vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
                           unet=unwrapped, scheduler=models.scheduler, object_encoder=models.encoder,
                           zeroft_config=config)
-    save_checkpoint(pipe, folder, unet_tuned=args.train == "whole")
+    with ema_weights(ema, unwrapped):
+        save_checkpoint(pipe, folder, unet_tuned=args.train == "whole")
     if grid is not None:
         shutil.copyfile(grid, folder / "validation.png")
         card = folder / "README.md"
         card.write_text(card.read_text() + "\n## Validation grid\n\n![validation grid](validation.png)\n")
-    if ema is not None:
-        ema.restore(trainable_parameters(unwrapped))
     if args.push_to_hub:
         push_to_hub(folder, args.push_to_hub, token=args.hub_token)
     return folder

@@ -30,7 +30,7 @@ from zeroft.encoder import ObjectEncoder
 from .args import parse_args
 from .checkpointing import checkpoint_step, clean_partial, resolve_resume, save_training_state
 from .data import MixedTrainingData, Regularization, collate, global_indices, open_streams
-from .export import export_checkpoint, trainable_parameters, validation_pipeline
+from .export import ema_weights, export_checkpoint, trainable_parameters, validation_pipeline
 from .losses import TextEncoderCache, diffusion_loss, encode_latents, step_generator
 from .sources import Columns
 from .validation import render_validation
@@ -161,19 +161,15 @@ def run_validation(args, accelerator, models, unet, step, ema) -> Path | None:
     if not (args.validation_images and args.validation_prompts) or not accelerator.is_main_process:
         return None
     unwrapped = accelerator.unwrap_model(unet)
-    if ema is not None:
-        ema.store(trainable_parameters(unwrapped))
-        ema.copy_to(trainable_parameters(unwrapped))
     unwrapped.eval()
     try:
-        pipe = validation_pipeline(models, unwrapped, args)
-        grid = render_validation(pipe, args.validation_images, args.validation_prompts, args.seed,
-                                 args.validation_inference_steps, args.validation_text_guidance,
-                                 args.validation_object_guidance)
+        with ema_weights(ema, unwrapped):
+            pipe = validation_pipeline(models, unwrapped, args)
+            grid = render_validation(pipe, args.validation_images, args.validation_prompts, args.seed,
+                                     args.validation_inference_steps, args.validation_text_guidance,
+                                     args.validation_object_guidance)
     finally:
         unwrapped.train()
-        if ema is not None:
-            ema.restore(trainable_parameters(unwrapped))
     folder = Path(args.output_dir) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:06d}.png"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import product
+from itertools import product, zip_longest
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -78,6 +78,14 @@ def split_identities(held_out: int = 12) -> tuple[list[Identity], list[Identity]
         if all(sum(getattr(x, field) == value for x in train) >= 2
                for field, values in (("shape", SHAPES), ("colour", COLOURS), ("pattern", PATTERNS)) for value in values):
             return train, [x for i, x in enumerate(identities) if i in chosen]
+
+
+def shapes_in_turn(items: list, shape_of=lambda item: item.shape) -> list:
+    """``items`` reordered so that shapes take turns (first of each shape, then second, ...), order kept within a shape."""
+    by_shape: dict[str, list] = {}
+    for item in items:
+        by_shape.setdefault(shape_of(item), []).append(item)
+    return [item for group in zip_longest(*by_shape.values()) for item in group if item is not None]
 
 
 def all_contexts() -> list[Context]:
