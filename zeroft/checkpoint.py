@@ -9,6 +9,7 @@ adapter and UNet as ``.safetensors`` files, the encoder through zeroft.encoder.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -185,10 +186,17 @@ def save_unet_without_adapter(unet: UNet2DConditionModel, folder: str | Path) ->
 
 def _write_base(pipe, folder: Path, unet_tuned: bool) -> None:
     """The base pipeline's parts from memory; its UNet only when untuned (a tuned one lives in unet/)."""
-    StableDiffusionPipeline(
-        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=None, scheduler=pipe.scheduler,
-        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
-    ).save_pretrained(folder, safe_serialization=True)
+    # unet=None is on purpose; diffusers would warn "self.unet=None ... cannot be saved" on every export.
+    pipeline_logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    level = pipeline_logger.level
+    pipeline_logger.setLevel(logging.ERROR)
+    try:
+        StableDiffusionPipeline(
+            vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=None, scheduler=pipe.scheduler,
+            safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+        ).save_pretrained(folder, safe_serialization=True)
+    finally:
+        pipeline_logger.setLevel(level)
     if not unet_tuned:
         # The UNet in memory carries the object attention; write it clean and list it in the index.
         save_unet_without_adapter(pipe.unet, folder / "unet")
