@@ -21,7 +21,7 @@ import torch
 from train.losses import diffusion_loss, step_generator
 from train.toyworld.evaluate import generate_finetuned, load_judge, make_pairs, score
 from train.toyworld.scenes import to_tensor
-from train.toyworld.world import RARE_TOKEN, context_caption, split_identities
+from train.toyworld.world import RARE_TOKEN, context_caption, shapes_in_turn, split_identities
 from zeroft import ZeroFTPipeline
 
 from .common import machine, report
@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     d = pipe.zeroft_config.defaults
     objects = []
-    for identity in held_out[: args.objects]:
+    for identity in shapes_in_turn(held_out)[: args.objects]:  # circle, square, triangle, ...
         pairs = make_pairs([identity], 1, args.seed + 900)
         timings = []
         for _ in range(5):
@@ -93,16 +93,24 @@ def main(argv=None) -> dict:
         tuned = fine_tune_until(base, pairs, judge, target, args.every, args.max_steps, d.text_guidance, d.steps, args.seed)
         zeroft_seconds = statistics.median(timings)
         objects.append({"identity": identity.name, "zeroft_identity": target, "zeroft_seconds": round(zeroft_seconds, 5),
-                        "finetune": tuned, "ratio": round(tuned["seconds"] / zeroft_seconds, 1)})
+                        "finetune": tuned, "ratio": round(tuned["seconds"] / zeroft_seconds, 1),
+                        "ratio_is_lower_bound": not tuned["reached"]})
         print(f"{identity.name}: zeroft {target:.2f} in {zeroft_seconds * 1000:.1f} ms; fine-tuning "
               f"{'reached' if tuned['reached'] else 'did not reach'} it after {tuned['steps']} steps, {tuned['seconds']:.1f} s")
-    ratios = [o["ratio"] for o in objects]
-    result = {"benchmark": "personalization", **machine(), "objects": objects,
-              "median_ratio": statistics.median(ratios),
-              "reached": sum(o["finetune"]["reached"] for o in objects)}
-    return report(result, f"personalisation: fine-tuning took {result['median_ratio']:,.0f}x zeroft's time (median of "
-                          f"{len(objects)} objects; {result['reached']} reached zeroft's identity score)")
-
+    reached = [o["ratio"] for o in objects if o["finetune"]["reached"]]
+    bounds = [o["ratio"] for o in objects if not o["finetune"]["reached"]]
+    result = {"benchmark": "personalization", **machine(), "max_steps": args.max_steps, "objects": objects,
+              "reached": len(reached),
+              "median_ratio_reached": statistics.median(reached) if reached else None,
+              # Fine-tuning never reached zeroft's score on these: its time at --max-steps is only a lower bound.
+              "min_ratio_lower_bound_not_reached": min(bounds) if bounds else None}
+    parts = []
+    if reached:
+        parts.append(f"{len(reached)} of {len(objects)} objects reached zeroft's identity score by fine-tuning, "
+                     f"taking {result['median_ratio_reached']:,.0f}x zeroft's time (median)")
+    if bounds:
+        parts.append(f"{len(bounds)} did not within {args.max_steps} steps (>= {min(bounds):,.0f}x zeroft's time)")
+    return report(result, "personalisation: " + "; ".join(parts))
 
 if __name__ == "__main__":
     main()

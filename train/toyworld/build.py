@@ -29,13 +29,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Budget:
-    """Steps per stage, sized on this 2-core machine (the full budget measured 3 h 8 min of training in all)."""
+    """Steps per stage, sized on this 2-core machine (the full budget measured 3 h 53 min of training in all)."""
 
     vae: int = 5000  # batch 16; ~0.18 s/step measured here (2000 steps left patterns blurred)
     encoder: int = 2500  # batch = the 60 training identities; ~0.3 s/step
     judge: int = 2000  # batch 64; ~0.36 s/step (1200 steps read patterns at 0.90 on clean renderings)
     base: int = 5000  # batch 32; ~0.5 s/step
-    zeroft: int = 8000  # batch 32; ~0.55 s/step
+    zeroft: int = 14000  # batch 32; ~0.5 s/step (identity was still rising at 8000, see bench/results/toyworld)
     general_images: int = 20000
     domain_per_identity: int = 40
     checkpoint_every: int = 500  # also the points of the accuracy-vs-steps curve

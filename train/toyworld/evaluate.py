@@ -126,7 +126,7 @@ def evaluate(pipe, judge: Judge, pairs: list[Pair], text_guidance: float, object
     return result, images
 
 
-def choose_guidance(pipe, judge: Judge, pairs: list[Pair], steps: int, grid_text=(3.0, 5.0, 7.5),
+def choose_guidance(pipe, judge: Judge, pairs: list[Pair], steps: int, grid_text=(2.0, 3.0, 5.0, 7.5),
                     grid_object=(1.5, 3.0, 5.0)) -> tuple[float, float, list[dict]]:
     """The (w_text, w_obj) with the highest 'both' score on ``pairs`` (training identities, not the test set)."""
     results = []
