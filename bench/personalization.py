@@ -112,5 +112,6 @@ def main(argv=None) -> dict:
         parts.append(f"{len(bounds)} did not within {args.max_steps} steps (>= {min(bounds):,.0f}x zeroft's time)")
     return report(result, "personalisation: " + "; ".join(parts))
 
+
 if __name__ == "__main__":
     main()
