@@ -31,6 +31,7 @@ def run_ablations(work: Path, steps: int, seed: int = 0, only: list[str] | None 
     path = work / "ablations" / "ablations.json"
     # Rows of earlier runs stay (``--only`` adds or replaces its variants, it does not drop the others).
     report = json.loads(path.read_text()) if path.is_file() else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
     for name, extra in VARIANTS.items():
         if only and name not in only:
             continue
@@ -44,6 +45,5 @@ def run_ablations(work: Path, steps: int, seed: int = 0, only: list[str] | None 
                         "wall_seconds_this_run": round(time.perf_counter() - started, 1),
                         "samples_per_second": training["samples_per_second"],
                         "train_seconds": round(steps * training["batch_size"] / training["samples_per_second"], 1)}
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
     return report
