@@ -35,7 +35,7 @@ class Budget:
     encoder: int = 2500  # batch = the 60 training identities; ~0.3 s/step
     judge: int = 2000  # batch 64; ~0.36 s/step (1200 steps read patterns at 0.90 on clean renderings)
     base: int = 5000  # batch 32; ~0.5 s/step
-    zeroft: int = 14000  # batch 32; ~0.5 s/step (identity was still rising at 8000, see bench/results/toyworld)
+    zeroft: int = 14000  # batch 32; ~0.5 s/step (26,000 steps did not raise held-out identity: bench/results/toyworld-26000)
     general_images: int = 20000
     domain_per_identity: int = 40
     checkpoint_every: int = 500  # also the points of the accuracy-vs-steps curve
