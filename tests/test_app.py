@@ -175,6 +175,20 @@ def _browser_args():
             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+def _upload(page, photo: Path, expect, tries: int = 3):
+    """Upload through the editor's file input until the encoder preview shows. Under a loaded CPU (the full
+    suite), one upload in the first seconds after the page mounts was once dropped before the app's change
+    handler ran (the preview never came; the same test passed 3 of 3 alone), so a missing preview is retried."""
+    for attempt in range(tries):
+        page.locator("#photo input[type=file]").set_input_files(str(photo))
+        try:
+            expect(page.locator("#preview img")).to_be_visible(timeout=30_000)
+            return
+        except AssertionError:
+            if attempt == tries - 1:
+                raise
+
+
 @pytest.mark.browser
 def test_a_real_browser_generates(embedded_server):
     """Debian's chromium on the app as shipped: upload a held-out example photo, paint the mask, move both
@@ -195,8 +209,8 @@ def test_a_real_browser_generates(embedded_server):
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url, wait_until="load", timeout=90_000)
         expect(page.get_by_text("Upload an image")).to_be_visible(timeout=60_000)  # the editor is mounted
-        page.locator("#photo input[type=file]").set_input_files(str(app.EXAMPLES / "object-02.png"))
-        expect(page.locator("#preview img")).to_be_visible(timeout=60_000)  # automatic mask → encoder preview
+        page.wait_for_load_state("networkidle", timeout=60_000)
+        _upload(page, app.EXAMPLES / "object-02.png", expect)  # automatic mask → encoder preview
         page.get_by_role("button", name="Brush").first.click()
         box = page.locator("#photo canvas").first.bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.45)
