@@ -175,19 +175,18 @@ def _browser_args():
             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _upload(page, photo: Path, expect, tries: int = 3):
-    """Upload through the editor's file input until the encoder preview shows, reloading the page between tries.
-    In headless chromium (software WebGL) gradio's image editor sometimes draws the photo but never sends it:
-    no upload request reaches the server, and setting the file again on the same page does not help (seen in
-    about 1 run of 4 here, loaded or not); a fresh page does."""
+def _open_and_upload(page, url: str, photo: Path, expect, tries: int = 3) -> None:
+    """Open the app, wait for the editor to mount, upload through its file input and wait for the encoder preview;
+    a fresh page each try. In headless chromium (software WebGL) gradio's image editor sometimes draws the photo
+    but never sends it: no upload request reaches the server, and setting the file again on the same page does
+    not help (seen in about 1 run of 4 here, loaded or not); a fresh page does."""
     for attempt in range(tries):
-        if attempt:
-            page.reload(wait_until="load", timeout=90_000)
-            expect(page.get_by_text("Upload an image")).to_be_visible(timeout=60_000)
+        page.goto(url, wait_until="load", timeout=90_000)
+        expect(page.get_by_text("Upload an image")).to_be_visible(timeout=60_000)  # the editor is mounted
         page.locator("#photo input[type=file]").set_input_files(str(photo))
         try:
-            expect(page.locator("#preview img")).to_be_visible(timeout=30_000)
-            return attempt + 1
+            expect(page.locator("#preview img")).to_be_visible(timeout=30_000)  # automatic mask → encoder preview
+            return
         except AssertionError:
             if attempt == tries - 1:
                 raise
@@ -211,9 +210,7 @@ def test_a_real_browser_generates(embedded_server):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=_browser_args())
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(url, wait_until="load", timeout=90_000)
-        expect(page.get_by_text("Upload an image")).to_be_visible(timeout=60_000)  # the editor is mounted
-        _upload(page, app.EXAMPLES / "object-02.png", expect)  # automatic mask → encoder preview
+        _open_and_upload(page, url, app.EXAMPLES / "object-02.png", expect)
         page.get_by_role("button", name="Brush").first.click()
         box = page.locator("#photo canvas").first.bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.45)
