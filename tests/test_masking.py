@@ -15,6 +15,29 @@ def test_border_masker_finds_the_object():
     assert abs((mask >= 0.5).mean() - (32 * 32) / (64 * 64)) < 0.01
 
 
+def test_border_masker_keeps_background_coloured_parts_inside_the_object():
+    # a red square on black with a black patch in the middle and a black stripe cutting its edge
+    photo = Image.new("RGB", (64, 64), (0, 0, 0))
+    photo.paste((220, 30, 30), (16, 16, 48, 48))
+    photo.paste((0, 0, 0), (28, 28, 36, 36))  # enclosed hole
+    photo.paste((0, 0, 0), (40, 16, 43, 48))  # 3 px stripe from the top edge to the bottom edge
+    mask = Masker("border")(photo)
+    assert mask[32, 32] == 1.0 and mask[30, 41] == 1.0
+    assert abs((mask >= 0.5).mean() - (32 * 32) / (64 * 64)) < 0.02
+    assert mask[2, 2] == 0.0 and mask[32, 55] == 0.0
+
+
+def test_border_masker_does_not_bridge_wide_gaps_or_erode_the_edge():
+    # two squares 20 px apart stay two squares; an object touching the photo's edge keeps its edge
+    photo = Image.new("RGB", (64, 64), (0, 0, 0))
+    photo.paste((220, 30, 30), (0, 20, 20, 44))
+    photo.paste((220, 30, 30), (40, 20, 64, 44))
+    mask = Masker("border")(photo)
+    assert mask[32, 30] == 0.0
+    assert mask[32, 0] == 1.0 and mask[20, 63] == 1.0
+    assert abs((mask >= 0.5).sum() - (20 * 24 + 24 * 24)) <= 8
+
+
 def test_rembg_masker_runs_an_onnx_model_offline(u2net_home):
     mask = Masker("rembg:u2net")(square_photo(size=96, box=(24, 24, 72, 72)))
     assert mask.shape == (96, 96)

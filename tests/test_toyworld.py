@@ -83,6 +83,21 @@ def test_patterns_are_visible():
     assert _colour_fraction(plain, dark, 20) < 0.005 < _colour_fraction(striped, dark, 20)
 
 
+def test_border_masker_recovers_the_silhouette_on_dark_backgrounds():
+    """The pipeline's automatic mask of a reference matches the true silhouette: dark stripes
+    and dots on a black or brown background stay inside the object (training used true masks)."""
+    from zeroft import Masker
+
+    masker, rng = Masker("border"), np.random.default_rng(3)
+    for identity in all_identities():
+        if identity.pattern == "plain":
+            continue
+        for background in ("black", "brown"):
+            image, mask = render(identity, Context(background, "one"), random_pose(rng, "one"))
+            truth, found = np.asarray(mask) >= 128, masker(image) >= 0.5
+            assert (truth & found).sum() / (truth | found).sum() > 0.75, (identity, background)
+
+
 def test_context_captions_cover_every_context():
     captions = {context_caption(c) for c in all_contexts()}
     assert len(captions) == 8 and "two objects on a white background" in captions

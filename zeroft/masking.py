@@ -8,8 +8,8 @@ Two automatic maskers, chosen by a spec string recorded in each checkpoint:
   non-commercial (CC BY-NC 4.0) and is deliberately not used here. Model files are
   downloaded by rembg on first use into ``$U2NET_HOME`` (default ``~/.u2net``).
 - ``"border"``: no network at all. The background colour is the median of the image border
-  and the object is what differs from it. Right for product shots on plain backgrounds and
-  for zeroft's synthetic toy world; wrong for cluttered photos.
+  and the object is what differs from it, with enclosed holes filled. Right for product shots
+  on plain backgrounds and for zeroft's synthetic toy world; wrong for cluttered photos.
 
 A mask the user supplies always wins over the automatic one.
 """
@@ -92,18 +92,37 @@ def mask_bbox(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
 
 
 def border_mask(image: Image.Image, tolerance: float = 0.12, softness: float = 0.06) -> np.ndarray:
-    """Foreground = pixels whose colour differs from the median border colour.
+    """Foreground = pixels whose colour differs from the median border colour, holes filled.
+
+    Only background-coloured regions that reach the photo's edge count as background: a region
+    of near-background colour inside the object (dark stripes on a dark backdrop, a black patch
+    on a black dog) is part of the object, also where it cuts the outline in gaps narrower than
+    about 8% of the photo's short side. Without this, the toy world's dark stripes on a black or
+    brown background were cut out of the mask (mask IoU as low as 0.47 against the true
+    silhouette) and the encoder saw a different pattern and outline.
 
     Args:
         image: RGB photo.
         tolerance: colour distance (fraction of the RGB cube diagonal) still counted as background.
         softness: width of the soft ramp above ``tolerance``, for smooth edges.
     """
+    from scipy import ndimage
+
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     background = np.median(border, axis=0)
     distance = np.linalg.norm(pixels - background, axis=-1) / np.sqrt(3.0)
-    return np.clip((distance - tolerance) / softness, 0.0, 1.0).astype(np.float32)
+    mask = np.clip((distance - tolerance) / softness, 0.0, 1.0).astype(np.float32)
+    solid = mask >= 0.5
+    # Close gaps narrower than ~8% of the photo's short side (stripes that cut the outline), then
+    # fill what the closed outline encloses. A square window keeps the closing linear in the
+    # photo's size (a disk took 28 s at 2048 px); padding keeps objects at the edge from eroding.
+    size = 2 * max(1, round(0.04 * min(solid.shape))) + 1
+    padded = np.pad(solid.astype(np.uint8), size)
+    closed = ndimage.minimum_filter(ndimage.maximum_filter(padded, size=size), size=size)[size:-size, size:-size]
+    filled = ndimage.binary_fill_holes(closed.astype(bool) | solid)
+    mask[filled & ~solid] = 1.0
+    return mask
 
 
 class Masker:
