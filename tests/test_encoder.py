@@ -65,3 +65,45 @@ def test_hub_encoder_without_network_fails_clearly():
 
     with pytest.raises(HubUnavailableError, match="Hub"):
         ObjectEncoder.from_config(EncoderConfig(model_name="RN50", pretrained="openai"))
+
+
+def _views_encoder(views):
+    return tiny_encoder(config=EncoderConfig(model_name="tiny", pretrained=None, path="encoder", views=views))
+
+
+def test_views_make_the_embedding_blind_to_orientation():
+    """'rot4' averages over quarter turns, 'dihedral' also over mirror images: turning or mirroring
+    the photo leaves the embedding unchanged; without views it changes."""
+    photo = square_photo(box=(8, 20, 40, 44))
+    photo.paste((240, 220, 30), (8, 20, 20, 28))  # a mark in one corner: no turn or mirror maps the object onto itself
+    pixels = _views_encoder("none").preprocess(photo, Masker("border")(photo))[None]
+    turned, mirrored = torch.rot90(pixels, 1, dims=(-2, -1)), torch.flip(pixels, dims=(-1,))
+    plain, rot4, dihedral = _views_encoder("none"), _views_encoder("rot4"), _views_encoder("dihedral")
+    assert not torch.allclose(plain(pixels), plain(turned), atol=1e-4)
+    assert torch.allclose(rot4(pixels), rot4(turned), atol=1e-5)
+    assert not torch.allclose(rot4(pixels), rot4(mirrored), atol=1e-4)
+    assert torch.allclose(dihedral(pixels), dihedral(mirrored), atol=1e-5)
+    assert torch.allclose(dihedral(pixels), dihedral(turned), atol=1e-5)
+    batch = torch.cat([pixels, turned])  # a batch keeps its images apart
+    assert torch.allclose(rot4(batch)[1], rot4(turned)[0], atol=1e-5)
+    assert torch.allclose(plain(batch)[1], plain(turned)[0], atol=1e-5)
+
+
+def test_unknown_views_are_refused():
+    with pytest.raises(ValueError, match="unknown encoder views"):
+        _views_encoder("sideways")
+
+
+def test_pipeline_views_are_saved_and_never_served_stale(tiny_checkpoint, tmp_path, photo):
+    from zeroft import ZeroFTPipeline
+
+    pipe = ZeroFTPipeline.from_pretrained(tiny_checkpoint, device="cpu")
+    photo.paste((240, 220, 30), (16, 16, 28, 24))  # asymmetric, so mirror images differ
+    before = pipe.encode_object(photo)[0]
+    pipe.set_encoder_views("dihedral")
+    after = pipe.encode_object(photo)[0]
+    assert not torch.allclose(before, after, atol=1e-4)  # the cached "none" embedding was not reused
+    pipe.save_pretrained(tmp_path / "ckpt")
+    loaded = ZeroFTPipeline.from_pretrained(tmp_path / "ckpt", device="cpu")
+    assert loaded.zeroft_config.encoder.views == "dihedral" and loaded.object_encoder.config.views == "dihedral"
+    assert torch.allclose(loaded.encode_object(photo)[0], after, atol=1e-5)

@@ -17,6 +17,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     models.add_argument("--encoder_pretrained", default="laion2b_s32b_b79k", help="open_clip pretrained tag")
     models.add_argument("--background_fill", default="gray", choices=["gray", "white", "black", "none"],
                         help="colour replacing the masked-out background of the condition photo")
+    models.add_argument("--encoder_views", default="none", choices=["none", "flip", "rot4", "dihedral"],
+                        help="average the object embedding over these views of each photo (zeroft.encoder.VIEWS)")
     models.add_argument("--crop_to_object", action=argparse.BooleanOptionalAction, default=True,
                         help="crop the condition photo to the object's box before encoding")
     models.add_argument("--num_tokens", type=int, default=4, help="object tokens per photo (4 = IP-Adapter layout)")

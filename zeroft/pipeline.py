@@ -136,6 +136,21 @@ class ZeroFTPipeline(StableDiffusionPipeline):
             raw = self.mask_cache.get_or_create(key, lambda: self.masker(loaded.rgb))
         return loaded.rgb, prepare_mask(raw, loaded.rgb.size, binary=binary)
 
+    def set_encoder_views(self, views: str) -> None:
+        """Average the object embedding over these views of each photo (see zeroft.encoder.VIEWS).
+
+        Recorded in ``zeroft_config`` so :meth:`save_pretrained` keeps it; cached embeddings of the
+        old setting are never reused (the cache keys on the encoder's settings).
+        """
+        from dataclasses import replace
+
+        from .encoder import check_views
+
+        encoder_config = replace(self.object_encoder.config, views=check_views(views))
+        self.object_encoder.config = encoder_config
+        if self.zeroft_config is not None:
+            self.zeroft_config = self.zeroft_config.replace(encoder=encoder_config)
+
     @torch.no_grad()
     def encode_object(
         self, images: ImageInput | Sequence[ImageInput], masks=None

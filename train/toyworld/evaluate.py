@@ -126,6 +126,20 @@ def evaluate(pipe, judge: Judge, pairs: list[Pair], text_guidance: float, object
     return result, images
 
 
+def choose_views(pipe, judge: Judge, pairs: list[Pair], steps: int, text_guidance: float, object_guidance: float,
+                 options=("none", "flip", "rot4", "dihedral")) -> tuple[str, list[dict]]:
+    """The encoder views (zeroft.encoder.VIEWS) with the highest 'both' score on ``pairs`` (training
+    identities); ties go to the earlier, cheaper option. Leaves ``pipe`` on the chosen views."""
+    results = []
+    for views in options:
+        pipe.set_encoder_views(views)
+        metrics, _ = evaluate(pipe, judge, pairs, text_guidance, object_guidance, steps)
+        results.append({"views": views, "text_guidance": text_guidance, "object_guidance": object_guidance, **metrics})
+    best = max(results, key=lambda r: (r["both"], r["identity"]))
+    pipe.set_encoder_views(best["views"])
+    return best["views"], results
+
+
 def choose_guidance(pipe, judge: Judge, pairs: list[Pair], steps: int, grid_text=(2.0, 3.0, 5.0, 7.5),
                     grid_object=(1.5, 3.0, 5.0)) -> tuple[float, float, list[dict]]:
     """The (w_text, w_obj) with the highest 'both' score on ``pairs`` (training identities, not the test set)."""
