@@ -140,6 +140,7 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0) ->
     pairs = make_pairs(train_ids[::5], budget.guidance_pairs_per_identity, seed + 100)
     views, view_sweep = choose_views(pipe, judge, pairs, budget.sampler_steps, 5.0, 3.0)
     report["views_sweep_on_training_identities"] = view_sweep
+    logger.info(f"encoder views: {views}")
     w_text, w_object, sweep = choose_guidance(pipe, judge, pairs, budget.sampler_steps)
     report["guidance_sweep_on_training_identities"] = sweep
     pipe.zeroft_config = pipe.zeroft_config.replace(
