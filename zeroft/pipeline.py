@@ -15,7 +15,7 @@ one weight per condition, after Brooks et al. (2023, InstructPix2Pix, eq. 3).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,7 +25,7 @@ from diffusers import StableDiffusionPipeline
 from .adapter import set_object_scale
 from .cache import LRUCache, image_digest, mask_digest
 from .config import ZeroFTConfig
-from .encoder import ObjectEncoder
+from .encoder import ObjectEncoder, check_views
 from .errors import InputError
 from .images import ImageInput, load_image, load_mask
 from .masking import Masker, prepare_mask
@@ -142,10 +142,6 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         Recorded in ``zeroft_config`` so :meth:`save_pretrained` keeps it; cached embeddings of the
         old setting are never reused (the cache keys on the encoder's settings).
         """
-        from dataclasses import replace
-
-        from .encoder import check_views
-
         encoder_config = replace(self.object_encoder.config, views=check_views(views))
         self.object_encoder.config = encoder_config
         if self.zeroft_config is not None:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from zeroft.encoder import VIEWS
+
 from .models import HEADS, Judge
 from .scenes import labels, to_tensor
 from .world import (BACKGROUNDS, COLOURS, COUNTS, PATTERNS, RARE_TOKEN, SHAPES, Context, Identity, Pose, all_contexts,
@@ -127,7 +129,7 @@ def evaluate(pipe, judge: Judge, pairs: list[Pair], text_guidance: float, object
 
 
 def choose_views(pipe, judge: Judge, pairs: list[Pair], steps: int, text_guidance: float, object_guidance: float,
-                 options=("none", "flip", "rot4", "dihedral")) -> tuple[str, list[dict]]:
+                 options=tuple(VIEWS)) -> tuple[str, list[dict]]:
     """The encoder views (zeroft.encoder.VIEWS) with the highest 'both' score on ``pairs`` (training
     identities); ties go to the earlier, cheaper option. Leaves ``pipe`` on the chosen views."""
     results = []
