@@ -119,6 +119,30 @@ def test_smoke_build(tmp_path):
     assert out.images[0].size == (64, 64)
     assert (tmp_path / "assets" / "toyworld-judge" / "judge.safetensors").is_file()
 
+    # The pattern diagnostic runs on the build: one confusion matrix per source and split, over every pair.
+    from bench.toyworld_patterns import main as patterns
+
+    result = patterns(["--checkpoint", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--steps", "2",
+                       "--judge", str(tmp_path / "assets" / "toyworld-judge" / "judge.safetensors"),
+                       "--out", str(tmp_path / "patterns")])
+    for split in ("held-out", "training"):
+        rows = result["results"][split]
+        for source in ("base, full caption", "zeroft, full caption", "zeroft, object photo"):
+            assert sum(map(sum, rows[source]["matrix"])) == rows["pairs"] > 0
+            assert 0.0 <= rows[source]["accuracy"] <= 1.0
+    assert json.loads((tmp_path / "patterns" / "patterns.json").read_text())["results"] == result["results"]
+
+    # A larger zeroft budget trains on from the last state instead of reusing the stale export.
+    from dataclasses import replace
+
+    from train.toyworld.build import QUICK, build, trained_steps
+
+    final = tmp_path / "work" / "zeroft" / "final"
+    assert trained_steps(final) == QUICK.zeroft
+    report = build(tmp_path / "work", tmp_path / "out", tmp_path / "assets", replace(QUICK, zeroft=QUICK.zeroft + 1))
+    assert trained_steps(final) == report["stages"]["zeroft"]["steps"] == QUICK.zeroft + 1
+    assert trained_steps(tmp_path / "nothing") is None
+
 
 def test_ablations_only_adds_rows_and_keeps_earlier_ones(tmp_path):
     """``ablations --only X`` must not erase the rows of variants trained in earlier runs."""

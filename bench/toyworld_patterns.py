@@ -1,0 +1,116 @@
+"""Can the toy world's generator draw each pattern at all? Judge's pattern confusion per source.
+
+    python -m bench.toyworld_patterns [--checkpoint assets/zeroft-toy] [--work runs/toyworld]
+
+Three ways of asking for the same object, on held-out and on training identities (one
+reference per identity × the 8 contexts, fixed seeds), each image read by the evaluation's
+judge:
+
+- ``base, full caption``: the base text-to-image model (build stage 4) given the FULL caption
+  ("two green dotted circles on a brown background"), no object photo;
+- ``zeroft, full caption``: the zeroft UNet, the same caption, object guidance 0;
+- ``zeroft, object photo``: the context-only prompt and the reference photo, at the
+  checkpoint's default guidance (what ``bench.toyworld_eval`` scores).
+
+If the first two cannot draw a pattern from its name either, the pattern is lost in the
+generator, not in the object encoder or the adapter. Prints JSON (confusion matrices, rows =
+true pattern, columns = the judge's reading) and writes it to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from train.toyworld.evaluate import generate, judge_images, load_judge, make_pairs
+from train.toyworld.world import PATTERNS, general_caption, split_identities
+from zeroft import ZeroFTPipeline
+
+from .common import machine, report
+
+
+def confusion(judge, images, pairs) -> dict:
+    """Pattern confusion matrix (rows: truth, columns: judged) and per-pattern accuracy."""
+    judged = judge_images(judge, images)["pattern"]
+    matrix = np.zeros((len(PATTERNS), len(PATTERNS)), dtype=int)
+    for pair, reading in zip(pairs, judged):
+        matrix[PATTERNS.index(pair.identity.pattern), reading] += 1
+    totals = matrix.sum(1)
+    return {
+        "matrix": matrix.tolist(),
+        "accuracy": float(np.trace(matrix) / max(1, matrix.sum())),
+        "per_pattern": {name: (float(matrix[i, i] / totals[i]) if totals[i] else None) for i, name in enumerate(PATTERNS)},
+    }
+
+
+@torch.no_grad()
+def from_captions(pipe, pairs, guidance: float, steps: int, zeroft: bool, batch_size: int = 48) -> list:
+    """One image per pair from its full caption (identity and context in words), seeded per pair."""
+    images = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        captions = [general_caption(p.identity, p.context) for p in chunk]
+        generators = [torch.Generator().manual_seed(p.seed) for p in chunk]
+        if zeroft:
+            out = pipe(captions, text_guidance=guidance, object_guidance=0.0, num_inference_steps=steps,
+                       generator=generators)
+        else:
+            out = pipe(captions, guidance_scale=guidance, num_inference_steps=steps, generator=generators,
+                       height=64, width=64)
+        images += out.images
+    return images
+
+
+def main(argv=None) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="assets/zeroft-toy")
+    parser.add_argument("--judge", default="assets/toyworld-judge/judge.safetensors")
+    parser.add_argument("--work", default="runs/toyworld", help="build folder with the base model (base/base)")
+    parser.add_argument("--out", default="bench/results/toyworld-patterns")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    base_folder = Path(args.work) / "base" / "base"
+    if not (base_folder / "model_index.json").is_file():
+        raise SystemExit(f"No base model at {base_folder}: run `python -m train.toyworld build` first.")
+    judge = load_judge(args.judge)
+    pipe = ZeroFTPipeline.from_pretrained(args.checkpoint, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    base = StableDiffusionPipeline.from_pretrained(base_folder, safety_checker=None, requires_safety_checker=False)
+    base.set_progress_bar_config(disable=True)
+    defaults = pipe.zeroft_config.defaults
+    steps = args.steps or defaults.steps
+    train_ids, held_out = split_identities()
+    results = {}
+    for split, identities in (("held-out", held_out), ("training", train_ids[::5])):
+        pairs = make_pairs(identities, 1, args.seed)
+        results[split] = {
+            "pairs": len(pairs),
+            "base, full caption": confusion(judge, from_captions(base, pairs, defaults.text_guidance, steps, False), pairs),
+            "zeroft, full caption": confusion(judge, from_captions(pipe, pairs, defaults.text_guidance, steps, True), pairs),
+            "zeroft, object photo": confusion(
+                judge, generate(pipe, pairs, defaults.text_guidance, defaults.object_guidance, steps), pairs),
+        }
+    result = {"benchmark": "toyworld_patterns", "checkpoint": str(args.checkpoint), "patterns": list(PATTERNS),
+              "text_guidance": defaults.text_guidance, "object_guidance": defaults.object_guidance, "steps": steps,
+              **machine(), "results": results}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "patterns.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = []
+    for split, rows in results.items():
+        for source, row in rows.items():
+            if source != "pairs":
+                per = ", ".join(f"{k} {v:.2f}" for k, v in row["per_pattern"].items() if v is not None)
+                lines.append(f"{split:8s} {source:22s} pattern {row['accuracy']:.3f} ({per})")
+    return report(result, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
