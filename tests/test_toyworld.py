@@ -135,13 +135,18 @@ def test_smoke_build(tmp_path):
     # A larger zeroft budget trains on from the last state instead of reusing the stale export.
     from dataclasses import replace
 
-    from train.toyworld.build import QUICK, build, trained_steps
+    from train.toyworld.build import QUICK, build, trained_steps, zeroft_resume
 
-    final = tmp_path / "work" / "zeroft" / "final"
+    runs = tmp_path / "work" / "zeroft"
+    final = runs / "final"
     assert trained_steps(final) == QUICK.zeroft
     report = build(tmp_path / "work", tmp_path / "out", tmp_path / "assets", replace(QUICK, zeroft=QUICK.zeroft + 1))
     assert trained_steps(final) == report["stages"]["zeroft"]["steps"] == QUICK.zeroft + 1
     assert trained_steps(tmp_path / "nothing") is None
+    # Back to the smaller budget, the build resumes the state saved at exactly that step (train.train refuses to
+    # resume a later one: tests/test_train.py); an unseen budget resumes the newest.
+    assert zeroft_resume(runs, QUICK.zeroft) == str(runs / f"checkpoint-{QUICK.zeroft}")
+    assert zeroft_resume(runs, QUICK.zeroft + 5) == "latest"
 
 
 def test_ablations_only_adds_rows_and_keeps_earlier_ones(tmp_path):

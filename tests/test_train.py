@@ -191,6 +191,9 @@ def test_a_kill_during_a_save_keeps_the_previous_checkpoint(setup, tmp_path):
     assert not (output / ".tmp-checkpoint-4").exists()
     assert [step for step, _ in list_checkpoints(output)] == [2, 4, 6]
     assert ZeroFTConfig.load(finished).training["steps"] == 6
+    # Resuming a state past --max_train_steps would export later weights labelled with fewer steps: refused.
+    with pytest.raises(SystemExit, match="past --max_train_steps 4"):
+        main(_argv(setup, output, "--max_train_steps", "4", "--checkpointing_steps", "2") + ["--resume", "latest"])
 
 
 TWO_RANKS = """

@@ -220,8 +220,11 @@ def main(argv=None) -> Path | None:
     start_step = 0
     resume_from = resolve_resume(args.output_dir, args.resume)
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
         start_step = checkpoint_step(resume_from)
+        if start_step > args.max_train_steps:  # would export later weights labelled with fewer steps
+            raise SystemExit(f"{resume_from} is at step {start_step}, past --max_train_steps {args.max_train_steps}: "
+                             f"resume from an earlier checkpoint-N (N <= {args.max_train_steps}) or raise the steps.")
+        accelerator.load_state(str(resume_from))
         logger.info(f"resumed from {resume_from} at step {start_step}")
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers("zeroft", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)

@@ -1,7 +1,8 @@
 """``python -m train.toyworld build``: the whole toy world, from nothing to the embedded checkpoint.
 
 Stages (each resumable; a finished stage is skipped when the build is run again, and a zeroft
-export made under a smaller ``Budget.zeroft`` trains on from the last saved state):
+export made under another ``Budget.zeroft`` trains on from the last saved state, or is re-exported from
+the state saved at exactly that step):
 1. VAE, 2. object encoder (open_clip, contrastive), 3. judge, 4. base text-to-image model,
 5. the two training streams on disk, 6. zeroft training with the paper's recipe (train.train),
 7. encoder views and guidance defaults chosen on TRAINING identities, 8. export (fp16) to ``--out``, the judge
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpointing import STATE_FILE
 from .world import shapes_in_turn, split_identities
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ QUICK = Budget(vae=3, encoder=3, judge=3, base=3, zeroft=2, general_images=64, d
 
 
 def zeroft_arguments(work: Path, budget: Budget, seed: int, validation: list[str], output: Path,
-                     extra: list[str] = ()) -> list[str]:
+                     extra: list[str] = (), resume: str = "latest") -> list[str]:
     """train.train arguments of the paper's recipe on the toy world (ablations append overrides)."""
     return [
         "--base_model", str(work / "base" / "base"), "--encoder", str(work / "encoder" / "encoder"),
@@ -61,7 +63,7 @@ def zeroft_arguments(work: Path, budget: Budget, seed: int, validation: list[str
         "--mix_ratio", "0.3", "--cross_reference", "0.5", "--train", "whole", "--use_ema", "--ema_decay", "0.999",
         "--masker", "border", "--background_fill", "gray", "--seed", str(seed),
         "--checkpointing_steps", str(budget.checkpoint_every), "--checkpoints_total_limit", "1000",
-        "--resume", "latest", "--output_dir", str(output), "--export_dir", str(output / "final"),
+        "--resume", resume, "--output_dir", str(output), "--export_dir", str(output / "final"),
         "--validation_images", *validation,
         "--validation_prompts", "one object on a white background", "two objects on a gray background",
         "one object on a brown background", "two objects on a black background",
@@ -75,6 +77,13 @@ def trained_steps(final: Path) -> int | None:
     """Training steps of the exported zeroft checkpoint in ``final``, or None when there is none."""
     config = final / "zeroft_config.json"
     return json.loads(config.read_text())["training"].get("steps") if config.is_file() else None
+
+
+def zeroft_resume(output: Path, steps: int) -> str:
+    """The training state to resume: the one saved at exactly ``steps`` when the run went further (a budget
+    smaller than before), else the newest."""
+    exact = output / f"checkpoint-{steps}"
+    return str(exact) if (exact / STATE_FILE).is_file() else "latest"
 
 
 def write_examples(folder: Path, held_out, seed: int, count: int = 6) -> list[dict]:
@@ -136,8 +145,9 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0) ->
         validation = [str(p) for p in sorted((assets / "examples").glob("object-*.png"))[:3]]
     t = time.perf_counter()
     final = work / "zeroft" / "final"
-    if trained_steps(final) != budget.zeroft:  # none yet, or exported under another budget: train on (resumes)
-        train_main(zeroft_arguments(work, budget, seed, validation, work / "zeroft"))
+    if trained_steps(final) != budget.zeroft:  # none yet, or exported under another budget
+        output = work / "zeroft"
+        train_main(zeroft_arguments(work, budget, seed, validation, output, resume=zeroft_resume(output, budget.zeroft)))
     report["stages"]["zeroft"] = {"wall_seconds_this_run": round(time.perf_counter() - t, 1),
                                   **json.loads((final / "zeroft_config.json").read_text())["training"]}
 
