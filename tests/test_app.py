@@ -175,21 +175,24 @@ def _browser_args():
             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _open_and_upload(page, url: str, photo: Path, expect, tries: int = 3) -> None:
+def _open_and_upload(browser, url: str, photo: Path, expect, tries: int = 5):
     """Open the app, wait for the editor to mount, upload through its file input and wait for the encoder preview;
-    a fresh page each try. In headless chromium (software WebGL) gradio's image editor sometimes draws the photo
-    but never sends it: no upload request reaches the server, and setting the file again on the same page does
-    not help (seen in about 1 run of 4 here, loaded or not); a fresh page does."""
+    returns the page. In headless chromium (software WebGL) gradio's image editor sometimes draws the photo but
+    never sends it: no upload request reaches the server, and setting the file again on the same page does not
+    help (seen in about 1 run of 4 here, loaded or not; three reloads of one page in a row once all failed in a
+    full CI run), so each try opens a new page."""
     for attempt in range(tries):
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url, wait_until="load", timeout=90_000)
         expect(page.get_by_text("Upload an image")).to_be_visible(timeout=60_000)  # the editor is mounted
         page.locator("#photo input[type=file]").set_input_files(str(photo))
         try:
             expect(page.locator("#preview img")).to_be_visible(timeout=30_000)  # automatic mask → encoder preview
-            return
+            return page
         except AssertionError:
             if attempt == tries - 1:
                 raise
+            page.close()
 
 
 @pytest.mark.browser
@@ -209,8 +212,7 @@ def test_a_real_browser_generates(embedded_server):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=_browser_args())
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        _open_and_upload(page, url, app.EXAMPLES / "object-02.png", expect)
+        page = _open_and_upload(browser, url, app.EXAMPLES / "object-02.png", expect)
         page.get_by_role("button", name="Brush").first.click()
         box = page.locator("#photo canvas").first.bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.45)
