@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpointing import STATE_FILE
+from zeroft.config import CONFIG_NAME, ZeroFTConfig
+
+from ..checkpointing import list_checkpoints
 from .world import shapes_in_turn, split_identities
 
 logger = logging.getLogger(__name__)
@@ -75,15 +77,14 @@ def zeroft_arguments(work: Path, budget: Budget, seed: int, validation: list[str
 
 def trained_steps(final: Path) -> int | None:
     """Training steps of the exported zeroft checkpoint in ``final``, or None when there is none."""
-    config = final / "zeroft_config.json"
-    return json.loads(config.read_text())["training"].get("steps") if config.is_file() else None
+    return ZeroFTConfig.load(final).training.get("steps") if (final / CONFIG_NAME).is_file() else None
 
 
 def zeroft_resume(output: Path, steps: int) -> str:
     """The training state to resume: the one saved at exactly ``steps`` when the run went further (a budget
     smaller than before), else the newest."""
-    exact = output / f"checkpoint-{steps}"
-    return str(exact) if (exact / STATE_FILE).is_file() else "latest"
+    exact = dict(list_checkpoints(output)).get(steps)
+    return str(exact) if exact is not None else "latest"
 
 
 def write_examples(folder: Path, held_out, seed: int, count: int = 6) -> list[dict]:
@@ -149,7 +150,7 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0) ->
         output = work / "zeroft"
         train_main(zeroft_arguments(work, budget, seed, validation, output, resume=zeroft_resume(output, budget.zeroft)))
     report["stages"]["zeroft"] = {"wall_seconds_this_run": round(time.perf_counter() - t, 1),
-                                  **json.loads((final / "zeroft_config.json").read_text())["training"]}
+                                  **ZeroFTConfig.load(final).training}
 
     # Encoder views, then guidance defaults, chosen on training identities (new renderings) so the
     # test set stays unseen. Views are compared at the validation guidance the training run used.

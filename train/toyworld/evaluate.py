@@ -128,6 +128,11 @@ def evaluate(pipe, judge: Judge, pairs: list[Pair], text_guidance: float, object
     return result, images
 
 
+def best_setting(results: list[dict]) -> dict:
+    """The sweep row with the highest 'both' score, then identity; ties go to the earlier (cheaper) row."""
+    return max(results, key=lambda r: (r["both"], r["identity"]))
+
+
 def choose_views(pipe, judge: Judge, pairs: list[Pair], steps: int, text_guidance: float, object_guidance: float,
                  options=tuple(VIEWS)) -> tuple[str, list[dict]]:
     """The encoder views (zeroft.encoder.VIEWS) with the highest 'both' score on ``pairs`` (training
@@ -137,7 +142,7 @@ def choose_views(pipe, judge: Judge, pairs: list[Pair], steps: int, text_guidanc
         pipe.set_encoder_views(views)
         metrics, _ = evaluate(pipe, judge, pairs, text_guidance, object_guidance, steps)
         results.append({"views": views, "text_guidance": text_guidance, "object_guidance": object_guidance, **metrics})
-    best = max(results, key=lambda r: (r["both"], r["identity"]))
+    best = best_setting(results)
     pipe.set_encoder_views(best["views"])
     return best["views"], results
 
@@ -150,7 +155,7 @@ def choose_guidance(pipe, judge: Judge, pairs: list[Pair], steps: int, grid_text
         for w_object in grid_object:
             metrics, _ = evaluate(pipe, judge, pairs, w_text, w_object, steps)
             results.append({"text_guidance": w_text, "object_guidance": w_object, **metrics})
-    best = max(results, key=lambda r: (r["both"], r["identity"]))
+    best = best_setting(results)
     return best["text_guidance"], best["object_guidance"], results
 
 
