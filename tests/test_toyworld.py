@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from train.toyworld.scenes import Scenes, write_streams
 from train.toyworld.world import (BACKGROUNDS, COLOURS, PATTERNS, SHAPES, Context, all_contexts, all_identities,
@@ -109,8 +110,9 @@ def test_smoke_build(tmp_path):
     from zeroft import ZeroFTPipeline
 
     report = main(["build", "--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-                   "--assets", str(tmp_path / "assets")])
+                   "--assets", str(tmp_path / "assets"), "--device", "cpu", "--workers", "1"])
     assert set(report["stages"]) == {"vae", "encoder", "judge", "base", "zeroft"}
+    assert (report["device"], report["workers"]) == ("cpu", 1)
     assert report["checkpoint_bytes"] < 25 * 2**20
     pipe = ZeroFTPipeline.from_pretrained(tmp_path / "out", device="cpu")
     examples = json.loads((tmp_path / "assets" / "examples" / "examples.json").read_text())
@@ -147,6 +149,56 @@ def test_smoke_build(tmp_path):
     # resume a later one: tests/test_train.py); an unseen budget resumes the newest.
     assert zeroft_resume(runs, QUICK.zeroft) == str(runs / f"checkpoint-{QUICK.zeroft}")
     assert zeroft_resume(runs, QUICK.zeroft + 5) == "latest"
+
+
+def test_prefetched_batches_are_the_inline_batches():
+    """Rendering ahead in worker processes changes nothing a step sees, also from a resumed step."""
+    from train.toyworld.stages import EncoderBatch, SceneBatch, prefetch
+
+    train_ids, _ = split_identities()
+    for make in (SceneBatch(Scenes(3, train_ids), 4), EncoderBatch(train_ids[:5], 3)):
+        inline = list(prefetch(make, 2, 6, workers=0))
+        ahead = list(prefetch(make, 2, 6, workers=2))
+        assert len(inline) == len(ahead) == 4
+        for a, b in zip(inline, ahead):
+            key = "pixels" if "pixels" in a else "views"
+            assert torch.equal(a[key], b[key])
+            assert all(torch.equal(a["labels"][k], b["labels"][k]) for k in a["labels"])
+
+
+def test_a_stage_trains_the_same_with_rendering_workers(tmp_path):
+    from safetensors.torch import load_file
+
+    from train.toyworld.stages import train_vae
+
+    train_ids, _ = split_identities()
+    for workers in (0, 2):
+        train_vae(tmp_path / f"w{workers}", train_ids, steps=3, seed=0, workers=workers)
+    first, second = (load_file(str(tmp_path / f"w{w}" / "vae" / "diffusion_pytorch_model.safetensors")) for w in (0, 2))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_device_choice():
+    from train.toyworld.stages import default_workers, pick_device
+
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert default_workers(torch.device("cpu")) == 0
+    assert 1 <= default_workers(torch.device("cuda")) <= 8
+    with pytest.raises(SystemExit, match="expected auto, cpu or cuda"):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA GPU"):
+            pick_device("cuda")
+
+
+@pytest.mark.gpu
+def test_quick_build_on_a_gpu(tmp_path):
+    from train.toyworld.build import main
+
+    report = main(["build", "--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                   "--assets", str(tmp_path / "assets"), "--device", "cuda"])
+    assert report["device"] != "cpu" and report["stages"]["zeroft"]["steps"] > 0
 
 
 def test_ablations_only_adds_rows_and_keeps_earlier_ones(tmp_path):

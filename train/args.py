@@ -68,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     opt.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (0: off)")
     opt.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"],
                      help="autocast precision (fp16 on GPUs; bf16 on recent GPUs and CPUs)")
+    opt.add_argument("--cpu", action="store_true", help="train on the CPU even when a CUDA GPU is present")
     opt.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations to save memory")
     opt.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes AdamW8bit (CUDA only)")
     opt.add_argument("--use_ema", action="store_true", help="keep an EMA of the trained weights and export it")

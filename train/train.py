@@ -53,7 +53,7 @@ class Models:
 
 def build_accelerator(args) -> Accelerator:
     return Accelerator(
-        cpu=not torch.cuda.is_available(),  # without this, CPU multi-process runs would not synchronise
+        cpu=args.cpu or not torch.cuda.is_available(),  # without this, CPU multi-process runs would not synchronise
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,

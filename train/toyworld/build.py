@@ -9,7 +9,9 @@ the state saved at exactly that step):
 and example photos of HELD-OUT identities to assets/.
 
 ``--quick`` runs every stage for a few steps (the smoke test); the real build takes about 5 h 40 min
-on a 2-core CPU (see ``build.json`` in the work folder for measured times).
+on a 2-core CPU (see ``build.json`` in the work folder for measured times). ``--device`` (default: the
+GPU when there is one) runs every stage, the sweeps included, on one CUDA GPU; there ``--workers``
+processes render the training scenes ahead of the GPU.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ QUICK = Budget(vae=3, encoder=3, judge=3, base=3, zeroft=2, general_images=64, d
 
 
 def zeroft_arguments(work: Path, budget: Budget, seed: int, validation: list[str], output: Path,
-                     extra: list[str] = (), resume: str = "latest") -> list[str]:
+                     extra: list[str] = (), resume: str = "latest", device: str = "cpu", workers: int = 0) -> list[str]:
     """train.train arguments of the paper's recipe on the toy world (ablations append overrides)."""
     return [
         "--base_model", str(work / "base" / "base"), "--encoder", str(work / "encoder" / "encoder"),
@@ -71,7 +73,8 @@ def zeroft_arguments(work: Path, budget: Budget, seed: int, validation: list[str
         "one object on a brown background", "two objects on a black background",
         "--validation_steps", str(max(budget.checkpoint_every * 2, 1)),
         "--validation_inference_steps", str(budget.sampler_steps),
-        "--validation_text_guidance", "5.0", "--validation_object_guidance", "3.0", *extra,
+        "--validation_text_guidance", "5.0", "--validation_object_guidance", "3.0",
+        "--dataloader_num_workers", str(workers), *(["--cpu"] if device == "cpu" else []), *extra,
     ]
 
 
@@ -108,7 +111,8 @@ def write_examples(folder: Path, held_out, seed: int, count: int = 6) -> list[di
     return examples
 
 
-def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0) -> dict:
+def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, device: str = "cpu",
+          workers: int | None = None) -> dict:
     from diffusers import AutoencoderKL
 
     from zeroft.config import GenerationDefaults
@@ -120,9 +124,12 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0) ->
     from .scenes import write_streams
 
     started = time.perf_counter()
+    device = stages.pick_device(device)
+    workers = stages.default_workers(device) if workers is None else workers
     work.mkdir(parents=True, exist_ok=True)
     train_ids, held_out = split_identities()
-    report = {"budget": asdict(budget), "seed": seed, "held_out": [i.name for i in held_out], "stages": {}}
+    report = {"budget": asdict(budget), "seed": seed, "held_out": [i.name for i in held_out], "stages": {},
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "workers": workers}
 
     def timed(name, function, *args):
         t = time.perf_counter()
@@ -131,11 +138,11 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0) ->
         logger.info(f"{name}: {report['stages'][name]}")
         (work / "build.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    timed("vae", stages.train_vae, work / "vae", train_ids, budget.vae, seed)
-    vae = AutoencoderKL.from_pretrained(work / "vae" / "vae").eval()
-    timed("encoder", stages.train_encoder, work / "encoder", train_ids, held_out, budget.encoder, seed)
-    timed("judge", stages.train_judge, work / "judge", train_ids, held_out, vae, budget.judge, seed)
-    timed("base", stages.train_base, work / "base", train_ids, vae, budget.base, seed)
+    timed("vae", stages.train_vae, work / "vae", train_ids, budget.vae, seed, device, workers)
+    vae = AutoencoderKL.from_pretrained(work / "vae" / "vae").to(device).eval()
+    timed("encoder", stages.train_encoder, work / "encoder", train_ids, held_out, budget.encoder, seed, device, workers)
+    timed("judge", stages.train_judge, work / "judge", train_ids, held_out, vae, budget.judge, seed, workers)
+    timed("base", stages.train_base, work / "base", train_ids, vae, budget.base, seed, 32, workers)
     if not (work / "streams" / "done.json").is_file():
         write_streams(work / "streams", train_ids, budget.general_images, budget.domain_per_identity, seed)
         (work / "streams" / "done.json").write_text("{}\n")
@@ -148,14 +155,15 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0) ->
     final = work / "zeroft" / "final"
     if trained_steps(final) != budget.zeroft:  # none yet, or exported under another budget
         output = work / "zeroft"
-        train_main(zeroft_arguments(work, budget, seed, validation, output, resume=zeroft_resume(output, budget.zeroft)))
+        train_main(zeroft_arguments(work, budget, seed, validation, output, resume=zeroft_resume(output, budget.zeroft),
+                                    device=device.type, workers=workers))
     report["stages"]["zeroft"] = {"wall_seconds_this_run": round(time.perf_counter() - t, 1),
                                   **ZeroFTConfig.load(final).training}
 
     # Encoder views, then guidance defaults, chosen on training identities (new renderings) so the
     # test set stays unseen. Views are compared at the validation guidance the training run used.
     judge = load_judge(work / "judge" / "judge.safetensors")
-    pipe = ZeroFTPipeline.from_pretrained(final, device="cpu")
+    pipe = ZeroFTPipeline.from_pretrained(final, device=str(device))
     pairs = make_pairs(train_ids[::5], budget.guidance_pairs_per_identity, seed + 100)
     views, view_sweep = choose_views(pipe, judge, pairs, budget.sampler_steps, 5.0, 3.0)
     report["views_sweep_on_training_identities"] = view_sweep
@@ -169,6 +177,7 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0) ->
     )
     if out.exists():
         shutil.rmtree(out)
+    pipe.to("cpu")
     pipe.save_pretrained(out, dtype=torch.float16)
     shutil.copyfile(final / "validation.png", out / "validation.png")
     with open(out / "README.md", "a") as card:
@@ -194,6 +203,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--assets", default="assets", help="where examples/ and toyworld-judge/ go")
     b.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
+    b.add_argument("--workers", type=int, default=None,
+                   help="processes rendering training scenes ahead (default: 0 on a CPU, up to 8 beside a GPU)")
     a = commands.add_parser("ablations", help="retrain the paper's ablations at one budget (after build)")
     a.add_argument("--work", default="runs/toyworld")
     a.add_argument("--steps", type=int, default=2000, help="training steps of every variant")
@@ -209,4 +221,5 @@ def main(argv=None) -> dict:
         from .ablations import run_ablations
 
         return run_ablations(Path(args.work), args.steps, args.seed, args.only)
-    return build(Path(args.work), Path(args.out), Path(args.assets), QUICK if args.quick else Budget(), args.seed)
+    return build(Path(args.work), Path(args.out), Path(args.assets), QUICK if args.quick else Budget(), args.seed,
+                 args.device, args.workers)

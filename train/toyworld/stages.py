@@ -4,12 +4,19 @@ They stand in for what the paper takes off the shelf (Imagen's VAE-free pixel mo
 pretrained text-to-image network); each trains on renderings of TRAINING identities only (the
 judge, an evaluation instrument, sees all). Every stage is resumable: its state is saved every
 few minutes, and a finished stage writes ``done.json`` and is skipped on the next build.
+
+Every stage runs on ``device`` (CPU or one CUDA GPU); its random draws come from CPU generators
+seeded per step, so the data and noise a step sees do not depend on the device. With ``workers``
+> 0, batches are rendered ahead in that many DataLoader processes (on a GPU, rendering with PIL
+would otherwise be the bottleneck); the batches are the same as with ``workers`` = 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +50,7 @@ class Stage:
         self.step, self.seconds = 0, 0.0
         state_path = folder / "state.pt"
         if state_path.is_file():
-            state = torch.load(state_path, weights_only=True)
+            state = torch.load(state_path, weights_only=True, map_location="cpu")
             for name, module in modules.items():
                 module.load_state_dict(state["modules"][name])
             optimizer.load_state_dict(state["optimizer"])
@@ -87,22 +94,77 @@ def _batch(scenes: Scenes, step: int, size: int) -> dict:
     return collate_scenes([scenes[step * size + i] for i in range(size)])
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto": the GPU when there is one, else the CPU; "cuda" without a GPU is a clear error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and not name.startswith("cuda"):
+        raise SystemExit(f"--device {name}: expected auto, cpu or cuda.")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu.")
+    return torch.device(name)
+
+
+def default_workers(device: torch.device) -> int:
+    """Rendering processes: none on a CPU (the training step already uses every core), up to 8 beside a GPU."""
+    return 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 2))
+
+
+class SceneBatch:
+    """Step → the collated batch of ``size`` scenes at that step (picklable, for DataLoader workers)."""
+
+    def __init__(self, scenes: Scenes, size: int):
+        self.scenes, self.size = scenes, size
+
+    def __call__(self, step: int) -> dict:
+        return _batch(self.scenes, step, self.size)
+
+
+class _Steps(torch.utils.data.Dataset):
+    def __init__(self, make: Callable[[int], dict]):
+        self.make = make
+
+    def __len__(self) -> int:
+        return 2**31
+
+    def __getitem__(self, step: int) -> dict:
+        return self.make(step)
+
+
+def _as_is(item):
+    return item
+
+
+def prefetch(make: Callable[[int], dict], start: int, stop: int, workers: int) -> Iterator[dict]:
+    """``make(step)`` for step in [start, stop), in order; computed ahead in ``workers`` processes when > 0."""
+    if workers <= 0:
+        yield from (make(step) for step in range(start, stop))
+        return
+    yield from torch.utils.data.DataLoader(_Steps(make), sampler=range(start, stop), batch_size=None,
+                                           num_workers=workers, prefetch_factor=4, collate_fn=_as_is)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
 # ---------------------------------------------------------------------------------------------- VAE
 
 
-def train_vae(folder: Path, identities: list[Identity], steps: int, seed: int) -> dict:
-    vae = make_vae(seed)
+def train_vae(folder: Path, identities: list[Identity], steps: int, seed: int, device: torch.device = torch.device("cpu"),
+              workers: int = 0) -> dict:
+    vae = make_vae(seed).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     stage = Stage(folder, {"vae": vae}, optimizer, steps)
     if stage.done:
         return json.loads((folder / "done.json").read_text())
-    scenes = Scenes(seed + 1, identities)
+    batches = prefetch(SceneBatch(Scenes(seed + 1, identities), 16), stage.step, steps, workers)
     vae.train()
-    for step in stage.steps("VAE"):
-        pixels = _batch(scenes, step, 16)["pixels"]
+    for step, batch in zip(stage.steps("VAE"), batches):
+        pixels = batch["pixels"].to(device)
         posterior = vae.encode(pixels).latent_dist
         generator = step_generator(seed, step, 0, 0)
-        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)
         reconstruction = vae.decode(latents).sample
         kl = posterior.kl().mean() / pixels[0].numel()
         loss = F.mse_loss(reconstruction, pixels) + 0.5 * F.l1_loss(reconstruction, pixels) + 1e-4 * kl
@@ -112,11 +174,11 @@ def train_vae(folder: Path, identities: list[Identity], steps: int, seed: int) -
         optimizer.zero_grad(set_to_none=True)
     vae.eval()
     with torch.no_grad():
-        pixels = _batch(Scenes(seed + 2, identities), 0, 64)["pixels"]
+        pixels = _batch(Scenes(seed + 2, identities), 0, 64)["pixels"].to(device)
         latents = vae.encode(pixels).latent_dist.mean
         error = F.mse_loss(vae.decode(latents).sample, pixels).item()
         vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    vae.to("cpu").save_pretrained(folder / "vae", safe_serialization=True)
     return stage.finish({"reconstruction_mse": round(error, 5), "scaling_factor": vae.config.scaling_factor})
 
 
@@ -143,7 +205,20 @@ def _open_clip_model(seed: int):
     return CLIP(**config), config
 
 
-def train_encoder(folder: Path, identities: list[Identity], held_out: list[Identity], steps: int, seed: int) -> dict:
+class EncoderBatch:
+    """Step → every training identity once, each in its own random pose and context (picklable)."""
+
+    def __init__(self, identities: list[Identity], seed: int):
+        self.identities, self.seed = identities, seed
+
+    def __call__(self, step: int) -> dict:
+        rng = np.random.default_rng([self.seed, 3, step])
+        scenes = collate_scenes([Scenes(int(rng.integers(2**31)), [identity])[0] for identity in self.identities])
+        return {"views": encoder_views(scenes), "labels": scenes["labels"]}
+
+
+def train_encoder(folder: Path, identities: list[Identity], held_out: list[Identity], steps: int, seed: int,
+                  device: torch.device = torch.device("cpu"), workers: int = 0) -> dict:
     """Contrastive (open_clip ClipLoss) on the encoder's view of each object ↔ its identity words.
 
     Each batch holds every training identity once (random pose, context, count), so the loss is
@@ -159,41 +234,44 @@ def train_encoder(folder: Path, identities: list[Identity], held_out: list[Ident
     width = OPEN_CLIP_CONFIG["embed_dim"]
     probes = torch.nn.ModuleDict({name: torch.nn.Linear(width, HEADS[name]) for name in ("shape", "colour", "pattern")})
     optimizer = torch.optim.AdamW(list(model.parameters()) + list(probes.parameters()), lr=5e-4, weight_decay=0.05)
+    model.to(device)
+    probes.to(device)
     stage = Stage(folder, {"clip": model, "probes": probes}, optimizer, steps)
     if stage.done:
         return json.loads((folder / "done.json").read_text())
     tokenizer = make_tokenizer()
     loss_fn = ClipLoss()
-    texts = _identity_tokens(tokenizer, [i.words for i in identities])
+    texts = _identity_tokens(tokenizer, [i.words for i in identities]).to(device)
+    batches = prefetch(EncoderBatch(identities, seed), stage.step, steps, workers)
     model.train()
-    for step in stage.steps("object encoder"):
-        rng = np.random.default_rng([seed, 3, step])
-        scenes = collate_scenes([Scenes(int(rng.integers(2**31)), [identity])[0] for identity in identities])
-        views = encoder_views(scenes)
-        embeddings = model.encode_image(views)  # (60, D), what zeroft's adapter will read
+    for _, batch in zip(stage.steps("object encoder"), batches):
+        embeddings = model.encode_image(batch["views"].to(device))  # (60, D), what zeroft's adapter will read
         text_features = model.encode_text(texts, normalize=True)
-        probe_loss = sum(F.cross_entropy(probe(embeddings), scenes["labels"][name]) for name, probe in probes.items())
+        probe_loss = sum(F.cross_entropy(probe(embeddings), batch["labels"][name].to(device))
+                         for name, probe in probes.items())
         loss = loss_fn(F.normalize(embeddings, dim=-1), text_features, model.logit_scale.exp()) + 0.5 * probe_loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()
-    save_open_clip_folder(model, config, folder / "encoder", CLIP_MEAN.flatten().tolist(), CLIP_STD.flatten().tolist())
-    return stage.finish({"retrieval_top1_held_out": round(encoder_retrieval(model, tokenizer, held_out, seed), 3),
-                         "retrieval_top1_training": round(encoder_retrieval(model, tokenizer, identities, seed), 3),
-                         "probe_all_attributes_held_out": round(probe_accuracy(model, probes, held_out, seed), 3)})
+    info = {"retrieval_top1_held_out": round(encoder_retrieval(model, tokenizer, held_out, seed), 3),
+            "retrieval_top1_training": round(encoder_retrieval(model, tokenizer, identities, seed), 3),
+            "probe_all_attributes_held_out": round(probe_accuracy(model, probes, held_out, seed), 3)}
+    save_open_clip_folder(model.to("cpu"), config, folder / "encoder", CLIP_MEAN.flatten().tolist(), CLIP_STD.flatten().tolist())
+    return stage.finish(info)
 
 
 @torch.no_grad()
 def probe_accuracy(model, probes, identities: list[Identity], seed: int, per_identity: int = 10) -> float:
     """Fraction of renderings whose shape, colour and pattern the linear probes all read correctly."""
+    device = _device_of(model)
     hits = total = 0
     for identity in identities:
         batch = collate_scenes([Scenes(seed + 8, [identity])[k] for k in range(per_identity)])
-        embeddings = model.encode_image(encoder_views(batch))
-        correct = torch.ones(per_identity, dtype=torch.bool)
+        embeddings = model.encode_image(encoder_views(batch).to(device))
+        correct = torch.ones(per_identity, dtype=torch.bool, device=device)
         for name, probe in probes.items():
-            correct &= probe(embeddings).argmax(-1) == batch["labels"][name]
+            correct &= probe(embeddings).argmax(-1) == batch["labels"][name].to(device)
         hits += int(correct.sum())
         total += per_identity
     return hits / total
@@ -204,12 +282,13 @@ def encoder_retrieval(model, tokenizer, identities: list[Identity], seed: int, p
     """Top-1 accuracy of picking an object's identity among all 72 from its image embedding."""
     from .world import all_identities
 
+    device = _device_of(model)
     everyone = all_identities()
-    text = F.normalize(model.encode_text(_identity_tokens(tokenizer, [i.words for i in everyone])), dim=-1)
+    text = F.normalize(model.encode_text(_identity_tokens(tokenizer, [i.words for i in everyone]).to(device)), dim=-1)
     hits = total = 0
     for identity in identities:
         batch = collate_scenes([Scenes(seed + 7, [identity])[k] for k in range(per_identity)])
-        image = F.normalize(model.encode_image(encoder_views(batch)), dim=-1)
+        image = F.normalize(model.encode_image(encoder_views(batch).to(device)), dim=-1)
         hits += int(((image @ text.T).argmax(-1) == everyone.index(identity)).sum())
         total += per_identity
     return hits / total
@@ -223,73 +302,77 @@ def degrade(pixels: torch.Tensor, vae, generator: torch.Generator) -> torch.Tens
     half = pixels.shape[0] // 2
     with torch.no_grad():
         roundtrip = vae.decode(vae.encode(pixels[:half]).latent_dist.mean).sample.clamp(-1, 1)
-    noisy = roundtrip + 0.05 * torch.randn(roundtrip.shape, generator=generator)
+    noisy = roundtrip + 0.05 * torch.randn(roundtrip.shape, generator=generator).to(roundtrip)
     return torch.cat([noisy, pixels[half:]])
 
 
-def train_judge(folder: Path, identities: list[Identity], held_out: list[Identity], vae, steps: int, seed: int) -> dict:
-    """Attribute classifier on renderings of ALL identities (it is the measuring instrument)."""
-    judge = Judge()
+def train_judge(folder: Path, identities: list[Identity], held_out: list[Identity], vae, steps: int, seed: int,
+                workers: int = 0) -> dict:
+    """Attribute classifier on renderings of ALL identities (it is the measuring instrument); on ``vae``'s device."""
+    device = _device_of(vae)
+    judge = Judge().to(device)
     optimizer = torch.optim.AdamW(judge.parameters(), lr=1e-3, weight_decay=1e-4)
     stage = Stage(folder, {"judge": judge}, optimizer, steps)
     if stage.done:
         return json.loads((folder / "done.json").read_text())
-    scenes = Scenes(seed + 4, identities + held_out)
+    batches = prefetch(SceneBatch(Scenes(seed + 4, identities + held_out), 64), stage.step, steps, workers)
     judge.train()
-    for step in stage.steps("judge"):
-        batch = _batch(scenes, step, 64)
-        pixels = degrade(batch["pixels"], vae, step_generator(seed, step, 4, 0))
+    for step, batch in zip(stage.steps("judge"), batches):
+        pixels = degrade(batch["pixels"].to(device), vae, step_generator(seed, step, 4, 0))
         logits = judge(pixels)
-        loss = sum(F.cross_entropy(logits[name], batch["labels"][name]) for name in HEADS)
+        loss = sum(F.cross_entropy(logits[name], batch["labels"][name].to(device)) for name in HEADS)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     judge.eval()
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(folder / "judge.safetensors"))
+    save_file({k: v.contiguous().cpu() for k, v in judge.state_dict().items()}, str(folder / "judge.safetensors"))
     return stage.finish({"accuracy_held_out_clean": judge_accuracy(judge, held_out, None, seed),
                          "accuracy_held_out_vae": judge_accuracy(judge, held_out, vae, seed)})
 
 
 @torch.no_grad()
 def judge_accuracy(judge, identities: list[Identity], vae, seed: int, count: int = 512) -> dict[str, float]:
+    device = _device_of(judge)
     batch = _batch(Scenes(seed + 9, identities), 0, count)
-    pixels = batch["pixels"]
+    pixels = batch["pixels"].to(device)
     if vae is not None:
         pixels = vae.decode(vae.encode(pixels).latent_dist.mean).sample.clamp(-1, 1)
     logits = judge(pixels)
-    return {name: round(float((logits[name].argmax(-1) == batch["labels"][name]).float().mean()), 4) for name in HEADS}
+    return {name: round(float((logits[name].argmax(-1).cpu() == batch["labels"][name]).float().mean()), 4) for name in HEADS}
 
 
 # ---------------------------------------------------------------------------------------------- base model
 
 
-def train_base(folder: Path, identities: list[Identity], vae, steps: int, seed: int, batch_size: int = 32) -> dict:
-    """The 'pretrained text-to-image model': UNet + text encoder on the general stream (v-prediction)."""
+def train_base(folder: Path, identities: list[Identity], vae, steps: int, seed: int, batch_size: int = 32,
+               workers: int = 0) -> dict:
+    """The 'pretrained text-to-image model': UNet + text encoder on the general stream (v-prediction), on ``vae``'s device."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from diffusers.training_utils import EMAModel
 
-    unet, text_encoder, tokenizer = make_unet(seed), make_text_encoder(seed), make_tokenizer()
+    device = _device_of(vae)
+    unet, text_encoder, tokenizer = make_unet(seed).to(device), make_text_encoder(seed).to(device), make_tokenizer()
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=2e-4, weight_decay=1e-2)
     ema = EMAModel(parameters, decay=0.999)
     stage = Stage(folder, {"unet": unet, "text_encoder": text_encoder, "ema": ema}, optimizer, steps)
     if stage.done:
         return json.loads((folder / "done.json").read_text())
+    ema.to(device)  # a resumed EMA state loads on the CPU
     noise_scheduler = DDPMScheduler.from_config(make_scheduler().config)
-    scenes = Scenes(seed + 5, identities)
+    batches = prefetch(SceneBatch(Scenes(seed + 5, identities), batch_size), stage.step, steps, workers)
     unet.train()
     text_encoder.train()
     vae.requires_grad_(False)
-    for step in stage.steps("base text-to-image model"):
-        batch = _batch(scenes, step, batch_size)
+    for step, batch in zip(stage.steps("base text-to-image model"), batches):
         rng = np.random.default_rng([seed, 5, step])
         captions = ["" if rng.random() < 0.1 else c for c in batch["caption"]]  # for classifier-free guidance
-        tokens = _identity_tokens(tokenizer, captions)
+        tokens = _identity_tokens(tokenizer, captions).to(device)
         generator = step_generator(seed, step, 5, 0)
         with torch.no_grad():
-            latents = vae.encode(batch["pixels"]).latent_dist.mean * vae.config.scaling_factor
+            latents = vae.encode(batch["pixels"].to(device)).latent_dist.mean * vae.config.scaling_factor
         hidden = text_encoder(tokens)[0]
         loss = diffusion_loss(unet, noise_scheduler, latents, hidden, None, generator)
         loss.backward()
@@ -303,5 +386,6 @@ def train_base(folder: Path, identities: list[Identity], vae, steps: int, seed: 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=make_scheduler(), safety_checker=None, feature_extractor=None,
                                    image_encoder=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder / "base", safe_serialization=True)
+    pipe.to("cpu").save_pretrained(folder / "base", safe_serialization=True)
+    vae.to(device)  # the pipeline moved the shared VAE to the CPU
     return stage.finish({"final_loss": round(float(loss), 4)})
