@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from train.toyworld.evaluate import (CHANCE, evaluate, finetune_per_object, generate_finetuned, load_judge, make_pairs,
                                      position_copy_chance, score)
+from train.toyworld.stages import pick_device
 from train.toyworld.world import shapes_in_turn, split_identities
 from zeroft.grid import make_grid
 from zeroft import ZeroFTPipeline
@@ -44,14 +45,15 @@ def personalization_seconds(pipe, photo: Image.Image, repeats: int = 5) -> float
     return float(np.median(times))
 
 
-def finetune_row(base: Path, pairs, judge, objects: int, steps: int, guidance: float, sampler_steps: int, seed: int):
+def finetune_row(base: Path, pairs, judge, objects: int, steps: int, guidance: float, sampler_steps: int, seed: int,
+                 device: str = "cpu"):
     by_reference = {}
     for pair in pairs:
         by_reference.setdefault(id(pair.reference), []).append(pair)
     groups = list(by_reference.values())[:objects]
     images, used, seconds = [], [], []
     for group in groups:
-        pipe, spent = finetune_per_object(base, group[0], steps, 1e-4, seed)
+        pipe, spent = finetune_per_object(base, group[0], steps, 1e-4, seed, device)
         seconds.append(spent)
         images += generate_finetuned(pipe, group, guidance, sampler_steps)
         used += group
@@ -68,18 +70,18 @@ def load_training_state(pipe, folder: Path) -> None:
     pipe.unet.load_state_dict(load_file(str(folder / "model.safetensors")))
     ema = folder / "custom_checkpoint_0.pkl"
     if ema.is_file():
-        shadow = torch.load(ema, weights_only=True)["shadow_params"]
+        shadow = torch.load(ema, weights_only=True, map_location="cpu")["shadow_params"]
         with torch.no_grad():
             for parameter, value in zip(pipe.unet.parameters(), shadow):
                 parameter.copy_(value)
     pipe.embedding_cache.clear()
 
 
-def curve(checkpoint: Path, run: Path, judge, pairs, defaults, max_points: int = 8) -> list[dict]:
+def curve(checkpoint: Path, run: Path, judge, pairs, defaults, max_points: int = 8, device: str = "cpu") -> list[dict]:
     from train.checkpointing import list_checkpoints
 
     points = []
-    pipe = ZeroFTPipeline.from_pretrained(checkpoint, device="cpu")
+    pipe = ZeroFTPipeline.from_pretrained(checkpoint, device=device)
     saved = list_checkpoints(run)
     every = max(1, -(-len(saved) // max_points))
     for step, folder in saved[every - 1::every]:
@@ -145,13 +147,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--curve", action="store_true", help="also evaluate saved training states")
     parser.add_argument("--curve-points", type=int, default=8, help="at most this many states, evenly spaced")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
     args = parser.parse_args(argv)
+    device = str(pick_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work)
     train_ids, held_out = split_identities()
     judge = load_judge(args.judge)
-    pipe = ZeroFTPipeline.from_pretrained(args.checkpoint, device="cpu")
+    pipe = ZeroFTPipeline.from_pretrained(args.checkpoint, device=device)
     defaults = pipe.zeroft_config.defaults
     pairs = make_pairs(held_out, args.references, args.seed + 500)
     chance = {**CHANCE, "position_copy": position_copy_chance()}
@@ -169,7 +173,7 @@ def main(argv=None) -> dict:
     base = work / "base" / "base"
     if base.is_dir():
         row = finetune_row(base, pairs, judge, args.finetune_objects, args.finetune_steps, defaults.text_guidance,
-                           defaults.steps, args.seed)
+                           defaults.steps, args.seed, device)
         row["notes"] = (f"{row['fine_tuning_steps']} steps, {row['seconds_per_object']:.1f} s/object, "
                         f"{row['seconds_per_object'] / zeroft_seconds:,.0f}x zeroft's time")
         rows[f"per-object fine-tuning ({args.finetune_objects} objects)"] = row
@@ -178,7 +182,7 @@ def main(argv=None) -> dict:
     ablations = work / "ablations" / "ablations.json"
     if ablations.is_file():
         for name, info in json.loads(ablations.read_text()).items():
-            variant = ZeroFTPipeline.from_pretrained(info["checkpoint"], device="cpu")
+            variant = ZeroFTPipeline.from_pretrained(info["checkpoint"], device=device)
             row, _ = evaluate(variant, judge, ablation_pairs, defaults.text_guidance, defaults.object_guidance, defaults.steps)
             row["notes"] = f"ablation: {info['steps']} steps, {info['train_seconds'] / 60:.0f} min"
             rows[f"ablation: {name}"] = row
@@ -190,11 +194,11 @@ def main(argv=None) -> dict:
     prompts = ["one object on a white background", "two objects on a black background",
                "one object on a brown background", "two objects on a gray background"]
     sample_grid(pipe, spread[:6], prompts, defaults, out / "samples.png")
-    report = {"checkpoint": args.checkpoint, "guidance": {"text": defaults.text_guidance, "object": defaults.object_guidance},
+    report = {"checkpoint": args.checkpoint, "device": device, "guidance": {"text": defaults.text_guidance, "object": defaults.object_guidance},
               "sampler_steps": defaults.steps, "chance": chance, "rows": rows,
               "judge": json.loads((Path(args.judge).parent / "judge.json").read_text())}
     if args.curve:
-        points = curve(Path(args.checkpoint), work / "zeroft", judge, ablation_pairs, defaults, args.curve_points)
+        points = curve(Path(args.checkpoint), work / "zeroft", judge, ablation_pairs, defaults, args.curve_points, device)
         report["curve"] = points
         plot(points, out / "curve.png")
     (out / "toyworld_eval.json").write_text(json.dumps(report, indent=2) + "\n")

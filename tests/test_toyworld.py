@@ -134,6 +134,21 @@ def test_smoke_build(tmp_path):
             assert 0.0 <= rows[source]["accuracy"] <= 1.0
     assert json.loads((tmp_path / "patterns" / "patterns.json").read_text())["results"] == result["results"]
 
+    # The evaluation runs on the build: every row over its pairs, the fine-tuning baseline timed, curve and grid drawn.
+    from bench.toyworld_eval import main as evaluation
+
+    evaluation(["--checkpoint", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "eval"),
+                "--judge", str(tmp_path / "assets" / "toyworld-judge" / "judge.safetensors"), "--references", "1",
+                "--finetune-objects", "1", "--finetune-steps", "1", "--curve", "--curve-points", "2", "--device", "cpu"])
+    report = json.loads((tmp_path / "eval" / "toyworld_eval.json").read_text())
+    rows = report["rows"]
+    assert rows["zeroft"]["pairs"] == 96 and rows["text only (w_obj = 0)"]["pairs"] == 96
+    assert rows["per-object fine-tuning (1 objects)"]["pairs"] == 8
+    assert rows["per-object fine-tuning (1 objects)"]["seconds_per_object"] > 0
+    assert all(0.0 <= row[m] <= 1.0 for row in rows.values() for m in ("identity", "text", "both"))
+    assert report["device"] == "cpu" and 1 <= len(report["curve"]) <= 2
+    assert (tmp_path / "eval" / "samples.png").is_file() and (tmp_path / "eval" / "curve.png").is_file()
+
     # A larger zeroft budget trains on from the last state instead of reusing the stale export.
     from dataclasses import replace
 

@@ -162,7 +162,7 @@ def choose_guidance(pipe, judge: Judge, pairs: list[Pair], steps: int, grid_text
 # ---------------------------------------------------------------------------------------------- per-object fine-tuning
 
 
-def finetune_per_object(base_folder, pair: Pair, steps: int, learning_rate: float, seed: int):
+def finetune_per_object(base_folder, pair: Pair, steps: int, learning_rate: float, seed: int, device: str = "cpu"):
     """DreamBooth-style baseline: fine-tune the base model's UNet on the ONE reference photo.
 
     The photo is captioned with the rare token (``one sks object on a <its background>
@@ -173,14 +173,14 @@ def finetune_per_object(base_folder, pair: Pair, steps: int, learning_rate: floa
     from ..losses import diffusion_loss, step_generator
 
     started = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(base_folder, safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(base_folder, safety_checker=None, requires_safety_checker=False).to(device)
     pipe.set_progress_bar_config(disable=True)
     unet, vae = pipe.unet, pipe.vae
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     caption = context_caption(pair.reference_context, f"{RARE_TOKEN} object")
     with torch.no_grad():
-        hidden = pipe.encode_prompt(caption, "cpu", 1, False)[0].expand(4, -1, -1)
-        latents = vae.encode(to_tensor(pair.reference)[None]).latent_dist.mean * vae.config.scaling_factor
+        hidden = pipe.encode_prompt(caption, device, 1, False)[0].expand(4, -1, -1)
+        latents = vae.encode(to_tensor(pair.reference)[None].to(device)).latent_dist.mean * vae.config.scaling_factor
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate)
     unet.train()
     for step in range(steps):
@@ -190,6 +190,8 @@ def finetune_per_object(base_folder, pair: Pair, steps: int, learning_rate: floa
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     unet.eval()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()  # the optimizer steps were queued, not yet done
     return pipe, time.perf_counter() - started
 
 
