@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from train.toyworld.evaluate import (CHANCE, evaluate, finetune_per_object, generate_finetuned, load_judge, make_pairs,
                                      position_copy_chance, score)
-from train.toyworld.stages import pick_device
+from train.toyworld.stages import build_device
 from train.toyworld.world import shapes_in_turn, split_identities
 from zeroft.grid import make_grid
 from zeroft import ZeroFTPipeline
@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
     args = parser.parse_args(argv)
-    device = str(pick_device(args.device))
+    device = str(build_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work)

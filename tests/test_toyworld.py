@@ -194,17 +194,17 @@ def test_a_stage_trains_the_same_with_rendering_workers(tmp_path):
 
 
 def test_device_choice():
-    from train.toyworld.stages import default_workers, pick_device
+    from train.toyworld.stages import default_workers, build_device
 
-    assert pick_device("cpu").type == "cpu"
-    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert build_device("cpu").type == "cpu"
+    assert build_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert default_workers(torch.device("cpu")) == 0
     assert 1 <= default_workers(torch.device("cuda")) <= 8
     with pytest.raises(SystemExit, match="expected auto, cpu or cuda"):
-        pick_device("tpu")
+        build_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA GPU"):
-            pick_device("cuda")
+            build_device("cuda")
 
 
 @pytest.mark.gpu

@@ -124,7 +124,7 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, de
     from .scenes import write_streams
 
     started = time.perf_counter()
-    device = stages.pick_device(device)
+    device = stages.build_device(device)
     workers = stages.default_workers(device) if workers is None else workers
     work.mkdir(parents=True, exist_ok=True)
     train_ids, held_out = split_identities()

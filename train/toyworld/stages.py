@@ -94,8 +94,12 @@ def _batch(scenes: Scenes, step: int, size: int) -> dict:
     return collate_scenes([scenes[step * size + i] for i in range(size)])
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """"auto": the GPU when there is one, else the CPU; "cuda" without a GPU is a clear error."""
+def build_device(name: str = "auto") -> torch.device:
+    """"auto": the GPU when there is one, else the CPU; "cuda" without a GPU is a clear error.
+
+    Stricter than zeroft.quantization.pick_device, which inference uses: that one also picks
+    Apple MPS, on which the toy-world training stages have never been run.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name != "cpu" and not name.startswith("cuda"):
