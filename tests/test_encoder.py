@@ -107,3 +107,18 @@ def test_pipeline_views_are_saved_and_never_served_stale(tiny_checkpoint, tmp_pa
     loaded = ZeroFTPipeline.from_pretrained(tmp_path / "ckpt", device="cpu")
     assert loaded.zeroft_config.encoder.views == "dihedral" and loaded.object_encoder.config.views == "dihedral"
     assert torch.allclose(loaded.encode_object(photo)[0], after, atol=1e-5)
+
+
+def test_preprocessing_stays_on_the_cpu_wherever_the_network_goes(tiny_checkpoint):
+    """Pixels are prepared on the CPU (DataLoader workers, the pipeline) even after .to(GPU) or a half cast.
+
+    On an H200, training with the encoder on CUDA failed: the mean/std buffers had followed the network
+    to the GPU and met CPU pixels. The meta device stands in for the GPU here.
+    """
+    encoder = ObjectEncoder.from_config(EncoderConfig(model_name="tiny", pretrained=None, path="encoder"), tiny_checkpoint)
+    photo, mask = square_photo(), np.ones((64, 64), np.float32)
+    before = encoder.preprocess(photo, mask)
+    encoder.to("meta", dtype=torch.float16)
+    after = encoder.preprocess(photo, mask)
+    assert after.device.type == "cpu" and after.dtype == torch.float32
+    assert torch.equal(before, after)

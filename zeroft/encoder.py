@@ -192,8 +192,10 @@ class ObjectEncoder(nn.Module):
         self.config = config
         size = getattr(visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        # Plain CPU tensors, not buffers: preprocessing runs on the CPU (also in DataLoader workers) wherever .to()
+        # moves the network; as buffers they followed it to the GPU and met CPU pixels there (found on an H200).
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.source = source  # local folder the weights came from, copied by save()
         check_views(config.views)
         self.requires_grad_(False)
