@@ -109,9 +109,15 @@ def test_smoke_build(tmp_path):
     from train.toyworld.build import main
     from zeroft import ZeroFTPipeline
 
-    report = main(["build", "--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-                   "--assets", str(tmp_path / "assets"), "--device", "cpu", "--workers", "1"])
+    argv = ["build", "--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+            "--assets", str(tmp_path / "assets"), "--device", "cpu", "--workers", "1"]
+    # --until zeroft trains every stage and stops before the sweeps and the export (a GPU trains, the rest later)
+    report = main(argv + ["--until", "zeroft"])
     assert set(report["stages"]) == {"vae", "encoder", "judge", "base", "zeroft"}
+    assert not (tmp_path / "out").exists() and "guidance_sweep_on_training_identities" not in report
+    report = main(argv)  # picks up the trained stages: sweeps and export only
+    assert set(report["stages"]) == {"vae", "encoder", "judge", "base", "zeroft"}
+    assert report["stages"]["zeroft"]["wall_seconds_this_run"] < 60 and report["guidance_sweep_on_training_identities"]
     assert (report["device"], report["workers"]) == ("cpu", 1)
     assert report["checkpoint_bytes"] < 25 * 2**20
     pipe = ZeroFTPipeline.from_pretrained(tmp_path / "out", device="cpu")
@@ -216,6 +222,52 @@ def test_quick_build_on_a_gpu(tmp_path):
     assert report["device"] != "cpu" and report["stages"]["zeroft"]["steps"] > 0
 
 
+def test_streams_written_by_worker_processes_are_the_same_files(tmp_path):
+    train, _ = split_identities()
+    write_streams(tmp_path / "inline", train, general=40, per_identity=1, seed=3)
+    write_streams(tmp_path / "pool", train, general=40, per_identity=1, seed=3, workers=2)
+    inline = sorted(p.relative_to(tmp_path / "inline") for p in (tmp_path / "inline").rglob("*") if p.is_file())
+    pooled = sorted(p.relative_to(tmp_path / "pool") for p in (tmp_path / "pool").rglob("*") if p.is_file())
+    assert inline == pooled and len(inline) == 40 + 2 * len(train) + 2
+    for name in inline:
+        assert (tmp_path / "inline" / name).read_bytes() == (tmp_path / "pool" / name).read_bytes(), name
+
+
+def test_unet_variants():
+    from train.toyworld.models import make_unet
+
+    v1, attn16 = make_unet(0), make_unet(0, "attn16")
+    assert not hasattr(v1.down_blocks[0], "attentions") and len(attn16.down_blocks[0].attentions) == 1
+    assert len(attn16.up_blocks[-1].attentions) == 2  # the 16×16 level, on the way up too
+    assert v1.config.block_out_channels == attn16.config.block_out_channels
+    with pytest.raises(SystemExit, match="unknown UNet variant 'big'"):
+        make_unet(0, "big")
+
+
+def test_a_base_built_with_another_unet_is_not_reused(tmp_path):
+    from train.toyworld.models import make_vae
+    from train.toyworld.stages import train_base
+
+    (tmp_path / "done.json").write_text(json.dumps({"steps": 3, "seconds": 1.0}))  # a v1 base (older builds say nothing)
+    train, _ = split_identities()
+    assert train_base(tmp_path, train, make_vae(0), 3, 0)["steps"] == 3
+    with pytest.raises(SystemExit, match="'v1' UNet, not 'attn16'"):
+        train_base(tmp_path, train, make_vae(0), 3, 0, unet_variant="attn16")
+
+
+def test_budget_options():
+    from train.toyworld.build import GPU, QUICK, Budget, budget_from_args, parse_args
+
+    assert budget_from_args(parse_args(["build"])) == Budget()
+    assert budget_from_args(parse_args(["build", "--budget", "gpu"])) == GPU
+    quick = budget_from_args(parse_args(["build", "--quick", "--unet", "attn16", "--zeroft-steps", "7"]))
+    assert (quick.unet, quick.zeroft, quick.base) == ("attn16", 7, QUICK.base)
+    with pytest.raises(SystemExit, match="at least 1"):
+        budget_from_args(parse_args(["build", "--zeroft-steps", "0"]))
+    with pytest.raises(SystemExit):
+        parse_args(["build", "--budget", "tpu"])
+
+
 def test_ablations_only_adds_rows_and_keeps_earlier_ones(tmp_path):
     """``ablations --only X`` must not erase the rows of variants trained in earlier runs."""
     from train.toyworld.ablations import run_ablations
@@ -232,3 +284,11 @@ def test_ablations_only_adds_rows_and_keeps_earlier_ones(tmp_path):
     assert set(written) == set(report) == {"recipe", "r=1"}
     assert written["recipe"] == earlier["recipe"]
     assert written["r=1"]["overrides"] == ["--mix_ratio", "1"] and written["r=1"]["train_seconds"] == 500.0
+
+
+def test_step_cost_benchmark_runs():
+    from bench.toyworld_steps import main
+
+    report = main(["--device", "cpu", "--batches", "2", "--steps", "1", "--render", "4", "--unets", "v1", "attn16"])
+    assert set(report["seconds_per_step"]) == {"v1@2", "attn16@2"}
+    assert all(seconds > 0 for seconds in report["seconds_per_step"].values()) and report["render_4_scenes_s"] > 0

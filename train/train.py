@@ -212,7 +212,7 @@ def main(argv=None) -> Path | None:
     if args.use_ema:
         from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(parameters, decay=args.ema_decay)
+        ema = EMAModel(parameters, decay=args.ema_decay, foreach=accelerator.device.type == "cuda")
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
 

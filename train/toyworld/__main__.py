@@ -2,4 +2,5 @@
 
 from .build import main
 
-main()
+if __name__ == "__main__":  # worker processes that import this module must not start a build
+    main()

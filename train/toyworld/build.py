@@ -21,7 +21,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ import torch
 from zeroft.config import CONFIG_NAME, ZeroFTConfig
 
 from ..checkpointing import list_checkpoints
+from .models import UNETS
 from .world import shapes_in_turn, split_identities
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,21 @@ class Budget:
     guidance_pairs_per_identity: int = 3  # per identity in train_ids[::5], × 8 contexts: 288 pairs for views and guidance
     # (1 gave 96 pairs, which could not tell w_text 7.5 from 5.0 apart: 0.771 vs 0.760)
     sampler_steps: int = 20
+    base_batch: int = 32
+    base_lr: float = 2e-4
+    zeroft_batch: int = 32
+    zeroft_lr: float = 1e-4
+    unet: str = "v1"  # models.UNETS
 
+
+# One GPU: these tiny models are launch-bound there. On an H200 (2026-11-27) a base training step took
+# 49 / 58 / 52 ms at batch 32 / 128 / 256 (v1 UNet; attn16: 86 / 63 / 116 ms), and a zeroft step at batch 256
+# about 0.1 s. So the GPU budget takes bigger batches and fewer steps (about the CPU budget's samples; learning
+# rates raised by about the square root of the batch ratio) and checkpoints more often. Not yet run end to
+# end: its accuracy is unmeasured (see README).
+GPU = Budget(base=2000, base_batch=128, base_lr=4e-4, zeroft=3500, zeroft_batch=256, zeroft_lr=2e-4,
+             checkpoint_every=250)
+BUDGETS = {"cpu": Budget(), "gpu": GPU}
 
 QUICK = Budget(vae=3, encoder=3, judge=3, base=3, zeroft=2, general_images=64, domain_per_identity=2,
                checkpoint_every=1, guidance_pairs_per_identity=1, sampler_steps=2)
@@ -62,8 +77,8 @@ def zeroft_arguments(work: Path, budget: Budget, seed: int, validation: list[str
     return [
         "--base_model", str(work / "base" / "base"), "--encoder", str(work / "encoder" / "encoder"),
         "--domain_data", str(work / "streams" / "domain"), "--general_data", str(work / "streams" / "general"),
-        "--resolution", "64", "--train_batch_size", "32", "--max_train_steps", str(budget.zeroft),
-        "--learning_rate", "1e-4", "--lr_warmup_steps", str(min(200, budget.zeroft // 10)),
+        "--resolution", "64", "--train_batch_size", str(budget.zeroft_batch), "--max_train_steps", str(budget.zeroft),
+        "--learning_rate", str(budget.zeroft_lr), "--lr_warmup_steps", str(min(200, budget.zeroft // 10)),
         "--mix_ratio", "0.3", "--cross_reference", "0.5", "--train", "whole", "--use_ema", "--ema_decay", "0.999",
         "--masker", "border", "--background_fill", "gray", "--seed", str(seed),
         "--checkpointing_steps", str(budget.checkpoint_every), "--checkpoints_total_limit", "1000",
@@ -112,7 +127,9 @@ def write_examples(folder: Path, held_out, seed: int, count: int = 6) -> list[di
 
 
 def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, device: str = "cpu",
-          workers: int | None = None) -> dict:
+          workers: int | None = None, until: str | None = None) -> dict:
+    """Run every stage not yet done; ``until`` ("base" or "zeroft") stops after that stage's training, so a
+    GPU can train and another machine (or a later run) does the sweeps and the export."""
     from diffusers import AutoencoderKL
 
     from zeroft.config import GenerationDefaults
@@ -142,9 +159,12 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, de
     vae = AutoencoderKL.from_pretrained(work / "vae" / "vae").to(device).eval()
     timed("encoder", stages.train_encoder, work / "encoder", train_ids, held_out, budget.encoder, seed, device, workers)
     timed("judge", stages.train_judge, work / "judge", train_ids, held_out, vae, budget.judge, seed, workers)
-    timed("base", stages.train_base, work / "base", train_ids, vae, budget.base, seed, 32, workers)
+    timed("base", stages.train_base, work / "base", train_ids, vae, budget.base, seed, budget.base_batch, workers,
+          budget.base_lr, budget.unet)
+    if until == "base":
+        return report
     if not (work / "streams" / "done.json").is_file():
-        write_streams(work / "streams", train_ids, budget.general_images, budget.domain_per_identity, seed)
+        write_streams(work / "streams", train_ids, budget.general_images, budget.domain_per_identity, seed, workers)
         (work / "streams" / "done.json").write_text("{}\n")
 
     validation = [str(p) for p in sorted((assets / "examples").glob("object-*.png"))[:3]]
@@ -159,6 +179,9 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, de
                                     device=device.type, workers=workers))
     report["stages"]["zeroft"] = {"wall_seconds_this_run": round(time.perf_counter() - t, 1),
                                   **ZeroFTConfig.load(final).training}
+    (work / "build.json").write_text(json.dumps(report, indent=2) + "\n")
+    if until == "zeroft":
+        return report
 
     # Encoder views, then guidance defaults, chosen on training identities (new renderings) so the
     # test set stays unseen. Views are compared at the validation guidance the training run used.
@@ -202,6 +225,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--out", default="assets/zeroft-toy", help="the exported zeroft checkpoint")
     b.add_argument("--assets", default="assets", help="where examples/ and toyworld-judge/ go")
     b.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test)")
+    b.add_argument("--budget", choices=sorted(BUDGETS), default="cpu",
+                   help="steps and batch sizes: cpu (the shipped 2-core recipe) or gpu (bigger batches, fewer steps)")
+    b.add_argument("--unet", choices=UNETS, default=None, help="UNet variant (default: the budget's)")
+    b.add_argument("--zeroft-steps", type=int, default=None, help="zeroft training steps (default: the budget's)")
+    b.add_argument("--until", choices=("base", "zeroft"), default=None,
+                   help="stop after this stage's training (run again without it for the sweeps and the export)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
     b.add_argument("--workers", type=int, default=None,
@@ -214,6 +243,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def budget_from_args(args: argparse.Namespace) -> Budget:
+    """``--quick`` or ``--budget``, then the ``--unet`` and ``--zeroft-steps`` overrides."""
+    budget = QUICK if args.quick else BUDGETS[args.budget]
+    if args.zeroft_steps is not None and args.zeroft_steps < 1:
+        raise SystemExit(f"--zeroft-steps must be at least 1, got {args.zeroft_steps}")
+    return replace(budget, unet=args.unet or budget.unet,
+                   zeroft=budget.zeroft if args.zeroft_steps is None else args.zeroft_steps)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -221,5 +259,5 @@ def main(argv=None) -> dict:
         from .ablations import run_ablations
 
         return run_ablations(Path(args.work), args.steps, args.seed, args.only)
-    return build(Path(args.work), Path(args.out), Path(args.assets), QUICK if args.quick else Budget(), args.seed,
-                 args.device, args.workers)
+    return build(Path(args.work), Path(args.out), Path(args.assets), budget_from_args(args), args.seed, args.device,
+                 args.workers, args.until)

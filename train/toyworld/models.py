@@ -65,14 +65,23 @@ def make_vae(seed: int) -> AutoencoderKL:
     )
 
 
-def make_unet(seed: int) -> UNet2DConditionModel:
-    """6.6M parameters; cross-attention at 8×8 and 4×4 only (see the module docstring)."""
+UNETS = ("v1", "attn16")
+
+
+def make_unet(seed: int, variant: str = "v1") -> UNet2DConditionModel:
+    """``v1``: 6.6M parameters, cross-attention at 8×8 and 4×4 only (see the module docstring).
+    ``attn16``: the same widths with self- and cross-attention at the 16×16 latent level as well, so the
+    object and text tokens reach the resolution where dots and stripes are drawn (for a GPU build)."""
+    if variant not in UNETS:
+        raise SystemExit(f"unknown UNet variant {variant!r}: expected one of {', '.join(UNETS)}")
+    top = variant == "attn16"
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=16, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, block_out_channels=(64, 128, 128),
-        layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_WIDTH,
-        attention_head_dim=32, norm_num_groups=32,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D" if top else "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D" if top else "UpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=32, norm_num_groups=32,
     )
 
 

@@ -351,19 +351,26 @@ def judge_accuracy(judge, identities: list[Identity], vae, seed: int, count: int
 
 
 def train_base(folder: Path, identities: list[Identity], vae, steps: int, seed: int, batch_size: int = 32,
-               workers: int = 0) -> dict:
-    """The 'pretrained text-to-image model': UNet + text encoder on the general stream (v-prediction), on ``vae``'s device."""
+               workers: int = 0, learning_rate: float = 2e-4, unet_variant: str = "v1") -> dict:
+    """The 'pretrained text-to-image model': UNet + text encoder on the general stream (v-prediction), on ``vae``'s device.
+
+    ``unet_variant`` is one of models.UNETS; a finished stage built with another variant is an error, not reused."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from diffusers.training_utils import EMAModel
 
     device = _device_of(vae)
-    unet, text_encoder, tokenizer = make_unet(seed).to(device), make_text_encoder(seed).to(device), make_tokenizer()
+    unet = make_unet(seed, unet_variant).to(device)
+    text_encoder, tokenizer = make_text_encoder(seed).to(device), make_tokenizer()
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=2e-4, weight_decay=1e-2)
-    ema = EMAModel(parameters, decay=0.999)
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=1e-2)
+    ema = EMAModel(parameters, decay=0.999, foreach=device.type == "cuda")  # one kernel per op, not per tensor, on a GPU
     stage = Stage(folder, {"unet": unet, "text_encoder": text_encoder, "ema": ema}, optimizer, steps)
     if stage.done:
-        return json.loads((folder / "done.json").read_text())
+        info = json.loads((folder / "done.json").read_text())
+        if info.get("unet", "v1") != unet_variant:
+            raise SystemExit(f"{folder} holds a base model with the {info.get('unet', 'v1')!r} UNet, not {unet_variant!r}: "
+                             "build the other variant in another --work folder")
+        return info
     ema.to(device)  # a resumed EMA state loads on the CPU
     noise_scheduler = DDPMScheduler.from_config(make_scheduler().config)
     batches = prefetch(SceneBatch(Scenes(seed + 5, identities), batch_size), stage.step, steps, workers)
@@ -392,4 +399,5 @@ def train_base(folder: Path, identities: list[Identity], vae, steps: int, seed: 
                                    image_encoder=None, requires_safety_checker=False)
     pipe.to("cpu").save_pretrained(folder / "base", safe_serialization=True)
     vae.to(device)  # the pipeline moved the shared VAE to the CPU
-    return stage.finish({"final_loss": round(float(loss), 4)})
+    return stage.finish({"final_loss": round(loss.item(), 4), "unet": unet_variant, "batch_size": batch_size,
+                         "learning_rate": learning_rate})
