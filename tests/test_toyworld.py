@@ -170,6 +170,9 @@ def test_smoke_build(tmp_path):
     # resume a later one: tests/test_train.py); an unseen budget resumes the newest.
     assert zeroft_resume(runs, QUICK.zeroft) == str(runs / f"checkpoint-{QUICK.zeroft}")
     assert zeroft_resume(runs, QUICK.zeroft + 5) == "latest"
+    # A run stopped early (a time-limited GPU): --zeroft-steps N re-exports the state saved at step N.
+    report = main(argv + ["--until", "zeroft", "--zeroft-steps", "1"])
+    assert trained_steps(final) == report["stages"]["zeroft"]["steps"] == 1
 
 
 def test_prefetched_batches_are_the_inline_batches():
