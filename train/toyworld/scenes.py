@@ -87,14 +87,10 @@ def write_streams(folder: Path, identities: list[Identity], general: int, per_id
     general_dir, domain_dir = folder / "general", folder / "domain"
     general_dir.mkdir(parents=True, exist_ok=True)
     domain_dir.mkdir(parents=True, exist_ok=True)
-    writer = _GeneralWriter(general_dir, identities, seed)
-    if workers > 0:
-        import multiprocessing
+    from .stages import prefetch  # in order, computed ahead in worker processes (stages imports this module)
 
-        with multiprocessing.Pool(workers) as pool:  # the platform's default start, as DataLoader workers use
-            rows = pool.map(writer, range(general), chunksize=max(1, min(250, general // (4 * workers) or 1)))
-    else:
-        rows = [writer(index) for index in tqdm(range(general), desc="general stream", leave=False)]
+    rows = list(tqdm(prefetch(_GeneralWriter(general_dir, identities, seed), 0, general, workers), total=general,
+                     desc="general stream", leave=False))
     (general_dir / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     rows = []
     rng = np.random.default_rng([seed, 1])
