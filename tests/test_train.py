@@ -237,3 +237,34 @@ def test_two_processes_hold_identical_weights_and_see_disjoint_data(setup, tmp_p
     assert not records[0] & records[1]
     config = ZeroFTConfig.load(tmp_path / "run" / "final")
     assert config.training["processes"] == 2 and config.training["batch_size"] == 4
+
+
+def test_a_resumed_ema_sits_beside_the_model(tmp_path):
+    """accelerate restores a registered EMA onto the CPU; on a GPU the next EMA step then met CPU tensors
+    (found on an H200: resuming a toy build's zeroft stage failed at its first step). The restore moves it back."""
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+
+    from train.checkpointing import load_training_state, save_training_state
+
+    model = torch.nn.Linear(3, 2)
+    ema = EMAModel(model.parameters(), decay=0.9)
+    accelerator = Accelerator(cpu=True)
+    accelerator.register_for_checkpointing(ema)
+    for shadow in ema.shadow_params:
+        shadow.data.fill_(7.0)
+    folder = save_training_state(accelerator, tmp_path, 3, None)
+    for shadow in ema.shadow_params:
+        shadow.data.fill_(0.0)
+    assert load_training_state(accelerator, folder, ema) == 3
+    assert all(torch.equal(shadow, torch.full_like(shadow, 7.0)) for shadow in ema.shadow_params)
+
+    class ModelElsewhere:  # the GPU's stand-in: the state loads as accelerate loads it, the model lives on "meta"
+        device = torch.device("meta")
+
+        @staticmethod
+        def load_state(path):
+            accelerator.load_state(path)
+
+    load_training_state(ModelElsewhere(), folder, ema)
+    assert [shadow.device.type for shadow in ema.shadow_params] == ["meta", "meta"]

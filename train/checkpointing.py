@@ -90,5 +90,17 @@ def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
+def load_training_state(accelerator, folder: Path, ema=None) -> int:
+    """Restore a checkpoint saved by ``save_training_state``; returns its step.
+
+    accelerate loads a registered EMA's shadow weights onto the CPU, so the EMA is moved back beside the
+    model (on a GPU its foreach step would otherwise meet CPU tensors at the first step after a resume).
+    """
+    accelerator.load_state(str(folder))
+    if ema is not None:
+        ema.to(accelerator.device)
+    return checkpoint_step(folder)
+
+
 def checkpoint_step(folder: Path) -> int:
     return int(json.loads((folder / STATE_FILE).read_text())["step"])

@@ -28,7 +28,7 @@ from zeroft.config import ADAPTER_NAME, EncoderConfig, ZeroFTConfig
 from zeroft.encoder import ObjectEncoder
 
 from .args import parse_args
-from .checkpointing import checkpoint_step, clean_partial, resolve_resume, save_training_state
+from .checkpointing import checkpoint_step, clean_partial, load_training_state, resolve_resume, save_training_state
 from .data import MixedTrainingData, Regularization, collate, global_indices, open_streams
 from .export import ema_weights, export_checkpoint, trainable_parameters, validation_pipeline
 from .losses import TextEncoderCache, diffusion_loss, encode_latents, step_generator
@@ -224,7 +224,7 @@ def main(argv=None) -> Path | None:
         if start_step > args.max_train_steps:  # would export later weights labelled with fewer steps
             raise SystemExit(f"{resume_from} is at step {start_step}, past --max_train_steps {args.max_train_steps}: "
                              f"resume from an earlier checkpoint-N (N <= {args.max_train_steps}) or raise the steps.")
-        accelerator.load_state(str(resume_from))
+        load_training_state(accelerator, resume_from, ema)
         logger.info(f"resumed from {resume_from} at step {start_step}")
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers("zeroft", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
