@@ -258,6 +258,36 @@ def test_a_base_built_with_another_unet_is_not_reused(tmp_path):
         train_base(tmp_path, train, make_vae(0), 3, 0, unet_variant="attn16")
 
 
+def test_a_half_trained_base_of_another_unet_is_a_clear_error(tmp_path):
+    """A killed attn16 base stage, resumed as v1 (or the other way round): a plain message, not a shape traceback."""
+    from diffusers.training_utils import EMAModel
+
+    from train.toyworld.models import make_text_encoder, make_unet, make_vae
+    from train.toyworld.stages import Stage, train_base
+
+    unet, text_encoder = make_unet(0, "attn16"), make_text_encoder(0)
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    stage = Stage(tmp_path, {"unet": unet, "text_encoder": text_encoder, "ema": EMAModel(parameters)},
+                  torch.optim.AdamW(parameters), 10, config={"unet": "attn16"})
+    stage.step = 4
+    stage.maybe_save(force=True)
+    train, _ = split_identities()
+    with pytest.raises(SystemExit, match="half-trained state made with unet 'attn16', not 'v1'"):
+        train_base(tmp_path, train, make_vae(0), 10, 0)
+    # a state saved before the config was recorded: its weights do not fit, which says the same plainly
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    del state["config"]
+    torch.save(state, tmp_path / "state.pt")
+    with pytest.raises(SystemExit, match="does not fit this stage's models .*another --work folder"):
+        train_base(tmp_path, train, make_vae(0), 10, 0)
+    # the same variant resumes where it stopped
+    unet, text_encoder = make_unet(0, "attn16"), make_text_encoder(0)
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    resumed = Stage(tmp_path, {"unet": unet, "text_encoder": text_encoder, "ema": EMAModel(parameters)},
+                    torch.optim.AdamW(parameters), 10, config={"unet": "attn16"})
+    assert resumed.step == 4
+
+
 def test_budget_options():
     from train.toyworld.build import GPU, QUICK, Budget, budget_from_args, parse_args
 

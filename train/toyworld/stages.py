@@ -40,19 +40,34 @@ CLIP_STD = torch.tensor([0.25, 0.25, 0.25]).view(3, 1, 1)
 
 
 class Stage:
-    """Resumable training state of one stage, saved atomically every ``save_every`` seconds."""
+    """Resumable training state of one stage, saved atomically every ``save_every`` seconds.
+
+    ``config`` (e.g. the UNet variant) is saved with the state; a saved state made under another config, or
+    whose weights do not fit ``modules``, is a clear error rather than a tensor-shape traceback."""
 
     def __init__(self, folder: Path, modules: dict[str, torch.nn.Module], optimizer, total_steps: int,
-                 save_every: float = 180.0):
+                 save_every: float = 180.0, config: dict | None = None):
         self.folder, self.modules, self.optimizer = folder, modules, optimizer
-        self.total_steps, self.save_every = total_steps, save_every
+        self.total_steps, self.save_every, self.config = total_steps, save_every, dict(config or {})
         self.folder.mkdir(parents=True, exist_ok=True)
         self.step, self.seconds = 0, 0.0
         state_path = folder / "state.pt"
         if state_path.is_file():
             state = torch.load(state_path, weights_only=True, map_location="cpu")
-            for name, module in modules.items():
-                module.load_state_dict(state["modules"][name])
+            saved = state.get("config") or {}
+            clash = {k: (saved[k], v) for k, v in self.config.items() if k in saved and saved[k] != v}
+            if clash:
+                raise SystemExit(f"{state_path} is a half-trained state made with "
+                                 + ", ".join(f"{k} {a!r}, not {b!r}" for k, (a, b) in clash.items())
+                                 + ": use another --work folder, or delete that file to start this stage again")
+            try:
+                for name, module in modules.items():
+                    module.load_state_dict(state["modules"][name])
+            except (KeyError, RuntimeError, ValueError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise SystemExit(f"{state_path} does not fit this stage's models ({first}); it was saved by another "
+                                 "configuration: use another --work folder, or delete that file to start this stage "
+                                 "again") from e
             optimizer.load_state_dict(state["optimizer"])
             self.step, self.seconds = state["step"], state["seconds"]
         self._last_save = time.perf_counter()
@@ -70,7 +85,7 @@ class Stage:
             return
         temp = self.folder / "state.pt.tmp"
         torch.save({"modules": {n: m.state_dict() for n, m in self.modules.items()}, "optimizer": self.optimizer.state_dict(),
-                    "step": self.step, "seconds": self.elapsed()}, temp)
+                    "step": self.step, "seconds": self.elapsed(), "config": self.config}, temp)
         temp.replace(self.folder / "state.pt")
         self._last_save = time.perf_counter()
 
@@ -364,7 +379,8 @@ def train_base(folder: Path, identities: list[Identity], vae, steps: int, seed: 
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=1e-2)
     ema = EMAModel(parameters, decay=0.999, foreach=device.type == "cuda")  # one kernel per op, not per tensor, on a GPU
-    stage = Stage(folder, {"unet": unet, "text_encoder": text_encoder, "ema": ema}, optimizer, steps)
+    stage = Stage(folder, {"unet": unet, "text_encoder": text_encoder, "ema": ema}, optimizer, steps,
+                  config={"unet": unet_variant})
     if stage.done:
         info = json.loads((folder / "done.json").read_text())
         if info.get("unet", "v1") != unet_variant:
