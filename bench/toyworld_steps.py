@@ -53,7 +53,8 @@ def main(argv=None) -> dict:
             unet, text_encoder = make_unet(0, variant).to(device), make_text_encoder(0).to(device)
             parameters = list(unet.parameters()) + list(text_encoder.parameters())
             optimizer = torch.optim.AdamW(parameters, lr=1e-4)
-            latents = torch.randn(size, unet.config.in_channels, 16, 16, device=device)
+            side = unet.config.sample_size
+            latents = torch.randn(size, unet.config.in_channels, side, side, device=device)
             captions = (batch["caption"] * (size // len(batch["caption"]) + 1))[:size]
             tokens = _identity_tokens(tokenizer, captions).to(device)
             for step in range(3 + args.steps):

@@ -175,6 +175,27 @@ def test_smoke_build(tmp_path):
     assert trained_steps(final) == report["stages"]["zeroft"]["steps"] == 1
 
 
+def test_quick_build_with_the_lat32_unet(tmp_path):
+    """--unet lat32 trains its own 2×-down VAE and a base on 32×32 latents; zeroft trains and exports on them.
+    (The sweeps and the fp16 export after zeroft do not depend on the variant: test_smoke_build runs them.)"""
+    from train.toyworld.build import main
+    from zeroft import ZeroFTPipeline
+
+    report = main(["build", "--quick", "--unet", "lat32", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                   "--assets", str(tmp_path / "assets"), "--device", "cpu", "--workers", "0", "--until", "zeroft"])
+    assert report["stages"]["vae"]["latent_size"] == 32 and report["stages"]["base"]["unet"] == "lat32"
+    pipe = ZeroFTPipeline.from_pretrained(tmp_path / "work" / "zeroft" / "final", device="cpu")
+    assert pipe.unet.config.sample_size == 32 and pipe.vae.config.latent_channels == 4
+    examples = json.loads((tmp_path / "assets" / "examples" / "examples.json").read_text())
+    out = pipe(examples[0]["prompt"], object_image=tmp_path / "assets" / "examples" / examples[0]["image"],
+               num_inference_steps=2, seed=0)
+    assert out.images[0].size == (64, 64)
+    # The same work folder cannot turn into a v1 build: its VAE is the wrong one.
+    with pytest.raises(SystemExit, match="VAE onto 32² latents, not 16²"):
+        main(["build", "--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out2"),
+              "--assets", str(tmp_path / "assets"), "--device", "cpu", "--workers", "0"])
+
+
 def test_prefetched_batches_are_the_inline_batches():
     """Rendering ahead in worker processes changes nothing a step sees, also from a resumed step."""
     from train.toyworld.stages import EncoderBatch, SceneBatch, prefetch
@@ -245,6 +266,42 @@ def test_unet_variants():
     assert v1.config.block_out_channels == attn16.config.block_out_channels
     with pytest.raises(SystemExit, match="unknown UNet variant 'big'"):
         make_unet(0, "big")
+
+
+def test_the_lat32_unet_works_on_the_2x_down_vae():
+    """lat32: a 32×32×4 latent grid from a VAE with one downsampling, under v1's levels; v1 keeps its 16×16×8."""
+    from train.toyworld.models import latent_size, make_unet, make_vae
+
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    for variant, shape in (("v1", (2, 8, 16, 16)), ("lat32", (2, 4, 32, 32))):
+        vae, unet = make_vae(0, latent_size(variant)), make_unet(0, variant)
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mean
+            assert latents.shape == shape and vae.decode(latents).sample.shape == pixels.shape
+            out = unet(latents, torch.tensor([10, 500]), torch.randn(2, 16, 64)).sample
+        assert out.shape == shape and unet.config.sample_size == shape[-1]
+    assert make_unet(0, "lat32").config.block_out_channels == (32, 64, 128, 128)
+    with pytest.raises(SystemExit, match="unknown latent size 8"):
+        make_vae(0, 8)
+
+
+def test_a_vae_of_another_latent_size_is_not_reused(tmp_path):
+    from train.toyworld.stages import Stage, train_vae
+
+    train, _ = split_identities()
+    (tmp_path / "done.json").write_text(json.dumps({"steps": 3, "seconds": 1.0}))  # older builds: 16×16, unsaid
+    assert train_vae(tmp_path, train, 3, 0)["steps"] == 3
+    with pytest.raises(SystemExit, match="VAE onto 16² latents, not 32²"):
+        train_vae(tmp_path, train, 3, 0, latent_size=32)
+    # A half-trained 32² VAE, resumed as 16²: a plain message naming the clash.
+    from train.toyworld.models import make_vae
+
+    (tmp_path / "done.json").unlink()
+    vae = make_vae(0, 32)
+    stage = Stage(tmp_path, {"vae": vae}, torch.optim.AdamW(vae.parameters()), 3, config={"latent_size": 32})
+    stage.maybe_save(force=True)
+    with pytest.raises(SystemExit, match="latent_size 32, not 16"):
+        train_vae(tmp_path, train, 3, 0)
 
 
 def test_a_base_built_with_another_unet_is_not_reused(tmp_path):
@@ -322,6 +379,6 @@ def test_ablations_only_adds_rows_and_keeps_earlier_ones(tmp_path):
 def test_step_cost_benchmark_runs():
     from bench.toyworld_steps import main
 
-    report = main(["--device", "cpu", "--batches", "2", "--steps", "1", "--render", "4", "--unets", "v1", "attn16"])
-    assert set(report["seconds_per_step"]) == {"v1@2", "attn16@2"}
+    report = main(["--device", "cpu", "--batches", "2", "--steps", "1", "--render", "4", "--unets", "v1", "attn16", "lat32"])
+    assert set(report["seconds_per_step"]) == {"v1@2", "attn16@2", "lat32@2"}
     assert all(seconds > 0 for seconds in report["seconds_per_step"].values()) and report["render_4_scenes_s"] > 0

@@ -29,7 +29,7 @@ import torch
 from zeroft.config import CONFIG_NAME, ZeroFTConfig
 
 from ..checkpointing import list_checkpoints
-from .models import UNETS
+from .models import UNETS, latent_size
 from .world import shapes_in_turn, split_identities
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,8 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, de
         logger.info(f"{name}: {report['stages'][name]}")
         (work / "build.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    timed("vae", stages.train_vae, work / "vae", train_ids, budget.vae, seed, device, workers)
+    timed("vae", stages.train_vae, work / "vae", train_ids, budget.vae, seed, device, workers,
+          latent_size(budget.unet))
     vae = AutoencoderKL.from_pretrained(work / "vae" / "vae").to(device).eval()
     timed("encoder", stages.train_encoder, work / "encoder", train_ids, held_out, budget.encoder, seed, device, workers)
     timed("judge", stages.train_judge, work / "judge", train_ids, held_out, vae, budget.judge, seed, workers)
@@ -228,7 +229,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test)")
     b.add_argument("--budget", choices=sorted(BUDGETS), default="cpu",
                    help="steps and batch sizes: cpu (the shipped 2-core recipe) or gpu (bigger batches, fewer steps)")
-    b.add_argument("--unet", choices=UNETS, default=None, help="UNet variant (default: the budget's)")
+    b.add_argument("--unet", choices=UNETS, default=None, help="UNet variant (default: the budget's): v1 (shipped), attn16 (attention at 16×16), "
+                   "lat32 (32×32 latents from a 2×-down VAE; its own --work folder)")
     b.add_argument("--zeroft-steps", type=int, default=None, help="zeroft training steps (default: the budget's)")
     b.add_argument("--until", choices=("base", "zeroft"), default=None,
                    help="stop after this stage's training (run again without it for the sweeps and the export)")

@@ -171,12 +171,17 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 
 
 def train_vae(folder: Path, identities: list[Identity], steps: int, seed: int, device: torch.device = torch.device("cpu"),
-              workers: int = 0) -> dict:
-    vae = make_vae(seed).to(device)
+              workers: int = 0, latent_size: int = 16) -> dict:
+    """The VAE onto ``latent_size``² latents (models.make_vae); a finished stage of another size is an error."""
+    vae = make_vae(seed, latent_size).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    stage = Stage(folder, {"vae": vae}, optimizer, steps)
+    stage = Stage(folder, {"vae": vae}, optimizer, steps, config={"latent_size": latent_size})
     if stage.done:
-        return json.loads((folder / "done.json").read_text())
+        info = json.loads((folder / "done.json").read_text())
+        if info.get("latent_size", 16) != latent_size:  # builds before the option had 16×16 latents
+            raise SystemExit(f"{folder} holds a VAE onto {info.get('latent_size', 16)}² latents, not {latent_size}²: "
+                             "build this UNet variant in another --work folder")
+        return info
     batches = prefetch(SceneBatch(Scenes(seed + 1, identities), 16), stage.step, steps, workers)
     vae.train()
     for step, batch in zip(stage.steps("VAE"), batches):
@@ -198,7 +203,8 @@ def train_vae(folder: Path, identities: list[Identity], steps: int, seed: int, d
         error = F.mse_loss(vae.decode(latents).sample, pixels).item()
         vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     vae.to("cpu").save_pretrained(folder / "vae", safe_serialization=True)
-    return stage.finish({"reconstruction_mse": round(error, 5), "scaling_factor": vae.config.scaling_factor})
+    return stage.finish({"reconstruction_mse": round(error, 5), "scaling_factor": vae.config.scaling_factor,
+                         "latent_size": latent_size})
 
 
 # ---------------------------------------------------------------------------------------------- encoder
