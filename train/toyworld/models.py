@@ -60,7 +60,7 @@ def make_text_encoder(seed: int) -> CLIPTextModel:
 def make_vae(seed: int, latent_size: int = 16) -> AutoencoderKL:
     """``latent_size`` 16: 64×64×3 ↔ 16×16×8, three blocks, two downsamplings; 0.16 s per training step of 16
     images here ((32, 64, 64) channels took 0.32 s). 32: 64×64×3 ↔ 32×32×4, two blocks, one downsampling, for the
-    ``lat32`` UNet (a dot then spans about 2 latents and dots lie 3–5 latents apart, not 1.4–2.5)."""
+    ``lat32`` UNet (dots then lie 2.8–5 latents apart, not 1.4–2.5)."""
     if latent_size not in LATENT_SIZES:
         raise SystemExit(f"unknown latent size {latent_size}: expected one of {', '.join(map(str, LATENT_SIZES))}")
     torch.manual_seed(seed)
@@ -85,7 +85,7 @@ def make_unet(seed: int, variant: str = "v1") -> UNet2DConditionModel:
     ``attn16``: the same widths with self- and cross-attention at the 16×16 latent level as well, so the
     object and text tokens reach the resolution where dots and stripes are drawn (for a GPU build).
     ``lat32``: v1's levels below a new 32×32 level of 32 channels, on the 2×-down VAE's 32×32×4 latents
-    (6.5M parameters; a base step costs about 1.4× v1's on this CPU)."""
+    (6.5M parameters; a base step cost 1.35× v1's on this CPU: 1.08 s against 0.80 s at batch 32)."""
     if variant not in UNETS:
         raise SystemExit(f"unknown UNet variant {variant!r}: expected one of {', '.join(UNETS)}")
     torch.manual_seed(seed)
