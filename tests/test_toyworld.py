@@ -181,6 +181,9 @@ def test_quick_build_with_the_lat32_unet(tmp_path):
     from train.toyworld.build import main
     from zeroft import ZeroFTPipeline
 
+    # Only the sweeps read the judge, and its training does not depend on the variant: mark it finished to save time.
+    (tmp_path / "work" / "judge").mkdir(parents=True)
+    (tmp_path / "work" / "judge" / "done.json").write_text(json.dumps({"steps": 3, "seconds": 0.0}))
     report = main(["build", "--quick", "--unet", "lat32", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
                    "--assets", str(tmp_path / "assets"), "--device", "cpu", "--workers", "0", "--until", "zeroft"])
     assert report["stages"]["vae"]["latent_size"] == 32 and report["stages"]["base"]["unet"] == "lat32"
