@@ -92,19 +92,14 @@ def make_unet(seed: int, variant: str = "v1") -> UNet2DConditionModel:
     size = latent_size(variant)
     channels = LATENT_CHANNELS[size]
     if variant == "lat32":
-        return UNet2DConditionModel(
-            sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(32, 64, 128, 128),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-            cross_attention_dim=TEXT_WIDTH, attention_head_dim=32, norm_num_groups=32,
-        )
-    top = variant == "attn16"
-    return UNet2DConditionModel(
-        sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(64, 128, 128),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D" if top else "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D" if top else "UpBlock2D"),
+        blocks, down, up = (32, 64, 128, 128), ("DownBlock2D", "DownBlock2D"), ("UpBlock2D", "UpBlock2D")
+    else:
+        top = variant == "attn16"
+        blocks, down, up = ((64, 128, 128), ("CrossAttnDownBlock2D" if top else "DownBlock2D",),
+                            ("CrossAttnUpBlock2D" if top else "UpBlock2D",))
+    return UNet2DConditionModel(  # attention at the two lowest levels (8×8 and 4×4) in every variant
+        sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=blocks, layers_per_block=1,
+        down_block_types=down + ("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2 + up,
         cross_attention_dim=TEXT_WIDTH, attention_head_dim=32, norm_num_groups=32,
     )
 

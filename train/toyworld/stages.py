@@ -89,8 +89,17 @@ class Stage:
         temp.replace(self.folder / "state.pt")
         self._last_save = time.perf_counter()
 
+    def finished(self, legacy: dict, clash: Callable[[dict], str]) -> dict:
+        """A finished stage's done.json; a SystemExit saying ``clash(saved)`` when it was built under another ``config``
+        (a key that older builds did not record takes its ``legacy`` value)."""
+        info = json.loads((self.folder / "done.json").read_text())
+        saved = {key: info.get(key, legacy[key]) for key in self.config}
+        if saved != self.config:
+            raise SystemExit(clash(saved))
+        return info
+
     def finish(self, info: dict) -> dict:
-        info = {**info, "steps": self.total_steps, "seconds": round(self.elapsed(), 1)}
+        info = {**self.config, **info, "steps": self.total_steps, "seconds": round(self.elapsed(), 1)}
         (self.folder / "done.json").write_text(json.dumps(info, indent=2) + "\n")
         (self.folder / "state.pt").unlink(missing_ok=True)
         return info
@@ -177,11 +186,9 @@ def train_vae(folder: Path, identities: list[Identity], steps: int, seed: int, d
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     stage = Stage(folder, {"vae": vae}, optimizer, steps, config={"latent_size": latent_size})
     if stage.done:
-        info = json.loads((folder / "done.json").read_text())
-        if info.get("latent_size", 16) != latent_size:  # builds before the option had 16×16 latents
-            raise SystemExit(f"{folder} holds a VAE onto {info.get('latent_size', 16)}² latents, not {latent_size}²: "
-                             "build this UNet variant in another --work folder")
-        return info
+        return stage.finished({"latent_size": 16}, lambda saved: (  # builds before the option had 16×16 latents
+            f"{folder} holds a VAE onto {saved['latent_size']}² latents, not {latent_size}²: "
+            "build this UNet variant in another --work folder"))
     batches = prefetch(SceneBatch(Scenes(seed + 1, identities), 16), stage.step, steps, workers)
     vae.train()
     for step, batch in zip(stage.steps("VAE"), batches):
@@ -203,8 +210,7 @@ def train_vae(folder: Path, identities: list[Identity], steps: int, seed: int, d
         error = F.mse_loss(vae.decode(latents).sample, pixels).item()
         vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     vae.to("cpu").save_pretrained(folder / "vae", safe_serialization=True)
-    return stage.finish({"reconstruction_mse": round(error, 5), "scaling_factor": vae.config.scaling_factor,
-                         "latent_size": latent_size})
+    return stage.finish({"reconstruction_mse": round(error, 5), "scaling_factor": vae.config.scaling_factor})
 
 
 # ---------------------------------------------------------------------------------------------- encoder
@@ -388,11 +394,9 @@ def train_base(folder: Path, identities: list[Identity], vae, steps: int, seed: 
     stage = Stage(folder, {"unet": unet, "text_encoder": text_encoder, "ema": ema}, optimizer, steps,
                   config={"unet": unet_variant})
     if stage.done:
-        info = json.loads((folder / "done.json").read_text())
-        if info.get("unet", "v1") != unet_variant:
-            raise SystemExit(f"{folder} holds a base model with the {info.get('unet', 'v1')!r} UNet, not {unet_variant!r}: "
-                             "build the other variant in another --work folder")
-        return info
+        return stage.finished({"unet": "v1"}, lambda saved: (  # builds before the option had the v1 UNet
+            f"{folder} holds a base model with the {saved['unet']!r} UNet, not {unet_variant!r}: "
+            "build the other variant in another --work folder"))
     ema.to(device)  # a resumed EMA state loads on the CPU
     noise_scheduler = DDPMScheduler.from_config(make_scheduler().config)
     batches = prefetch(SceneBatch(Scenes(seed + 5, identities), batch_size), stage.step, steps, workers)
@@ -421,5 +425,5 @@ def train_base(folder: Path, identities: list[Identity], vae, steps: int, seed: 
                                    image_encoder=None, requires_safety_checker=False)
     pipe.to("cpu").save_pretrained(folder / "base", safe_serialization=True)
     vae.to(device)  # the pipeline moved the shared VAE to the CPU
-    return stage.finish({"final_loss": round(loss.item(), 4), "unet": unet_variant, "batch_size": batch_size,
+    return stage.finish({"final_loss": round(loss.item(), 4), "batch_size": batch_size,
                          "learning_rate": learning_rate})
