@@ -1,6 +1,8 @@
 """Does the method work on objects it never saw? The toy world's evaluation.
 
     python -m bench.toyworld_eval --checkpoint assets/zeroft-toy [--work runs/toyworld] [--out bench/results/toyworld]
+    python -m bench.toyworld_eval --checkpoint runs/lat32/zeroft/final --work runs/lat32 --curve-only \
+        --defaults-from assets/zeroft-toy      # a build stopped part way, scored the way the shipped model was
 
 On held-out identities (never rendered in training) × every context prompt, with fixed seeds,
 the judge (train.toyworld's attribute classifier) reads each generated image. Rows: zeroft;
@@ -29,6 +31,7 @@ from train.toyworld.stages import build_device
 from train.toyworld.world import shapes_in_turn, split_identities
 from zeroft.grid import make_grid
 from zeroft import ZeroFTPipeline
+from zeroft.config import ZeroFTConfig
 
 METRICS = ("identity", "text", "both", "position_copy", "rotation_copy")
 
@@ -77,19 +80,39 @@ def load_training_state(pipe, folder: Path) -> None:
     pipe.embedding_cache.clear()
 
 
-def curve(checkpoint: Path, run: Path, judge, pairs, defaults, max_points: int = 8, device: str = "cpu") -> list[dict]:
+def curve(pipe, run: Path, judge, pairs, defaults, max_points: int = 8) -> list[dict]:
+    """Each saved training state of ``run`` (at most ``max_points``, evenly spaced) loaded into ``pipe`` in turn and
+    scored on ``pairs``; ``pipe`` is left holding the last state's weights."""
     from train.checkpointing import list_checkpoints
 
     points = []
-    pipe = ZeroFTPipeline.from_pretrained(checkpoint, device=device)
     saved = list_checkpoints(run)
     every = max(1, -(-len(saved) // max_points))
     for step, folder in saved[every - 1::every]:
         load_training_state(pipe, folder)
         metrics, _ = evaluate(pipe, judge, pairs, defaults.text_guidance, defaults.object_guidance, defaults.steps)
-        points.append({"step": step, "identity": metrics["identity"], "text": metrics["text"], "both": metrics["both"]})
-        print(f"  step {step:6d}: identity {metrics['identity']:.3f} text {metrics['text']:.3f}")
+        points.append({"step": step, **{k: metrics[k] for k in ("identity", "text", "both", "shape_acc", "colour_acc",
+                                                                  "pattern_acc")}})
+        print(f"  step {step:6d}: identity {metrics['identity']:.3f} text {metrics['text']:.3f} "
+              f"(shape {metrics['shape_acc']:.3f}, pattern {metrics['pattern_acc']:.3f})")
     return points
+
+
+def curve_report(args, pipe, judge, held_out, defaults, views: str, device: str, out: Path) -> dict:
+    """``--curve-only``: the curve's pairs (one reference per held-out identity) at every chosen saved state."""
+    pairs = make_pairs(held_out, args.ablation_references, args.seed + 700)
+    print(f"saved states of {Path(args.work) / 'zeroft'} on {len(pairs)} held-out pairs "
+          f"(w_text {defaults.text_guidance}, w_obj {defaults.object_guidance}, views {views})")
+    points = curve(pipe, Path(args.work) / "zeroft", judge, pairs, defaults, args.curve_points)
+    if not points:
+        raise SystemExit(f"{Path(args.work) / 'zeroft'} holds no saved training states (checkpoint-N folders).")
+    report = {"checkpoint": args.checkpoint, "work": args.work, "device": device, "defaults_from": args.defaults_from,
+              "guidance": {"text": defaults.text_guidance, "object": defaults.object_guidance},
+              "sampler_steps": defaults.steps, "views": views, "pairs": len(pairs), "curve": points,
+              "judge": json.loads((Path(args.judge).parent / "judge.json").read_text())}
+    plot(points, out / "curve.png")
+    (out / "toyworld_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def plot(points: list[dict], path: Path) -> None:
@@ -146,6 +169,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--ablation-references", type=int, default=1)
     parser.add_argument("--curve", action="store_true", help="also evaluate saved training states")
     parser.add_argument("--curve-points", type=int, default=8, help="at most this many states, evenly spaced")
+    parser.add_argument("--curve-only", action="store_true",
+                        help="only the curve: score --work's saved training states, no table rows (a build still training)")
+    parser.add_argument("--defaults-from", default=None, metavar="CHECKPOINT",
+                        help="guidance, sampler steps and encoder views of this checkpoint instead of --checkpoint's, "
+                             "e.g. to score a partly trained build the way the shipped model was scored")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
     args = parser.parse_args(argv)
@@ -157,6 +185,16 @@ def main(argv=None) -> dict:
     judge = load_judge(args.judge)
     pipe = ZeroFTPipeline.from_pretrained(args.checkpoint, device=device)
     defaults = pipe.zeroft_config.defaults
+    if args.defaults_from:
+        try:
+            source = ZeroFTConfig.load(args.defaults_from)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--defaults-from {args.defaults_from}: {e}") from e
+        defaults = source.defaults
+        pipe.set_encoder_views(source.encoder.views)
+    views = pipe.object_encoder.config.views
+    if args.curve_only:
+        return curve_report(args, pipe, judge, held_out, defaults, views, device, out)
     pairs = make_pairs(held_out, args.references, args.seed + 500)
     chance = {**CHANCE, "position_copy": position_copy_chance()}
     rows: dict[str, dict] = {}
@@ -195,10 +233,10 @@ def main(argv=None) -> dict:
                "one object on a brown background", "two objects on a gray background"]
     sample_grid(pipe, spread[:6], prompts, defaults, out / "samples.png")
     report = {"checkpoint": args.checkpoint, "device": device, "guidance": {"text": defaults.text_guidance, "object": defaults.object_guidance},
-              "sampler_steps": defaults.steps, "chance": chance, "rows": rows,
+              "sampler_steps": defaults.steps, "views": views, "chance": chance, "rows": rows,
               "judge": json.loads((Path(args.judge).parent / "judge.json").read_text())}
     if args.curve:
-        points = curve(Path(args.checkpoint), work / "zeroft", judge, ablation_pairs, defaults, args.curve_points, device)
+        points = curve(pipe, work / "zeroft", judge, ablation_pairs, defaults, args.curve_points)
         report["curve"] = points
         plot(points, out / "curve.png")
     (out / "toyworld_eval.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -155,6 +155,26 @@ def test_smoke_build(tmp_path):
     assert report["device"] == "cpu" and 1 <= len(report["curve"]) <= 2
     assert (tmp_path / "eval" / "samples.png").is_file() and (tmp_path / "eval" / "curve.png").is_file()
 
+    # A build stopped part way is scored at another checkpoint's defaults: its saved states only, no table rows.
+    from dataclasses import replace as replaced
+
+    from zeroft.config import ZeroFTConfig
+
+    config = ZeroFTConfig.load(tmp_path / "out")
+    (tmp_path / "defaults").mkdir()
+    config.replace(defaults=replaced(config.defaults, text_guidance=7.5, object_guidance=5.0, steps=1),
+                   encoder=replaced(config.encoder, views="rot4")).save(tmp_path / "defaults")
+    curve_only = ["--checkpoint", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--curve-only",
+                  "--curve-points", "1", "--judge", str(tmp_path / "assets" / "toyworld-judge" / "judge.safetensors"),
+                  "--out", str(tmp_path / "curve"), "--device", "cpu"]
+    report = evaluation(curve_only + ["--defaults-from", str(tmp_path / "defaults")])
+    assert "rows" not in report and report["views"] == "rot4" and report["pairs"] == 96
+    assert report["guidance"] == {"text": 7.5, "object": 5.0} and report["sampler_steps"] == 1
+    assert len(report["curve"]) == 1 and 0.0 <= report["curve"][0]["pattern_acc"] <= 1.0
+    assert json.loads((tmp_path / "curve" / "toyworld_eval.json").read_text())["curve"] == report["curve"]
+    with pytest.raises(SystemExit, match="--defaults-from .*zeroft_config.json is missing"):
+        evaluation(curve_only + ["--defaults-from", str(tmp_path / "nothing")])
+
     # A larger zeroft budget trains on from the last state instead of reusing the stale export.
     from dataclasses import replace
 
