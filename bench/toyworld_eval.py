@@ -98,18 +98,15 @@ def curve(pipe, run: Path, judge, pairs, defaults, max_points: int = 8) -> list[
     return points
 
 
-def curve_report(args, pipe, judge, held_out, defaults, views: str, device: str, out: Path) -> dict:
-    """``--curve-only``: the curve's pairs (one reference per held-out identity) at every chosen saved state."""
-    pairs = make_pairs(held_out, args.ablation_references, args.seed + 700)
-    print(f"saved states of {Path(args.work) / 'zeroft'} on {len(pairs)} held-out pairs "
-          f"(w_text {defaults.text_guidance}, w_obj {defaults.object_guidance}, views {views})")
-    points = curve(pipe, Path(args.work) / "zeroft", judge, pairs, defaults, args.curve_points)
+def curve_only(args, pipe, judge, pairs, defaults, report: dict, out: Path) -> dict:
+    """``--curve-only``: ``report`` (the header ``main`` fills in) with the curve of ``pairs`` at the chosen saved states."""
+    run = Path(args.work) / "zeroft"
+    print(f"saved states of {run} on {len(pairs)} held-out pairs "
+          f"(w_text {defaults.text_guidance}, w_obj {defaults.object_guidance}, views {report['views']})")
+    points = curve(pipe, run, judge, pairs, defaults, args.curve_points)
     if not points:
-        raise SystemExit(f"{Path(args.work) / 'zeroft'} holds no saved training states (checkpoint-N folders).")
-    report = {"checkpoint": args.checkpoint, "work": args.work, "device": device, "defaults_from": args.defaults_from,
-              "guidance": {"text": defaults.text_guidance, "object": defaults.object_guidance},
-              "sampler_steps": defaults.steps, "views": views, "pairs": len(pairs), "curve": points,
-              "judge": json.loads((Path(args.judge).parent / "judge.json").read_text())}
+        raise SystemExit(f"{run} holds no saved training states (checkpoint-N folders).")
+    report.update(work=args.work, defaults_from=args.defaults_from, pairs=len(pairs), curve=points)
     plot(points, out / "curve.png")
     (out / "toyworld_eval.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -192,9 +189,13 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--defaults-from {args.defaults_from}: {e}") from e
         defaults = source.defaults
         pipe.set_encoder_views(source.encoder.views)
-    views = pipe.object_encoder.config.views
+    report = {"checkpoint": args.checkpoint, "device": device,
+              "guidance": {"text": defaults.text_guidance, "object": defaults.object_guidance},
+              "sampler_steps": defaults.steps, "views": pipe.object_encoder.config.views,
+              "judge": json.loads((Path(args.judge).parent / "judge.json").read_text())}
+    ablation_pairs = make_pairs(held_out, args.ablation_references, args.seed + 700)  # also the curve's pairs
     if args.curve_only:
-        return curve_report(args, pipe, judge, held_out, defaults, views, device, out)
+        return curve_only(args, pipe, judge, ablation_pairs, defaults, report, out)
     pairs = make_pairs(held_out, args.references, args.seed + 500)
     chance = {**CHANCE, "position_copy": position_copy_chance()}
     rows: dict[str, dict] = {}
@@ -216,7 +217,6 @@ def main(argv=None) -> dict:
                         f"{row['seconds_per_object'] / zeroft_seconds:,.0f}x zeroft's time")
         rows[f"per-object fine-tuning ({args.finetune_objects} objects)"] = row
 
-    ablation_pairs = make_pairs(held_out, args.ablation_references, args.seed + 700)
     ablations = work / "ablations" / "ablations.json"
     if ablations.is_file():
         for name, info in json.loads(ablations.read_text()).items():
@@ -232,9 +232,7 @@ def main(argv=None) -> dict:
     prompts = ["one object on a white background", "two objects on a black background",
                "one object on a brown background", "two objects on a gray background"]
     sample_grid(pipe, spread[:6], prompts, defaults, out / "samples.png")
-    report = {"checkpoint": args.checkpoint, "device": device, "guidance": {"text": defaults.text_guidance, "object": defaults.object_guidance},
-              "sampler_steps": defaults.steps, "views": views, "chance": chance, "rows": rows,
-              "judge": json.loads((Path(args.judge).parent / "judge.json").read_text())}
+    report.update(chance=chance, rows=rows)
     if args.curve:
         points = curve(pipe, work / "zeroft", judge, ablation_pairs, defaults, args.curve_points)
         report["curve"] = points

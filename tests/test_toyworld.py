@@ -156,14 +156,14 @@ def test_smoke_build(tmp_path):
     assert (tmp_path / "eval" / "samples.png").is_file() and (tmp_path / "eval" / "curve.png").is_file()
 
     # A build stopped part way is scored at another checkpoint's defaults: its saved states only, no table rows.
-    from dataclasses import replace as replaced
+    from dataclasses import replace
 
     from zeroft.config import ZeroFTConfig
 
     config = ZeroFTConfig.load(tmp_path / "out")
     (tmp_path / "defaults").mkdir()
-    config.replace(defaults=replaced(config.defaults, text_guidance=7.5, object_guidance=5.0, steps=1),
-                   encoder=replaced(config.encoder, views="rot4")).save(tmp_path / "defaults")
+    config.replace(defaults=replace(config.defaults, text_guidance=7.5, object_guidance=5.0, steps=1),
+                   encoder=replace(config.encoder, views="rot4")).save(tmp_path / "defaults")
     curve_only = ["--checkpoint", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--curve-only",
                   "--curve-points", "1", "--judge", str(tmp_path / "assets" / "toyworld-judge" / "judge.safetensors"),
                   "--out", str(tmp_path / "curve"), "--device", "cpu"]
@@ -176,8 +176,6 @@ def test_smoke_build(tmp_path):
         evaluation(curve_only + ["--defaults-from", str(tmp_path / "nothing")])
 
     # A larger zeroft budget trains on from the last state instead of reusing the stale export.
-    from dataclasses import replace
-
     from train.toyworld.build import QUICK, build, trained_steps, zeroft_resume
 
     runs = tmp_path / "work" / "zeroft"
