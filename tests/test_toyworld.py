@@ -375,6 +375,10 @@ def test_budget_options():
     assert (quick.unet, quick.zeroft, quick.base) == ("attn16", 7, QUICK.base)
     with pytest.raises(SystemExit, match="at least 1"):
         budget_from_args(parse_args(["build", "--zeroft-steps", "0"]))
+    stages = budget_from_args(parse_args(["build", "--unet", "lat32", "--vae-steps", "3000", "--base-steps", "2000"]))
+    assert (stages.unet, stages.vae, stages.base, stages.zeroft, stages.encoder) == ("lat32", 3000, 2000, 26000, 2500)
+    with pytest.raises(SystemExit, match="--base-steps must be at least 1"):
+        budget_from_args(parse_args(["build", "--base-steps", "-2"]))
     with pytest.raises(SystemExit):
         parse_args(["build", "--budget", "tpu"])
 

@@ -232,6 +232,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--unet", choices=UNETS, default=None, help="UNet variant (default: the budget's): v1 (shipped), attn16 (attention at 16×16), "
                    "lat32 (32×32 latents from a 2×-down VAE; its own --work folder)")
     b.add_argument("--zeroft-steps", type=int, default=None, help="zeroft training steps (default: the budget's)")
+    b.add_argument("--vae-steps", type=int, default=None, help="VAE training steps (default: the budget's)")
+    b.add_argument("--base-steps", type=int, default=None, help="base model training steps (default: the budget's)")
     b.add_argument("--until", choices=("base", "zeroft"), default=None,
                    help="stop after this stage's training (run again without it for the sweeps and the export)")
     b.add_argument("--seed", type=int, default=0)
@@ -247,12 +249,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def budget_from_args(args: argparse.Namespace) -> Budget:
-    """``--quick`` or ``--budget``, then the ``--unet`` and ``--zeroft-steps`` overrides."""
+    """``--quick`` or ``--budget``, then the ``--unet`` and ``--vae-steps``/``--base-steps``/``--zeroft-steps`` overrides."""
     budget = QUICK if args.quick else BUDGETS[args.budget]
-    if args.zeroft_steps is not None and args.zeroft_steps < 1:
-        raise SystemExit(f"--zeroft-steps must be at least 1, got {args.zeroft_steps}")
-    return replace(budget, unet=args.unet or budget.unet,
-                   zeroft=budget.zeroft if args.zeroft_steps is None else args.zeroft_steps)
+    steps = {}
+    for stage in ("vae", "base", "zeroft"):
+        value = getattr(args, f"{stage}_steps")
+        if value is not None and value < 1:
+            raise SystemExit(f"--{stage}-steps must be at least 1, got {value}")
+        steps[stage] = getattr(budget, stage) if value is None else value
+    return replace(budget, unet=args.unet or budget.unet, **steps)
 
 
 def main(argv=None) -> dict:
