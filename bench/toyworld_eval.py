@@ -210,7 +210,12 @@ def main(argv=None) -> dict:
     rows["zeroft"]["notes"] = f"personalisation {zeroft_seconds * 1000:.1f} ms/object (mask + encode)"
 
     base = work / "base" / "base"
-    if base.is_dir():
+    base_done = work / "base" / "done.json"
+    grown_from = json.loads(base_done.read_text()).get("grown_from") if base_done.is_file() else None
+    if grown_from:  # train/toyworld/grow.py: that "base" is the grown starting point, not a text-to-image model
+        report["finetune_skipped"] = (f"{work} was grown from {grown_from}: it has no trained base model to fine-tune "
+                                      "per object, so the fine-tuning baseline is that build's")
+    elif base.is_dir():
         row = finetune_row(base, pairs, judge, args.finetune_objects, args.finetune_steps, defaults.text_guidance,
                            defaults.steps, args.seed, device)
         row["notes"] = (f"{row['fine_tuning_steps']} steps, {row['seconds_per_object']:.1f} s/object, "

@@ -31,6 +31,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--unets", nargs="+", default=list(UNETS), choices=UNETS)
     parser.add_argument("--steps", type=int, default=10, help="timed steps, after 3 warm-up steps")
     parser.add_argument("--render", type=int, default=128, help="scenes rendered once on the CPU and timed")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "bf16"),
+                        help="fp32, or bf16 autocast around the forward passes (what --mixed_precision bf16 does)")
     args = parser.parse_args(argv)
     device = build_device(args.device)
 
@@ -47,29 +49,31 @@ def main(argv=None) -> dict:
             torch.cuda.synchronize(device)
 
     print(f"device {report['device']}; rendering {args.render} scenes: {report[f'render_{args.render}_scenes_s']} s")
-    print("| UNet | batch | s/step | samples/s |\n| --- | --- | --- | --- |")
-    for variant in args.unets:
-        for size in args.batches:
-            unet, text_encoder = make_unet(0, variant).to(device), make_text_encoder(0).to(device)
-            parameters = list(unet.parameters()) + list(text_encoder.parameters())
-            optimizer = torch.optim.AdamW(parameters, lr=1e-4)
-            side = unet.config.sample_size
-            latents = torch.randn(size, unet.config.in_channels, side, side, device=device)
-            captions = (batch["caption"] * (size // len(batch["caption"]) + 1))[:size]
-            tokens = _identity_tokens(tokenizer, captions).to(device)
-            for step in range(3 + args.steps):
-                if step == 3:
-                    sync()
-                    started = time.perf_counter()
+    print("| UNet | batch | precision | s/step | samples/s |\n| --- | --- | --- | --- | --- |")
+    runs = [(v, b, p) for v in args.unets for b in args.batches for p in args.precisions]
+    for variant, size, precision in runs:
+        unet, text_encoder = make_unet(0, variant).to(device), make_text_encoder(0).to(device)
+        parameters = list(unet.parameters()) + list(text_encoder.parameters())
+        optimizer = torch.optim.AdamW(parameters, lr=1e-4)
+        side = unet.config.sample_size
+        latents = torch.randn(size, unet.config.in_channels, side, side, device=device)
+        captions = (batch["caption"] * (size // len(batch["caption"]) + 1))[:size]
+        tokens = _identity_tokens(tokenizer, captions).to(device)
+        for step in range(3 + args.steps):
+            if step == 3:
+                sync()
+                started = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 hidden = text_encoder(tokens)[0]
                 loss = diffusion_loss(unet, noise_scheduler, latents, hidden, None, step_generator(0, step, 5, 0))
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            sync()
-            seconds = (time.perf_counter() - started) / args.steps
-            report["seconds_per_step"][f"{variant}@{size}"] = round(seconds, 4)
-            print(f"| {variant} | {size} | {seconds:.4f} | {size / seconds:,.0f} |", flush=True)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        sync()
+        seconds = (time.perf_counter() - started) / args.steps
+        key = f"{variant}@{size}" + ("" if precision == "fp32" else f"@{precision}")
+        report["seconds_per_step"][key] = round(seconds, 4)
+        print(f"| {variant} | {size} | {precision} | {seconds:.4f} | {size / seconds:,.0f} |", flush=True)
     print(json.dumps(report))
     return report
 

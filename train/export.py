@@ -79,6 +79,8 @@ def export_checkpoint(args, accelerator, models, unet, ema, regularization, grid
         "mixed_precision": args.mixed_precision, "processes": accelerator.num_processes, "seed": args.seed,
         "samples_per_second": round(throughput, 3), "train_seconds_last_session": round(seconds, 1),
     }
+    if args.init_checkpoint:  # training started from this checkpoint's weights, not from the base
+        training["init_checkpoint"] = str(args.init_checkpoint)
     folder = Path(args.export_dir or Path(args.output_dir) / "final")
     if grid is not None:
         training["validation_grid"] = "validation.png"

@@ -73,8 +73,10 @@ QUICK = Budget(vae=3, encoder=3, judge=3, base=3, zeroft=2, general_images=64, d
 
 
 def zeroft_arguments(work: Path, budget: Budget, seed: int, validation: list[str], output: Path,
-                     extra: list[str] = (), resume: str = "latest", device: str = "cpu", workers: int = 0) -> list[str]:
-    """train.train arguments of the paper's recipe on the toy world (ablations append overrides)."""
+                     extra: list[str] = (), resume: str = "latest", device: str = "cpu", workers: int = 0,
+                     init: Path | None = None) -> list[str]:
+    """train.train arguments of the paper's recipe on the toy world (ablations append overrides); ``init``: the
+    zeroft checkpoint training starts from (a grown model, see grow.py) instead of the base plus fresh adapter."""
     return [
         "--base_model", str(work / "base" / "base"), "--encoder", str(work / "encoder" / "encoder"),
         "--domain_data", str(work / "streams" / "domain"), "--general_data", str(work / "streams" / "general"),
@@ -90,7 +92,8 @@ def zeroft_arguments(work: Path, budget: Budget, seed: int, validation: list[str
         "--validation_steps", str(max(budget.checkpoint_every * 2, 1)),
         "--validation_inference_steps", str(budget.sampler_steps),
         "--validation_text_guidance", "5.0", "--validation_object_guidance", "3.0",
-        "--dataloader_num_workers", str(workers), *(["--cpu"] if device == "cpu" else []), *extra,
+        "--dataloader_num_workers", str(workers), *(["--cpu"] if device == "cpu" else []),
+        *(["--init_checkpoint", str(init)] if init is not None else []), *extra,
     ]
 
 
@@ -128,9 +131,16 @@ def write_examples(folder: Path, held_out, seed: int, count: int = 6) -> list[di
 
 
 def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, device: str = "cpu",
-          workers: int | None = None, until: str | None = None) -> dict:
+          workers: int | None = None, until: str | None = None, grow_from: Path | None = None,
+          defaults_from: Path | None = None) -> dict:
     """Run every stage not yet done; ``until`` ("base" or "zeroft") stops after that stage's training, so a
-    GPU can train and another machine (or a later run) does the sweeps and the export."""
+    GPU can train and another machine (or a later run) does the sweeps and the export.
+
+    ``grow_from`` (a trained v1 zeroft checkpoint; lat32 only): instead of training the encoder and base stages,
+    grow the lat32 model out of it (grow.py) and start the zeroft stage there; the judge is then the one in
+    ``assets``/toyworld-judge when there is one (the source build's instrument, so scores stay comparable).
+    ``defaults_from`` (a zeroft checkpoint): take its encoder views and guidance defaults instead of running the
+    two sweeps (about 40 minutes on the CPU)."""
     from diffusers import AutoencoderKL
 
     from zeroft.config import GenerationDefaults
@@ -141,6 +151,8 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, de
     from .evaluate import choose_guidance, choose_views, load_judge, make_pairs
     from .scenes import write_streams
 
+    if grow_from is not None and budget.unet != "lat32":
+        raise SystemExit("--grow-from grows a lat32 model: add --unet lat32")
     started = time.perf_counter()
     device = stages.build_device(device)
     workers = stages.default_workers(device) if workers is None else workers
@@ -159,10 +171,23 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, de
     timed("vae", stages.train_vae, work / "vae", train_ids, budget.vae, seed, device, workers,
           latent_size(budget.unet))
     vae = AutoencoderKL.from_pretrained(work / "vae" / "vae").to(device).eval()
-    timed("encoder", stages.train_encoder, work / "encoder", train_ids, held_out, budget.encoder, seed, device, workers)
-    timed("judge", stages.train_judge, work / "judge", train_ids, held_out, vae, budget.judge, seed, workers)
-    timed("base", stages.train_base, work / "base", train_ids, vae, budget.base, seed, budget.base_batch, workers,
-          budget.base_lr, budget.unet)
+    if grow_from is not None:
+        from .grow import grow_stage
+
+        timed("grow", grow_stage, grow_from, work, seed)
+        shipped_judge = assets / "toyworld-judge"
+        if not (work / "judge" / "done.json").is_file() and (shipped_judge / "judge.safetensors").is_file():
+            (work / "judge").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shipped_judge / "judge.safetensors", work / "judge" / "judge.safetensors")
+            info = json.loads((shipped_judge / "judge.json").read_text()) if (shipped_judge / "judge.json").is_file() else {}
+            (work / "judge" / "done.json").write_text(json.dumps({**info, "copied_from": str(shipped_judge)}, indent=2) + "\n")
+        timed("judge", stages.train_judge, work / "judge", train_ids, held_out, vae, budget.judge, seed, workers)
+    else:
+        timed("encoder", stages.train_encoder, work / "encoder", train_ids, held_out, budget.encoder, seed, device,
+              workers)
+        timed("judge", stages.train_judge, work / "judge", train_ids, held_out, vae, budget.judge, seed, workers)
+        timed("base", stages.train_base, work / "base", train_ids, vae, budget.base, seed, budget.base_batch, workers,
+              budget.base_lr, budget.unet)
     if until == "base":
         return report
     if not (work / "streams" / "done.json").is_file():
@@ -178,7 +203,8 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, de
     if trained_steps(final) != budget.zeroft:  # none yet, or exported under another budget
         output = work / "zeroft"
         train_main(zeroft_arguments(work, budget, seed, validation, output, resume=zeroft_resume(output, budget.zeroft),
-                                    device=device.type, workers=workers))
+                                    device=device.type, workers=workers,
+                                    init=work / "grow" / "init" if grow_from is not None else None))
     report["stages"]["zeroft"] = {"wall_seconds_this_run": round(time.perf_counter() - t, 1),
                                   **ZeroFTConfig.load(final).training}
     (work / "build.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -187,14 +213,21 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, de
 
     # Encoder views, then guidance defaults, chosen on training identities (new renderings) so the
     # test set stays unseen. Views are compared at the validation guidance the training run used.
-    judge = load_judge(work / "judge" / "judge.safetensors")
     pipe = ZeroFTPipeline.from_pretrained(final, device=str(device))
-    pairs = make_pairs(train_ids[::5], budget.guidance_pairs_per_identity, seed + 100)
-    views, view_sweep = choose_views(pipe, judge, pairs, budget.sampler_steps, 5.0, 3.0)
-    report["views_sweep_on_training_identities"] = view_sweep
-    logger.info(f"encoder views: {views}")
-    w_text, w_object, sweep = choose_guidance(pipe, judge, pairs, budget.sampler_steps)
-    report["guidance_sweep_on_training_identities"] = sweep
+    if defaults_from is not None:
+        chosen = ZeroFTConfig.load(defaults_from)
+        views, w_text, w_object = chosen.encoder.views, chosen.defaults.text_guidance, chosen.defaults.object_guidance
+        pipe.set_encoder_views(views)
+        report["defaults_from"] = {"checkpoint": str(defaults_from), "views": views, "text_guidance": w_text,
+                                   "object_guidance": w_object}
+    else:
+        judge = load_judge(work / "judge" / "judge.safetensors")
+        pairs = make_pairs(train_ids[::5], budget.guidance_pairs_per_identity, seed + 100)
+        views, view_sweep = choose_views(pipe, judge, pairs, budget.sampler_steps, 5.0, 3.0)
+        report["views_sweep_on_training_identities"] = view_sweep
+        logger.info(f"encoder views: {views}")
+        w_text, w_object, sweep = choose_guidance(pipe, judge, pairs, budget.sampler_steps)
+        report["guidance_sweep_on_training_identities"] = sweep
     pipe.zeroft_config = pipe.zeroft_config.replace(
         defaults=GenerationDefaults(text_guidance=w_text, object_guidance=w_object, steps=budget.sampler_steps,
                                     height=64, width=64, negative_prompt=""),
@@ -234,6 +267,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--zeroft-steps", type=int, default=None, help="zeroft training steps (default: the budget's)")
     b.add_argument("--vae-steps", type=int, default=None, help="VAE training steps (default: the budget's)")
     b.add_argument("--base-steps", type=int, default=None, help="base model training steps (default: the budget's)")
+    b.add_argument("--grow-from", default=None, metavar="CHECKPOINT",
+                   help="lat32 only: grow the model out of this trained v1 zeroft checkpoint (e.g. assets/zeroft-toy) "
+                        "instead of training the encoder and base stages")
+    b.add_argument("--defaults-from", default=None, metavar="CHECKPOINT",
+                   help="take encoder views and guidance defaults from this checkpoint instead of sweeping them")
     b.add_argument("--until", choices=("base", "zeroft"), default=None,
                    help="stop after this stage's training (run again without it for the sweeps and the export)")
     b.add_argument("--seed", type=int, default=0)
@@ -267,5 +305,10 @@ def main(argv=None) -> dict:
         from .ablations import run_ablations
 
         return run_ablations(Path(args.work), args.steps, args.seed, args.only)
+    for option in ("grow_from", "defaults_from"):
+        value = getattr(args, option)
+        if value is not None and not (Path(value) / CONFIG_NAME).is_file():
+            raise SystemExit(f"--{option.replace('_', '-')} {value}: no zeroft checkpoint there (no {CONFIG_NAME})")
     return build(Path(args.work), Path(args.out), Path(args.assets), budget_from_args(args), args.seed, args.device,
-                 args.workers, args.until)
+                 args.workers, args.until, Path(args.grow_from) if args.grow_from else None,
+                 Path(args.defaults_from) if args.defaults_from else None)

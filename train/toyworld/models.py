@@ -80,12 +80,14 @@ def latent_size(variant: str) -> int:
     return 32 if variant == "lat32" else 16
 
 
-def make_unet(seed: int, variant: str = "v1") -> UNet2DConditionModel:
+def make_unet(seed: int, variant: str = "v1", time_embedding_dim: int | None = None) -> UNet2DConditionModel:
     """``v1``: 6.6M parameters, cross-attention at 8×8 and 4×4 only (see the module docstring).
     ``attn16``: the same widths with self- and cross-attention at the 16×16 latent level as well, so the
     object and text tokens reach the resolution where dots and stripes are drawn (for a GPU build).
     ``lat32``: v1's levels below a new 32×32 level of 32 channels, on the 2×-down VAE's 32×32×4 latents
-    (6.5M parameters; a base step cost 1.35× v1's on this CPU: 1.08 s against 0.80 s at batch 32)."""
+    (6.5M parameters; a base step cost 1.35× v1's on this CPU: 1.08 s against 0.80 s at batch 32).
+    ``time_embedding_dim``: default 4 × the first level's width (256 for v1, 128 for lat32); a lat32 model grown
+    out of a v1 one keeps v1's 256 (grow.py)."""
     if variant not in UNETS:
         raise SystemExit(f"unknown UNet variant {variant!r}: expected one of {', '.join(UNETS)}")
     torch.manual_seed(seed)
@@ -100,7 +102,7 @@ def make_unet(seed: int, variant: str = "v1") -> UNet2DConditionModel:
     return UNet2DConditionModel(  # attention at the two lowest levels (8×8 and 4×4) in every variant
         sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=blocks, layers_per_block=1,
         down_block_types=down + ("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2 + up,
-        cross_attention_dim=TEXT_WIDTH, attention_head_dim=32, norm_num_groups=32,
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=32, norm_num_groups=32, time_embedding_dim=time_embedding_dim,
     )
 
 
