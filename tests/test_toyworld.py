@@ -421,7 +421,7 @@ def test_graft_maps_each_v1_level_one_level_down():
     embedding carry over, and everything taken has the source's values."""
     from diffusers.models.embeddings import get_timestep_embedding
 
-    from train.toyworld.grow import graft, make_grown_unet, merged_frequencies, source_name
+    from train.toyworld.grow import graft, merged_frequencies, source_name
     from train.toyworld.models import make_unet
 
     assert source_name("down_blocks.2.attentions.0.proj_in.weight") == "down_blocks.1.attentions.0.proj_in.weight"
@@ -429,7 +429,7 @@ def test_graft_maps_each_v1_level_one_level_down():
     assert source_name("mid_block.resnets.0.conv1.bias") == "mid_block.resnets.0.conv1.bias"
     assert source_name("down_blocks.0.resnets.0.conv1.weight") is None  # the new 32×32 level
     assert source_name("up_blocks.3.resnets.0.conv1.weight") is None and source_name("conv_in.weight") is None
-    v1, lat32 = make_unet(1, "v1"), make_grown_unet(2)
+    v1, lat32 = make_unet(1, "v1"), make_unet(2, "lat32", 256)  # as grow.py makes it
     assert lat32.config.sample_size == 32 and lat32.time_embedding.linear_2.out_features == 256
     fresh = {k: v.clone() for k, v in lat32.state_dict().items()}
     report = graft(lat32, v1.state_dict())

@@ -181,11 +181,11 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, de
             shutil.copyfile(shipped_judge / "judge.safetensors", work / "judge" / "judge.safetensors")
             info = json.loads((shipped_judge / "judge.json").read_text()) if (shipped_judge / "judge.json").is_file() else {}
             (work / "judge" / "done.json").write_text(json.dumps({**info, "copied_from": str(shipped_judge)}, indent=2) + "\n")
-        timed("judge", stages.train_judge, work / "judge", train_ids, held_out, vae, budget.judge, seed, workers)
     else:
         timed("encoder", stages.train_encoder, work / "encoder", train_ids, held_out, budget.encoder, seed, device,
               workers)
-        timed("judge", stages.train_judge, work / "judge", train_ids, held_out, vae, budget.judge, seed, workers)
+    timed("judge", stages.train_judge, work / "judge", train_ids, held_out, vae, budget.judge, seed, workers)
+    if grow_from is None:
         timed("base", stages.train_base, work / "base", train_ids, vae, budget.base, seed, budget.base_batch, workers,
               budget.base_lr, budget.unet)
     if until == "base":

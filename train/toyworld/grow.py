@@ -25,7 +25,6 @@ tokenizer, scheduler and object encoder, which its attention layers were trained
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -47,11 +46,6 @@ def source_name(name: str) -> str | None:
         if name.startswith(target):
             return source + name[len(target):]
     return None
-
-
-def make_grown_unet(seed: int, time_embedding_dim: int = 256):
-    """A lat32 UNet (models.make_unet) with v1's timestep-embedding width, so grafted resnets keep their time input."""
-    return make_unet(seed, "lat32", time_embedding_dim)
 
 
 def merged_frequencies(weight: torch.Tensor, width: int) -> torch.Tensor:
@@ -92,7 +86,7 @@ def grow(source: Path, vae_folder: Path, base_out: Path, init_out: Path, encoder
     ``vae_folder``, the grown UNet), the zeroft checkpoint that starts training (``init_out``: grown UNet and the
     source's adapter) and the source's object encoder (``encoder_out``)."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     config = ZeroFTConfig.load(source)
     if not config.unet_tuned:
@@ -103,12 +97,13 @@ def grow(source: Path, vae_folder: Path, base_out: Path, init_out: Path, encoder
     if tuple(source_unet.config.block_out_channels) != (64, 128, 128) or source_unet.config.sample_size != 16:
         raise SystemExit(f"{source}/unet is not a toy world v1 UNet (block_out_channels "
                          f"{list(source_unet.config.block_out_channels)}, sample_size {source_unet.config.sample_size})")
-    unet = make_grown_unet(seed, source_unet.time_embedding.linear_2.out_features)
+    # v1's timestep-embedding width, so the grafted resnets keep their time input (module docstring)
+    unet = make_unet(seed, "lat32", source_unet.time_embedding.linear_2.out_features)
     report = graft(unet, source_unet.state_dict())
-    base = StableDiffusionPipeline.from_pretrained(source / config.base_model, unet=unet, safety_checker=None,
-                                                   feature_extractor=None, image_encoder=None,
-                                                   requires_safety_checker=False, torch_dtype=torch.float32)
-    base.vae = AutoencoderKL.from_pretrained(vae_folder, torch_dtype=torch.float32)
+    base = StableDiffusionPipeline.from_pretrained(
+        source / config.base_model, unet=unet, vae=AutoencoderKL.from_pretrained(vae_folder, torch_dtype=torch.float32),
+        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+        torch_dtype=torch.float32)
     for folder in (base_out, init_out, encoder_out):
         if folder.exists():
             shutil.rmtree(folder)
@@ -116,11 +111,11 @@ def grow(source: Path, vae_folder: Path, base_out: Path, init_out: Path, encoder
     init_out.mkdir(parents=True)
     unet.save_pretrained(init_out / "unet", safe_serialization=True)
     shutil.copyfile(source / "adapter.safetensors", init_out / "adapter.safetensors")
-    adapter = load_file(str(init_out / "adapter.safetensors"))
-    layers = {int(m.group(1)) for k in adapter if (m := re.match(r"ip_adapter\.(\d+)\.", k))}
+    with safe_open(str(source / "adapter.safetensors"), "pt") as adapter:  # to_k_ip and to_v_ip per layer
+        layers = sum(key.startswith("ip_adapter.") for key in adapter.keys()) // 2
     config.replace(unet_tuned=True).save(init_out)
     shutil.copytree(source / config.encoder.path, encoder_out)
-    return {**report, "source": str(source), "adapter_layers": len(layers),
+    return {**report, "source": str(source), "adapter_layers": layers,
             "source_steps": config.training.get("steps")}
 
 
