@@ -185,8 +185,11 @@ def test_smoke_build(tmp_path):
     runs = tmp_path / "work" / "zeroft"
     final = runs / "final"
     assert trained_steps(final) == QUICK.zeroft
-    report = build(tmp_path / "work", tmp_path / "out", tmp_path / "assets", replace(QUICK, zeroft=QUICK.zeroft + 1))
+    # (defaults taken from a checkpoint: the sweeps already ran above, and cost most of this test's time)
+    report = build(tmp_path / "work", tmp_path / "out", tmp_path / "assets", replace(QUICK, zeroft=QUICK.zeroft + 1),
+                   defaults_from=tmp_path / "defaults")
     assert trained_steps(final) == report["stages"]["zeroft"]["steps"] == QUICK.zeroft + 1
+    assert report["defaults_from"]["views"] == "rot4" and "guidance_sweep_on_training_identities" not in report
     assert trained_steps(tmp_path / "nothing") is None
     # Back to the smaller budget, the build resumes the state saved at exactly that step (train.train refuses to
     # resume a later one: tests/test_train.py); an unseen budget resumes the newest.
