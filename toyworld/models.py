@@ -1,7 +1,7 @@
-"""Model sizes of the toy world, chosen to train on a 2-core CPU in about two hours in all.
+"""Model sizes of the toy world, chosen to train on a 2-core CPU in hours, not days.
 
-Measured on this machine (2026-11-26): the UNet below does one training step on a batch of 32
-16×16×4 latents in about 0.41 s; putting attention at 16×16 as well would cost 2.6x.
+The v1 UNet keeps attention off the 16×16 latent level: there, on a CPU, it would cost a
+training step several times over (measurements: docs/toyworld-notes-from-code.md).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+from zeroft.errors import InputError
 
 from .world import BACKGROUNDS, COLOURS, COUNTS, PATTERNS, SHAPES, vocabulary
 
@@ -58,11 +60,11 @@ def make_text_encoder(seed: int) -> CLIPTextModel:
 
 
 def make_vae(seed: int, latent_size: int = 16) -> AutoencoderKL:
-    """``latent_size`` 16: 64×64×3 ↔ 16×16×8, three blocks, two downsamplings; 0.16 s per training step of 16
-    images here ((32, 64, 64) channels took 0.32 s). 32: 64×64×3 ↔ 32×32×4, two blocks, one downsampling, for the
-    ``lat32`` UNet (dots then lie 2.8–5 latents apart, not 1.4–2.5)."""
+    """``latent_size`` 16: 64×64×3 ↔ 16×16×8, three blocks, two downsamplings (narrow blocks: (32, 64, 64) channels
+    doubled the training step). 32: 64×64×3 ↔ 32×32×4, two blocks, one downsampling, for the ``lat32`` UNet (dots
+    then lie 2.8–5 latents apart, not 1.4–2.5)."""
     if latent_size not in LATENT_SIZES:
-        raise SystemExit(f"unknown latent size {latent_size}: expected one of {', '.join(map(str, LATENT_SIZES))}")
+        raise InputError(f"unknown latent size {latent_size}: expected one of {', '.join(map(str, LATENT_SIZES))}")
     torch.manual_seed(seed)
     blocks = (16, 32, 64) if latent_size == 16 else (16, 32)
     return AutoencoderKL(
@@ -85,11 +87,11 @@ def make_unet(seed: int, variant: str = "v1", time_embedding_dim: int | None = N
     ``attn16``: the same widths with self- and cross-attention at the 16×16 latent level as well, so the
     object and text tokens reach the resolution where dots and stripes are drawn (for a GPU build).
     ``lat32``: v1's levels below a new 32×32 level of 32 channels, on the 2×-down VAE's 32×32×4 latents
-    (6.5M parameters; a base step cost 1.35× v1's on this CPU: 1.08 s against 0.80 s at batch 32).
+    (6.5M parameters; a base step costs about a third more than v1's on a CPU).
     ``time_embedding_dim``: default 4 × the first level's width (256 for v1, 128 for lat32); a lat32 model grown
     out of a v1 one keeps v1's 256 (grow.py)."""
     if variant not in UNETS:
-        raise SystemExit(f"unknown UNet variant {variant!r}: expected one of {', '.join(UNETS)}")
+        raise InputError(f"unknown UNet variant {variant!r}: expected one of {', '.join(UNETS)}")
     torch.manual_seed(seed)
     size = latent_size(variant)
     channels = LATENT_CHANNELS[size]

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .runtime import prefetch
 from .world import (BACKGROUNDS, COLOURS, COUNTS, PATTERNS, SHAPES, Context, Identity, context_caption, general_caption,
                     position_bin, random_pose, render, rotation_bin, sample_scene)
 
@@ -87,8 +88,6 @@ def write_streams(folder: Path, identities: list[Identity], general: int, per_id
     general_dir, domain_dir = folder / "general", folder / "domain"
     general_dir.mkdir(parents=True, exist_ok=True)
     domain_dir.mkdir(parents=True, exist_ok=True)
-    from .stages import prefetch  # in order, computed ahead in worker processes (stages imports this module)
-
     rows = list(tqdm(prefetch(_GeneralWriter(general_dir, identities, seed), 0, general, workers), total=general,
                      desc="general stream", leave=False))
     (general_dir / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -2,36 +2,39 @@
 
 They stand in for what the paper takes off the shelf (Imagen's VAE-free pixel model, CLIP, a
 pretrained text-to-image network); each trains on renderings of TRAINING identities only (the
-judge, an evaluation instrument, sees all). Every stage is resumable: its state is saved every
-few minutes, and a finished stage writes ``done.json`` and is skipped on the next build.
+judge, an evaluation instrument, sees all). Every stage is resumable (runtime.Stage): its state is
+saved every few minutes, and a finished stage writes ``done.json`` and is skipped on the next build.
 
 Every stage runs on ``device`` (CPU or one CUDA GPU); its random draws come from CPU generators
 seeded per step, so the data and noise a step sees do not depend on the device. With ``workers``
-> 0, batches are rendered ahead in that many DataLoader processes (on a GPU, rendering with PIL
-would otherwise be the bottleneck); the batches are the same as with ``workers`` = 0.
+> 0, batches are rendered ahead in that many DataLoader processes (runtime.prefetch; on a GPU,
+rendering with PIL would otherwise be the bottleneck); the batches are the same as with
+``workers`` = 0.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.training_utils import EMAModel
+from open_clip.loss import ClipLoss
+from open_clip.model import CLIP
+from safetensors.torch import save_file
 
+from train.losses import diffusion_loss, step_generator
 from zeroft.config import EncoderConfig
 from zeroft.encoder import prepare_object_image, save_open_clip_folder
 
-from ..losses import diffusion_loss, step_generator
 from .models import (HEADS, MAX_TOKENS, OPEN_CLIP_CONFIG, Judge, make_scheduler, make_text_encoder, make_tokenizer,
                      make_unet, make_vae)
+from .runtime import Stage, prefetch
 from .scenes import Scenes, collate_scenes
-from .world import Identity
+from .world import Identity, all_identities
 
 ENCODER_VIEW = EncoderConfig(model_name="toyworld-clip", pretrained=None, path="encoder", background_fill="gray",
                              crop_to_object=True, crop_margin=0.1)
@@ -39,103 +42,8 @@ CLIP_MEAN = torch.tensor([0.5, 0.5, 0.5]).view(3, 1, 1)
 CLIP_STD = torch.tensor([0.25, 0.25, 0.25]).view(3, 1, 1)
 
 
-class Stage:
-    """Resumable training state of one stage, saved atomically every ``save_every`` seconds.
-
-    ``config`` (e.g. the UNet variant) is saved with the state; a saved state made under another config, or
-    whose weights do not fit ``modules``, is a clear error rather than a tensor-shape traceback."""
-
-    def __init__(self, folder: Path, modules: dict[str, torch.nn.Module], optimizer, total_steps: int,
-                 save_every: float = 180.0, config: dict | None = None):
-        self.folder, self.modules, self.optimizer = folder, modules, optimizer
-        self.total_steps, self.save_every, self.config = total_steps, save_every, dict(config or {})
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.step, self.seconds = 0, 0.0
-        state_path = folder / "state.pt"
-        if state_path.is_file():
-            state = torch.load(state_path, weights_only=True, map_location="cpu")
-            saved = state.get("config") or {}
-            clash = {k: (saved[k], v) for k, v in self.config.items() if k in saved and saved[k] != v}
-            if clash:
-                raise SystemExit(f"{state_path} is a half-trained state made with "
-                                 + ", ".join(f"{k} {a!r}, not {b!r}" for k, (a, b) in clash.items())
-                                 + ": use another --work folder, or delete that file to start this stage again")
-            try:
-                for name, module in modules.items():
-                    module.load_state_dict(state["modules"][name])
-            except (KeyError, RuntimeError, ValueError) as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise SystemExit(f"{state_path} does not fit this stage's models ({first}); it was saved by another "
-                                 "configuration: use another --work folder, or delete that file to start this stage "
-                                 "again") from e
-            optimizer.load_state_dict(state["optimizer"])
-            self.step, self.seconds = state["step"], state["seconds"]
-        self._last_save = time.perf_counter()
-        self._started = time.perf_counter() - self.seconds
-
-    @property
-    def done(self) -> bool:
-        return (self.folder / "done.json").is_file()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self._started
-
-    def maybe_save(self, force: bool = False) -> None:
-        if not force and time.perf_counter() - self._last_save < self.save_every:
-            return
-        temp = self.folder / "state.pt.tmp"
-        torch.save({"modules": {n: m.state_dict() for n, m in self.modules.items()}, "optimizer": self.optimizer.state_dict(),
-                    "step": self.step, "seconds": self.elapsed(), "config": self.config}, temp)
-        temp.replace(self.folder / "state.pt")
-        self._last_save = time.perf_counter()
-
-    def finished(self, legacy: dict, clash: Callable[[dict], str]) -> dict:
-        """A finished stage's done.json; a SystemExit saying ``clash(saved)`` when it was built under another ``config``
-        (a key that older builds did not record takes its ``legacy`` value)."""
-        info = json.loads((self.folder / "done.json").read_text())
-        saved = {key: info.get(key, legacy[key]) for key in self.config}
-        if saved != self.config:
-            raise SystemExit(clash(saved))
-        return info
-
-    def finish(self, info: dict) -> dict:
-        info = {**self.config, **info, "steps": self.total_steps, "seconds": round(self.elapsed(), 1)}
-        (self.folder / "done.json").write_text(json.dumps(info, indent=2) + "\n")
-        (self.folder / "state.pt").unlink(missing_ok=True)
-        return info
-
-    def steps(self, desc: str):
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=desc, leave=False)
-        while self.step < self.total_steps:
-            yield self.step
-            self.step += 1
-            bar.update(1)
-            self.maybe_save()
-        bar.close()
-
-
 def _batch(scenes: Scenes, step: int, size: int) -> dict:
     return collate_scenes([scenes[step * size + i] for i in range(size)])
-
-
-def build_device(name: str = "auto") -> torch.device:
-    """"auto": the GPU when there is one, else the CPU; "cuda" without a GPU is a clear error.
-
-    Stricter than zeroft.quantization.pick_device, which inference uses: that one also picks
-    Apple MPS, on which the toy-world training stages have never been run.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name != "cpu" and not name.startswith("cuda"):
-        raise SystemExit(f"--device {name}: expected auto, cpu or cuda.")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu.")
-    return torch.device(name)
-
-
-def default_workers(device: torch.device) -> int:
-    """Rendering processes: none on a CPU (the training step already uses every core), up to 8 beside a GPU."""
-    return 0 if device.type == "cpu" else max(1, min(8, (os.cpu_count() or 2) - 2))
 
 
 class SceneBatch:
@@ -146,30 +54,6 @@ class SceneBatch:
 
     def __call__(self, step: int) -> dict:
         return _batch(self.scenes, step, self.size)
-
-
-class _Steps(torch.utils.data.Dataset):
-    def __init__(self, make: Callable[[int], dict]):
-        self.make = make
-
-    def __len__(self) -> int:
-        return 2**31
-
-    def __getitem__(self, step: int) -> dict:
-        return self.make(step)
-
-
-def _as_is(item):
-    return item
-
-
-def prefetch(make: Callable[[int], dict], start: int, stop: int, workers: int) -> Iterator[dict]:
-    """``make(step)`` for step in [start, stop), in order; computed ahead in ``workers`` processes when > 0."""
-    if workers <= 0:
-        yield from (make(step) for step in range(start, stop))
-        return
-    yield from torch.utils.data.DataLoader(_Steps(make), sampler=range(start, stop), batch_size=None,
-                                           num_workers=workers, prefetch_factor=4, collate_fn=_as_is)
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -223,13 +107,12 @@ def encoder_views(batch: dict) -> torch.Tensor:
                         for image, mask in zip(batch["image"], batch["mask"])])
 
 
-def _identity_tokens(tokenizer, texts: list[str]) -> torch.Tensor:
+def caption_tokens(tokenizer, texts: list[str]) -> torch.Tensor:
+    """Token ids (B, MAX_TOKENS) of ``texts``, padded to the world's fixed caption length."""
     return tokenizer(texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
 
 
 def _open_clip_model(seed: int):
-    from open_clip.model import CLIP
-
     torch.manual_seed(seed)
     config = json.loads(json.dumps(OPEN_CLIP_CONFIG))
     config["text_cfg"].update({"pool_type": "eos", "eos_id": 1, "pad_id": 1})
@@ -259,8 +142,6 @@ def train_encoder(folder: Path, identities: list[Identity], held_out: list[Ident
     captions can be told apart without factorising them; the probes make each attribute
     linearly readable, which carries over to unseen combinations. The probes are not exported.
     """
-    from open_clip.loss import ClipLoss
-
     model, config = _open_clip_model(seed)
     width = OPEN_CLIP_CONFIG["embed_dim"]
     probes = torch.nn.ModuleDict({name: torch.nn.Linear(width, HEADS[name]) for name in ("shape", "colour", "pattern")})
@@ -272,7 +153,7 @@ def train_encoder(folder: Path, identities: list[Identity], held_out: list[Ident
         return json.loads((folder / "done.json").read_text())
     tokenizer = make_tokenizer()
     loss_fn = ClipLoss()
-    texts = _identity_tokens(tokenizer, [i.words for i in identities]).to(device)
+    texts = caption_tokens(tokenizer, [i.words for i in identities]).to(device)
     batches = prefetch(EncoderBatch(identities, seed), stage.step, steps, workers)
     model.train()
     for _, batch in zip(stage.steps("object encoder"), batches):
@@ -311,11 +192,9 @@ def probe_accuracy(model, probes, identities: list[Identity], seed: int, per_ide
 @torch.no_grad()
 def encoder_retrieval(model, tokenizer, identities: list[Identity], seed: int, per_identity: int = 10) -> float:
     """Top-1 accuracy of picking an object's identity among all 72 from its image embedding."""
-    from .world import all_identities
-
     device = _device_of(model)
     everyone = all_identities()
-    text = F.normalize(model.encode_text(_identity_tokens(tokenizer, [i.words for i in everyone]).to(device)), dim=-1)
+    text = F.normalize(model.encode_text(caption_tokens(tokenizer, [i.words for i in everyone]).to(device)), dim=-1)
     hits = total = 0
     for identity in identities:
         batch = collate_scenes([Scenes(seed + 7, [identity])[k] for k in range(per_identity)])
@@ -356,8 +235,6 @@ def train_judge(folder: Path, identities: list[Identity], held_out: list[Identit
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     judge.eval()
-    from safetensors.torch import save_file
-
     save_file({k: v.contiguous().cpu() for k, v in judge.state_dict().items()}, str(folder / "judge.safetensors"))
     return stage.finish({"accuracy_held_out_clean": judge_accuracy(judge, held_out, None, seed),
                          "accuracy_held_out_vae": judge_accuracy(judge, held_out, vae, seed)})
@@ -382,9 +259,6 @@ def train_base(folder: Path, identities: list[Identity], vae, steps: int, seed: 
     """The 'pretrained text-to-image model': UNet + text encoder on the general stream (v-prediction), on ``vae``'s device.
 
     ``unet_variant`` is one of models.UNETS; a finished stage built with another variant is an error, not reused."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
-    from diffusers.training_utils import EMAModel
-
     device = _device_of(vae)
     unet = make_unet(seed, unet_variant).to(device)
     text_encoder, tokenizer = make_text_encoder(seed).to(device), make_tokenizer()
@@ -406,7 +280,7 @@ def train_base(folder: Path, identities: list[Identity], vae, steps: int, seed: 
     for step, batch in zip(stage.steps("base text-to-image model"), batches):
         rng = np.random.default_rng([seed, 5, step])
         captions = ["" if rng.random() < 0.1 else c for c in batch["caption"]]  # for classifier-free guidance
-        tokens = _identity_tokens(tokenizer, captions).to(device)
+        tokens = caption_tokens(tokenizer, captions).to(device)
         generator = step_generator(seed, step, 5, 0)
         with torch.no_grad():
             latents = vae.encode(batch["pixels"].to(device)).latent_dist.mean * vae.config.scaling_factor

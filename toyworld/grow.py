@@ -7,19 +7,19 @@ is the 32×32 level, the layers that join it to the 16×16 level, and ``conv_in`
 2×-down VAE's 32×32×4 latents; they keep their fresh initialisation.
 
 The timestep embedding must carry over too, or every grafted resnet's ``time_emb_proj`` stays fresh (a first
-try that left it out, 2026-11-28, trained slower: README). A plain lat32 UNet embeds timesteps in 4 × 32 = 128
+try that left it out trained slower: docs/toyworld-notes-from-code.md). A plain lat32 UNet embeds timesteps in 4 × 32 = 128
 dimensions, v1 in 4 × 64 = 256, so the grown UNet keeps v1's 256 (``time_embedding_dim``). Its sinusoidal input is
 32-dimensional, not 64: with ``freq_shift`` 0, those 16 frequencies are exactly v1's even ones (cos half, then sin
 half), so ``linear_1`` starts from v1's columns, each odd frequency's column added to the even one below it (an
 approximation: the odd frequencies are gone).
 
-A lat32 build from scratch needs its own base stage and about 26,000 zeroft steps (about 8 hours on the
-2-core CPU this project is built on); this starts the zeroft stage from what the shipped model already
+A lat32 build from scratch needs its own base stage and about 26,000 zeroft steps (a working day on a
+2-core CPU); this starts the zeroft stage from what the shipped model already
 learned (which object tokens mean which shape, colour and pattern, at 8×8 and 4×4) and lets the
 whole-network training fit the new outer level to it. The grown model keeps the source's text encoder,
 tokenizer, scheduler and object encoder, which its attention layers were trained with.
 
-    python -m train.toyworld build --unet lat32 --grow-from assets/zeroft-toy --work runs/grow ...
+    python -m toyworld build --unet lat32 --grow-from assets/zeroft-toy --work runs/grow ...
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors import safe_open
 
 from zeroft.config import ZeroFTConfig
+from zeroft.errors import InputError
 
 from .models import make_unet
 
@@ -85,17 +88,14 @@ def grow(source: Path, vae_folder: Path, base_out: Path, init_out: Path, encoder
     """Write a lat32 base pipeline (``base_out``: the source's text encoder, tokenizer and scheduler, the VAE in
     ``vae_folder``, the grown UNet), the zeroft checkpoint that starts training (``init_out``: grown UNet and the
     source's adapter) and the source's object encoder (``encoder_out``)."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from safetensors import safe_open
-
     config = ZeroFTConfig.load(source)
     if not config.unet_tuned:
-        raise SystemExit(f"{source} holds an adapter-only checkpoint; growing needs a whole-network one (unet/)")
+        raise InputError(f"{source} holds an adapter-only checkpoint; growing needs a whole-network one (unet/)")
     if config.encoder.path is None:
-        raise SystemExit(f"{source} names no local object encoder to carry over")
+        raise InputError(f"{source} names no local object encoder to carry over")
     source_unet = UNet2DConditionModel.from_pretrained(source / "unet", torch_dtype=torch.float32)
     if tuple(source_unet.config.block_out_channels) != (64, 128, 128) or source_unet.config.sample_size != 16:
-        raise SystemExit(f"{source}/unet is not a toy world v1 UNet (block_out_channels "
+        raise InputError(f"{source}/unet is not a toy world v1 UNet (block_out_channels "
                          f"{list(source_unet.config.block_out_channels)}, sample_size {source_unet.config.sample_size})")
     # v1's timestep-embedding width, so the grafted resnets keep their time input (module docstring)
     unet = make_unet(seed, "lat32", source_unet.time_embedding.linear_2.out_features)
@@ -125,7 +125,7 @@ def grow_stage(source: Path, work: Path, seed: int) -> dict:
     if done.is_file():
         info = json.loads(done.read_text())
         if info.get("grown_from") != str(source):
-            raise SystemExit(f"{work} holds a base {('grown from ' + info['grown_from']) if info.get('grown_from') else 'trained from scratch'}, "
+            raise InputError(f"{work} holds a base {('grown from ' + info['grown_from']) if info.get('grown_from') else 'trained from scratch'}, "
                              f"not one grown from {source}: use another --work folder")
         return info
     info = grow(source, work / "vae" / "vae", work / "base" / "base", work / "grow" / "init",

@@ -1,4 +1,4 @@
-"""``python -m train.toyworld ablations``: the paper's ablations, retrained on the toy world at one budget.
+"""``python -m toyworld ablations``: the paper's ablations, retrained on the toy world at one budget.
 
 Every variant starts from the same pretrained parts as the embedded checkpoint (VAE, encoder,
 base model, streams from ``build``) and trains for the same number of steps; the full recipe
@@ -11,7 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from .build import Budget, zeroft_arguments
+from train.train import main as train_main
+
+from .recipe import Budget, zeroft_arguments
 
 VARIANTS = {
     "recipe": [],  # r = 0.3, ω = 0.5, ϕ for general images, whole network
@@ -24,8 +26,6 @@ VARIANTS = {
 
 
 def run_ablations(work: Path, steps: int, seed: int = 0, only: list[str] | None = None) -> dict:
-    from ..train import main as train_main
-
     budget = Budget(zeroft=steps, checkpoint_every=max(steps // 4, 1))
     examples = sorted((Path("assets") / "examples").glob("object-*.png"))[:2]
     path = work / "ablations" / "ablations.json"

@@ -1,6 +1,6 @@
 """Can the toy world's generator draw each pattern at all? Judge's pattern confusion per source.
 
-    python -m bench.toyworld_patterns [--checkpoint assets/zeroft-toy] [--work runs/toyworld]
+    python -m toyworld patterns [--checkpoint assets/zeroft-toy] [--work runs/toyworld]
 
 Three ways of asking for the same object, on held-out and on training identities (one
 reference per identity × the 8 contexts, fixed seeds), each image read by the evaluation's
@@ -10,7 +10,7 @@ judge:
   ("two green dotted circles on a brown background"), no object photo;
 - ``zeroft, full caption``: the zeroft UNet, the same caption, object guidance 0;
 - ``zeroft, object photo``: the context-only prompt and the reference photo, at the
-  checkpoint's default guidance (what ``bench.toyworld_eval`` scores).
+  checkpoint's default guidance (what ``python -m toyworld eval`` scores).
 
 If the first two cannot draw a pattern from its name either, the pattern is lost in the
 generator, not in the object encoder or the adapter. Prints JSON (confusion matrices, rows =
@@ -19,18 +19,19 @@ true pattern, columns = the judge's reading) and writes it to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import StableDiffusionPipeline
 
-from train.toyworld.evaluate import generate, judge_images, load_judge, make_pairs
-from train.toyworld.world import PATTERNS, general_caption, split_identities
+from bench.common import machine, report
 from zeroft import ZeroFTPipeline
+from zeroft.errors import InputError
 
-from .common import machine, report
+from .evaluate import generate, judge_images, load_judge, make_pairs
+from .world import PATTERNS, general_caption, split_identities
 
 
 def confusion(judge, images, pairs) -> dict:
@@ -65,52 +66,62 @@ def from_captions(pipe, pairs, guidance: float, steps: int, zeroft: bool, batch_
     return images
 
 
-def main(argv=None) -> dict:
-    from diffusers import StableDiffusionPipeline
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default="assets/zeroft-toy")
-    parser.add_argument("--judge", default="assets/toyworld-judge/judge.safetensors")
-    parser.add_argument("--work", default="runs/toyworld", help="build folder with the base model (base/base)")
-    parser.add_argument("--out", default="bench/results/toyworld-patterns")
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    base_folder = Path(args.work) / "base" / "base"
+def load_generators(checkpoint: str, work: str) -> tuple[ZeroFTPipeline, StableDiffusionPipeline]:
+    """The zeroft checkpoint, and the build's base text-to-image model (build stage 4, not shipped)."""
+    base_folder = Path(work) / "base" / "base"
     if not (base_folder / "model_index.json").is_file():
-        raise SystemExit(f"No base model at {base_folder}: run `python -m train.toyworld build` first.")
-    judge = load_judge(args.judge)
-    pipe = ZeroFTPipeline.from_pretrained(args.checkpoint, device="cpu")
+        raise InputError(f"No base model at {base_folder}: run `python -m toyworld build` first.")
+    pipe = ZeroFTPipeline.from_pretrained(checkpoint, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     base = StableDiffusionPipeline.from_pretrained(base_folder, safety_checker=None, requires_safety_checker=False)
     base.set_progress_bar_config(disable=True)
-    defaults = pipe.zeroft_config.defaults
-    steps = args.steps or defaults.steps
-    train_ids, held_out = split_identities()
-    results = {}
-    for split, identities in (("held-out", held_out), ("training", train_ids[::5])):
-        pairs = make_pairs(identities, 1, args.seed)
-        results[split] = {
-            "pairs": len(pairs),
-            "base, full caption": confusion(judge, from_captions(base, pairs, defaults.text_guidance, steps, False), pairs),
-            "zeroft, full caption": confusion(judge, from_captions(pipe, pairs, defaults.text_guidance, steps, True), pairs),
-            "zeroft, object photo": confusion(
-                judge, generate(pipe, pairs, defaults.text_guidance, defaults.object_guidance, steps), pairs),
-        }
-    result = {"benchmark": "toyworld_patterns", "checkpoint": str(args.checkpoint), "patterns": list(PATTERNS),
-              "text_guidance": defaults.text_guidance, "object_guidance": defaults.object_guidance, "steps": steps,
-              **machine(), "results": results}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "patterns.json").write_text(json.dumps(result, indent=2) + "\n")
+    return pipe, base
+
+
+def summary(results: dict) -> str:
+    """One line per split and source: pattern accuracy, then per pattern."""
     lines = []
     for split, rows in results.items():
         for source, row in rows.items():
             if source != "pairs":
                 per = ", ".join(f"{k} {v:.2f}" for k, v in row["per_pattern"].items() if v is not None)
                 lines.append(f"{split:8s} {source:22s} pattern {row['accuracy']:.3f} ({per})")
-    return report(result, "\n".join(lines))
+    return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    main()
+def pattern_confusions(checkpoint: str, judge: str, work: str, out: str, steps: int | None = None,
+                       seed: int = 0) -> dict:
+    """The three sources' pattern confusion on held-out and training identities; writes ``out``/patterns.json,
+    prints, and returns it.
+
+    Args:
+        checkpoint: the zeroft checkpoint.
+        judge: the judge's weights (judge.safetensors).
+        work: the build folder holding the base model (``base/base``).
+        out: folder for patterns.json.
+        steps: sampler steps (default: the checkpoint's).
+    """
+    pipe, base = load_generators(checkpoint, work)
+    judge_model = load_judge(judge)
+    defaults = pipe.zeroft_config.defaults
+    steps = steps or defaults.steps
+    train_ids, held_out = split_identities()
+    results = {}
+    for split, identities in (("held-out", held_out), ("training", train_ids[::5])):
+        pairs = make_pairs(identities, 1, seed)
+        results[split] = {
+            "pairs": len(pairs),
+            "base, full caption": confusion(judge_model, from_captions(base, pairs, defaults.text_guidance, steps, False),
+                                            pairs),
+            "zeroft, full caption": confusion(judge_model, from_captions(pipe, pairs, defaults.text_guidance, steps, True),
+                                              pairs),
+            "zeroft, object photo": confusion(
+                judge_model, generate(pipe, pairs, defaults.text_guidance, defaults.object_guidance, steps), pairs),
+        }
+    result = {"benchmark": "toyworld_patterns", "checkpoint": str(checkpoint), "patterns": list(PATTERNS),
+              "text_guidance": defaults.text_guidance, "object_guidance": defaults.object_guidance, "steps": steps,
+              **machine(), "results": results}
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "patterns.json").write_text(json.dumps(result, indent=2) + "\n")
+    return report(result, summary(results))

@@ -1,7 +1,7 @@
 """Judging generations in the toy world: identity kept, text followed, pose copied or not.
 
 A pair is (reference photo of an object, context prompt); the judge (an attribute classifier
-trained on renderings, train.toyworld.stages.train_judge) reads each generated image. Metrics:
+trained on renderings, toyworld.stages.train_judge) reads each generated image. Metrics:
 
 - identity accuracy: shape, colour and pattern of the reference all recognised in the output;
 - text accuracy: background and count of the prompt both recognised;
@@ -18,12 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from zeroft.encoder import VIEWS
 
 from .models import HEADS, Judge
 from .scenes import labels, to_tensor
-from .world import (BACKGROUNDS, COLOURS, COUNTS, PATTERNS, RARE_TOKEN, SHAPES, Context, Identity, Pose, all_contexts,
+from .world import (BACKGROUNDS, COLOURS, COUNTS, PATTERNS, SHAPES, Context, Identity, Pose, all_contexts,
                     context_caption, position_bin, random_pose, render)
 
 CHANCE = {"identity": 1 / (len(SHAPES) * len(COLOURS) * len(PATTERNS)), "text": 1 / (len(BACKGROUNDS) * len(COUNTS)),
@@ -66,8 +67,6 @@ def position_copy_chance(seed: int = 0, trials: int = 20000) -> float:
 
 
 def load_judge(path) -> Judge:
-    from safetensors.torch import load_file
-
     judge = Judge()
     judge.load_state_dict(load_file(str(path)))
     return judge.eval()
@@ -157,47 +156,3 @@ def choose_guidance(pipe, judge: Judge, pairs: list[Pair], steps: int, grid_text
             results.append({"text_guidance": w_text, "object_guidance": w_object, **metrics})
     best = best_setting(results)
     return best["text_guidance"], best["object_guidance"], results
-
-
-# ---------------------------------------------------------------------------------------------- per-object fine-tuning
-
-
-def finetune_per_object(base_folder, pair: Pair, steps: int, learning_rate: float, seed: int, device: str = "cpu"):
-    """DreamBooth-style baseline: fine-tune the base model's UNet on the ONE reference photo.
-
-    The photo is captioned with the rare token (``one sks object on a <its background>
-    background``); no prior preservation. Returns (pipeline, seconds spent personalising).
-    """
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
-
-    from ..losses import diffusion_loss, step_generator
-
-    started = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(base_folder, safety_checker=None, requires_safety_checker=False).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    unet, vae = pipe.unet, pipe.vae
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    caption = context_caption(pair.reference_context, f"{RARE_TOKEN} object")
-    with torch.no_grad():
-        hidden = pipe.encode_prompt(caption, device, 1, False)[0].expand(4, -1, -1)
-        latents = vae.encode(to_tensor(pair.reference)[None].to(device)).latent_dist.mean * vae.config.scaling_factor
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate)
-    unet.train()
-    for step in range(steps):
-        loss = diffusion_loss(unet, noise_scheduler, latents.expand(4, -1, -1, -1), hidden, None,
-                              step_generator(seed, step, 9, 0))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    unet.eval()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()  # the optimizer steps were queued, not yet done
-    return pipe, time.perf_counter() - started
-
-
-@torch.no_grad()
-def generate_finetuned(pipe, pairs: list[Pair], guidance: float, steps: int) -> list[Image.Image]:
-    prompts = [context_caption(p.context, f"{RARE_TOKEN} object") for p in pairs]
-    generators = [torch.Generator().manual_seed(p.seed) for p in pairs]
-    return pipe(prompts, guidance_scale=guidance, num_inference_steps=steps, generator=generators,
-                height=64, width=64).images

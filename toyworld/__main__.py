@@ -1,0 +1,171 @@
+"""``python -m toyworld build | ablations | eval | patterns | steps | personalization``: the toy world's command line.
+
+The one place that reads flags and turns a bad request (zeroft.errors.InputError) into an
+``error: ...`` line and exit status 2; every command is a function of the module named below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from zeroft.config import CONFIG_NAME
+from zeroft.errors import InputError
+
+from .ablations import run_ablations
+from .build import build
+from .models import UNETS
+from .patterns import pattern_confusions
+from .personalization import personalization
+from .recipe import BUDGETS, QUICK, Budget
+from .report import EvalOptions, evaluate_checkpoint
+from .steps import step_costs
+
+JUDGE = "assets/toyworld-judge/judge.safetensors"
+DEVICE_HELP = "auto (the GPU when there is one), cpu or cuda"
+
+
+def _build_parser(commands) -> None:
+    b = commands.add_parser("build", help="train everything and export the embedded checkpoint (toyworld.build)")
+    b.add_argument("--work", default="runs/toyworld", help="stage outputs and resumable state")
+    b.add_argument("--out", default="assets/zeroft-toy", help="the exported zeroft checkpoint")
+    b.add_argument("--assets", default="assets", help="where examples/ and toyworld-judge/ go")
+    b.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test)")
+    b.add_argument("--budget", choices=sorted(BUDGETS), default="cpu",
+                   help="steps and batch sizes: cpu (the shipped 2-core recipe) or gpu (bigger batches, fewer steps)")
+    b.add_argument("--unet", choices=UNETS, default=None, help="UNet variant (default: the budget's): v1 (shipped), attn16 (attention at 16×16), "
+                   "lat32 (32×32 latents from a 2×-down VAE; its own --work folder)")
+    b.add_argument("--zeroft-steps", type=int, default=None, help="zeroft training steps (default: the budget's)")
+    b.add_argument("--vae-steps", type=int, default=None, help="VAE training steps (default: the budget's)")
+    b.add_argument("--base-steps", type=int, default=None, help="base model training steps (default: the budget's)")
+    b.add_argument("--grow-from", default=None, metavar="CHECKPOINT",
+                   help="lat32 only: grow the model out of this trained v1 zeroft checkpoint (e.g. assets/zeroft-toy) "
+                        "instead of training the encoder and base stages")
+    b.add_argument("--defaults-from", default=None, metavar="CHECKPOINT",
+                   help="take encoder views and guidance defaults from this checkpoint instead of sweeping them")
+    b.add_argument("--until", choices=("base", "zeroft"), default=None,
+                   help="stop after this stage's training (run again without it for the sweeps and the export)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="auto", help=DEVICE_HELP)
+    b.add_argument("--workers", type=int, default=None,
+                   help="processes rendering training scenes ahead (default: 0 on a CPU, up to 8 beside a GPU)")
+    a = commands.add_parser("ablations", help="retrain the paper's ablations at one budget, after build (toyworld.ablations)")
+    a.add_argument("--work", default="runs/toyworld")
+    a.add_argument("--steps", type=int, default=2000, help="training steps of every variant")
+    a.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
+    a.add_argument("--seed", type=int, default=0)
+
+
+def _eval_parser(commands) -> None:
+    e = commands.add_parser("eval", help="score a checkpoint on held-out identities (toyworld.report)")
+    e.add_argument("--checkpoint", default="assets/zeroft-toy")
+    e.add_argument("--judge", default=JUDGE)
+    e.add_argument("--work", default="runs/toyworld", help="build folder: base model, ablations, training states")
+    e.add_argument("--out", default="toyworld/results/toyworld")
+    e.add_argument("--references", type=int, default=3, help="reference photos per held-out identity")
+    e.add_argument("--finetune-objects", type=int, default=4)
+    e.add_argument("--finetune-steps", type=int, default=200)
+    e.add_argument("--ablation-references", type=int, default=1)
+    e.add_argument("--curve", action="store_true", help="also evaluate saved training states")
+    e.add_argument("--curve-points", type=int, default=8, help="at most this many states, evenly spaced")
+    e.add_argument("--curve-only", action="store_true",
+                   help="only the curve: score --work's saved training states, no table rows (a build still training)")
+    e.add_argument("--defaults-from", default=None, metavar="CHECKPOINT",
+                   help="guidance, sampler steps and encoder views of this checkpoint instead of --checkpoint's, "
+                        "e.g. to score a partly trained build the way the shipped model was scored")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def _benchmark_parsers(commands) -> None:
+    p = commands.add_parser("patterns", help="can the generator draw each pattern at all? (toyworld.patterns)")
+    p.add_argument("--checkpoint", default="assets/zeroft-toy")
+    p.add_argument("--judge", default=JUDGE)
+    p.add_argument("--work", default="runs/toyworld", help="build folder with the base model (base/base)")
+    p.add_argument("--out", default="toyworld/results/toyworld-patterns")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=0)
+    s = commands.add_parser("steps", help="cost of one base training step per UNet and batch (toyworld.steps)")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
+    s.add_argument("--batches", type=int, nargs="+", default=[32, 128, 256])
+    s.add_argument("--unets", nargs="+", default=list(UNETS), choices=UNETS)
+    s.add_argument("--steps", type=int, default=10, help="timed steps, after 3 warm-up steps")
+    s.add_argument("--render", type=int, default=128, help="scenes rendered once on the CPU and timed")
+    s.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "bf16"),
+                   help="fp32, or bf16 autocast around the forward passes (what --mixed_precision bf16 does)")
+    z = commands.add_parser("personalization",
+                            help="one encoder pass vs per-object fine-tuning to the same score (toyworld.personalization)")
+    z.add_argument("--checkpoint", default="assets/zeroft-toy")
+    z.add_argument("--judge", default=JUDGE)
+    z.add_argument("--work", default="runs/toyworld")
+    z.add_argument("--objects", type=int, default=4)
+    z.add_argument("--every", type=int, default=25)
+    z.add_argument("--max-steps", type=int, default=400)
+    z.add_argument("--seed", type=int, default=0)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m toyworld",
+                                     description="The toy world: build the embedded checkpoint, evaluate it, benchmark it.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _build_parser(commands)
+    _eval_parser(commands)
+    _benchmark_parsers(commands)
+    return parser.parse_args(argv)
+
+
+def budget_from_args(args: argparse.Namespace) -> Budget:
+    """``--quick`` or ``--budget``, then the ``--unet`` and ``--vae-steps``/``--base-steps``/``--zeroft-steps`` overrides."""
+    budget = QUICK if args.quick else BUDGETS[args.budget]
+    steps = {}
+    for stage in ("vae", "base", "zeroft"):
+        value = getattr(args, f"{stage}_steps")
+        if value is not None and value < 1:
+            raise InputError(f"--{stage}-steps must be at least 1, got {value}")
+        steps[stage] = getattr(budget, stage) if value is None else value
+    return replace(budget, unet=args.unet or budget.unet, **steps)
+
+
+def checkpoint_option(args: argparse.Namespace, option: str) -> Path | None:
+    """The folder a ``--grow-from``/``--defaults-from`` flag names, which must hold a zeroft checkpoint."""
+    value = getattr(args, option)
+    if value is not None and not (Path(value) / CONFIG_NAME).is_file():
+        raise InputError(f"--{option.replace('_', '-')} {value}: no zeroft checkpoint there (no {CONFIG_NAME})")
+    return Path(value) if value is not None else None
+
+
+def run(argv=None) -> dict:
+    """Run the command ``argv`` asks for; returns its report. Raises InputError for a bad request."""
+    args = parse_args(argv)
+    if args.command == "build":
+        grow_from, defaults_from = checkpoint_option(args, "grow_from"), checkpoint_option(args, "defaults_from")
+        return build(Path(args.work), Path(args.out), Path(args.assets), budget_from_args(args), args.seed,
+                     args.device, args.workers, args.until, grow_from, defaults_from)
+    if args.command == "ablations":
+        return run_ablations(Path(args.work), args.steps, args.seed, args.only)
+    if args.command == "eval":
+        return evaluate_checkpoint(EvalOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
+    if args.command == "patterns":
+        return pattern_confusions(args.checkpoint, args.judge, args.work, args.out, args.steps, args.seed)
+    if args.command == "steps":
+        return step_costs(args.device, args.batches, args.unets, args.steps, args.render, args.precisions)
+    return personalization(args.checkpoint, args.judge, args.work, args.objects, args.every, args.max_steps,
+                           args.seed)
+
+
+def main(argv=None) -> int:
+    """``run``, with a bad request (InputError) turned into one ``error: ...`` line on stderr and exit status 2."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        run(argv)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # worker processes that import this module must not start a command
+    sys.exit(main())
