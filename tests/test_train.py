@@ -1,4 +1,8 @@
-"""train.train end to end: export, what is trained, loss, kill/resume equivalence, safe saves, 2 processes."""
+"""train.train end to end: export, what is trained, loss, kill/resume equivalence, safe saves, 2 processes.
+
+Some runs go through the command line (``main(argv)``), others through ``run(TrainConfig(...))``: both
+are what callers use.
+"""
 
 import json
 import os
@@ -13,8 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from train.checkpointing import list_checkpoints
-from train.train import main
-from zeroft import ZeroFTConfig, ZeroFTPipeline
+from train.config import TrainConfig
+from train.train import main, run
+from zeroft import InputError, ZeroFTConfig, ZeroFTPipeline
 
 from conftest import square_photo
 from train.tiny_data import write_domain_imagefolder, write_general_jsonl
@@ -44,6 +49,16 @@ def _argv(setup, output, *extra, steps=2):
     ]
 
 
+def _config(setup, output, steps=2, **overrides) -> TrainConfig:
+    """The TrainConfig of ``_argv(setup, output, steps=steps)``, with ``overrides``."""
+    settings = dict(
+        base_model=setup["base"], encoder=setup["encoder"], domain_data=setup["domain"], general_data=setup["general"],
+        resolution=64, train_batch_size=2, max_train_steps=steps, learning_rate=1e-3, lr_warmup_steps=0,
+        checkpointing_steps=2, output_dir=output, masker="border", report_to="none",
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     weights = dict(load_file(str(folder / "adapter.safetensors")))
     unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
@@ -61,9 +76,9 @@ def _assert_same(a: dict, b: dict):
 def test_end_to_end_export_generates(setup, tmp_path):
     photo = tmp_path / "ref.png"
     square_photo().save(photo)
-    export = main(_argv(setup, tmp_path / "run", "--validation_images", str(photo),
-                        "--validation_prompts", "an object on a gray background", "--validation_inference_steps", "2",
-                        "--report_to", "tensorboard"))
+    export = run(_config(setup, tmp_path / "run", validation_images=[photo],
+                         validation_prompts=["an object on a gray background"], validation_inference_steps=2,
+                         report_to="tensorboard"))
     config = ZeroFTConfig.load(export)
     assert config.unet_tuned and config.training["mix_ratio_r"] == 0.3 and config.training["steps"] == 2
     assert (export / "validation.png").is_file() and "validation.png" in (export / "README.md").read_text()
@@ -128,8 +143,8 @@ def _eval_loss(folder: Path, setup) -> float:
 
 
 def test_loss_decreases_on_a_tiny_overfit_run(setup, tmp_path):
-    before = main(_argv(setup, tmp_path / "zero", "--learning_rate", "1e-12", steps=1))
-    after = main(_argv(setup, tmp_path / "fit", steps=40))
+    before = run(_config(setup, tmp_path / "zero", learning_rate=1e-12, steps=1))
+    after = run(_config(setup, tmp_path / "fit", steps=40))
     assert _eval_loss(after, setup) < 0.7 * _eval_loss(before, setup)
 
 
@@ -192,8 +207,8 @@ def test_a_kill_during_a_save_keeps_the_previous_checkpoint(setup, tmp_path):
     assert [step for step, _ in list_checkpoints(output)] == [2, 4, 6]
     assert ZeroFTConfig.load(finished).training["steps"] == 6
     # Resuming a state past --max_train_steps would export later weights labelled with fewer steps: refused.
-    with pytest.raises(SystemExit, match="past --max_train_steps 4"):
-        main(_argv(setup, output, "--max_train_steps", "4", "--checkpointing_steps", "2") + ["--resume", "latest"])
+    with pytest.raises(InputError, match="past --max_train_steps 4"):
+        run(_config(setup, output, steps=4, resume="latest"))
 
 
 TWO_RANKS = """

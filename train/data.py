@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from zeroft.errors import InputError
 from zeroft.images import load_mask
 from zeroft.masking import Masker
 
@@ -42,7 +43,11 @@ from .sources import Columns, RecordTable, open_source
 
 @dataclass(frozen=True)
 class Regularization:
-    """The paper's training regularizers; defaults follow the paper where it gives values."""
+    """The paper's training regularizers; defaults follow the paper where it gives values.
+
+    The one definition of these settings and their defaults: ``train.config.TrainConfig`` holds one,
+    and the flags of ``python -m train.train`` take their defaults from it.
+    """
 
     mix_ratio: float = 0.3  # r: probability that a sample is domain-specific (paper: 0.3)
     cross_reference: float = 0.5  # ω: probability of conditioning on another photo of the identity
@@ -55,13 +60,11 @@ class Regularization:
     def __post_init__(self):
         for name in ("mix_ratio", "cross_reference", "drop_text", "drop_object", "drop_both"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], not {value}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise InputError(f"{name} is a probability: it must be between 0 and 1, not {value!r}.")
         if self.drop_text + self.drop_object + self.drop_both > 1.0:
-            raise ValueError("drop_text + drop_object + drop_both must not exceed 1")
-
-    def summary(self) -> dict[str, Any]:
-        return asdict(self)
+            raise InputError("drop_text + drop_object + drop_both must not exceed 1: they are the probabilities "
+                             "of three cases that exclude each other.")
 
 
 class DomainStream:

@@ -5,42 +5,45 @@ from __future__ import annotations
 import copy
 import shutil
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from zeroft.checkpoint import push_to_hub, save_checkpoint
 from zeroft.config import EncoderConfig, GenerationDefaults, ZeroFTConfig
 from zeroft.pipeline import ZeroFTPipeline
 
+from .config import RECIPE, TrainConfig
 
-def zeroft_config(args, models, regularization=None, training: dict | None = None) -> ZeroFTConfig:
-    local_base = models.base_source is not None
+VALIDATION_GRID = "validation.png"  # the last validation grid, beside the exported weights
+
+
+def zeroft_config(config: TrainConfig, models, training: dict | None = None) -> ZeroFTConfig:
+    """The checkpoint config of the models being trained; a local base or encoder becomes a sub-folder."""
     encoder: EncoderConfig = models.encoder_config
-    if encoder.path is not None:
-        encoder = EncoderConfig(model_name=encoder.model_name, pretrained=None, path="encoder",
-                                background_fill=encoder.background_fill, crop_to_object=encoder.crop_to_object,
-                                crop_margin=encoder.crop_margin, views=encoder.views)
-    size = args.resolution
+    if encoder.path is not None:  # save_checkpoint copies a local encoder into encoder/
+        encoder = replace(encoder, pretrained=None, path="encoder")
+    size = config.resolution
     return ZeroFTConfig(
-        base_model="base" if local_base else args.base_model,
+        base_model="base" if models.base_source is not None else str(config.base_model),
         encoder=encoder,
         image_embed_dim=models.encoder.embed_dim,
         cross_attention_dim=models.unet.config.cross_attention_dim,
-        num_tokens=args.num_tokens,
-        unet_tuned=args.train == "whole",
-        masker=args.masker,
-        defaults=GenerationDefaults(text_guidance=args.validation_text_guidance,
-                                    object_guidance=args.validation_object_guidance,
-                                    steps=args.validation_inference_steps, height=size, width=size),
+        num_tokens=config.num_tokens,
+        unet_tuned=config.train == "whole",
+        masker=config.masker,
+        defaults=GenerationDefaults(text_guidance=config.validation_text_guidance,
+                                    object_guidance=config.validation_object_guidance,
+                                    steps=config.validation_inference_steps, height=size, width=size),
         training=training or {},
     )
 
 
-def validation_pipeline(models, unet, args) -> ZeroFTPipeline:
+def validation_pipeline(models, unet, config: TrainConfig) -> ZeroFTPipeline:
     """A pipeline over the models being trained (shared, not copied)."""
     return ZeroFTPipeline(
         vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=unet,
         scheduler=copy.deepcopy(models.scheduler), object_encoder=models.encoder,
-        zeroft_config=zeroft_config(args, models),
+        zeroft_config=zeroft_config(config, models),
     )
 
 
@@ -63,37 +66,31 @@ def ema_weights(ema, module):
         ema.restore(trainable_parameters(module))
 
 
-def export_checkpoint(args, accelerator, models, unet, ema, regularization, grid: Path | None,
+def training_record(config: TrainConfig, processes: int, throughput: float, seconds: float,
+                    grid: Path | None) -> dict:
+    """What ``zeroft_config.json``'s ``training`` (and so the model card) records: the recipe, the settings
+    (:meth:`TrainConfig.summary`), and what this run measured."""
+    record = {"recipe": RECIPE, **config.summary(), "processes": processes,
+              "batch_size": config.train_batch_size * config.gradient_accumulation_steps * processes,
+              "samples_per_second": round(throughput, 3), "train_seconds_last_session": round(seconds, 1)}
+    if grid is not None:  # copied next to the weights; zeroft.model_card shows it
+        record["validation_grid"] = VALIDATION_GRID
+    return record
+
+
+def export_checkpoint(config: TrainConfig, accelerator, models, unet, ema, grid: Path | None,
                       throughput: float, seconds: float) -> Path:
     """Write the final zeroft checkpoint (EMA weights if kept), its model card, and upload it if asked."""
     unwrapped = accelerator.unwrap_model(unet)
-    training = {
-        "recipe": "Jia et al. 2023 regularized joint training (zeroft train.train)",
-        "domain_data": args.domain_data, "general_data": args.general_data,
-        "mix_ratio_r": regularization.mix_ratio, "cross_reference_omega": regularization.cross_reference,
-        "drop_general_object": regularization.drop_general_object, "drop_text": regularization.drop_text,
-        "drop_object": regularization.drop_object, "drop_both": regularization.drop_both,
-        "mask_condition": regularization.mask_condition, "trained": args.train, "steps": args.max_train_steps,
-        "batch_size": args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
-        "learning_rate": args.learning_rate, "resolution": args.resolution, "ema": args.use_ema,
-        "mixed_precision": args.mixed_precision, "processes": accelerator.num_processes, "seed": args.seed,
-        "samples_per_second": round(throughput, 3), "train_seconds_last_session": round(seconds, 1),
-    }
-    if args.init_checkpoint:  # training started from this checkpoint's weights, not from the base
-        training["init_checkpoint"] = str(args.init_checkpoint)
-    folder = Path(args.export_dir or Path(args.output_dir) / "final")
-    if grid is not None:
-        training["validation_grid"] = "validation.png"
-    config = zeroft_config(args, models, regularization, training)
+    training = training_record(config, accelerator.num_processes, throughput, seconds, grid)
+    folder = config.final_dir
     pipe = ZeroFTPipeline(vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
                           unet=unwrapped, scheduler=models.scheduler, object_encoder=models.encoder,
-                          zeroft_config=config)
+                          zeroft_config=zeroft_config(config, models, training))
     with ema_weights(ema, unwrapped):
-        save_checkpoint(pipe, folder, unet_tuned=args.train == "whole")
+        save_checkpoint(pipe, folder, unet_tuned=config.train == "whole")
     if grid is not None:
-        shutil.copyfile(grid, folder / "validation.png")
-        card = folder / "README.md"
-        card.write_text(card.read_text() + "\n## Validation grid\n\n![validation grid](validation.png)\n")
-    if args.push_to_hub:
-        push_to_hub(folder, args.push_to_hub, token=args.hub_token)
+        shutil.copyfile(grid, folder / VALIDATION_GRID)
+    if config.push_to_hub:
+        push_to_hub(folder, config.push_to_hub, token=config.hub_token)
     return folder

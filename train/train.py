@@ -1,15 +1,24 @@
 """``python -m train.train``: the paper's regularized joint training with accelerate.
 
 Runs the same on one CPU, one GPU, several GPUs or machines (``accelerate launch`` or
-``torchrun``; launch configs in train/configs/). Steps of ``main``: build the models, the data
-and the optimizer; resume; then for each step render samples (train.data), compute the
-denoising loss (train.losses) and update; checkpoint atomically (train.checkpointing);
-render validation grids (train.validation); export a zeroft checkpoint (train.export).
+``torchrun``; launch configs in train/configs/). ``run(config)`` trains from a
+:class:`train.config.TrainConfig`; ``main(argv)`` is the command line (train.args) around it.
+Steps of ``run``: build the models, the data and the optimizer; resume; then for each step
+render samples (train.data), compute the denoising loss (train.losses) and update; checkpoint
+atomically (train.checkpointing); render validation grids (train.validation); export a zeroft
+checkpoint (train.export).
+
+Example:
+    >>> from train.config import TrainConfig
+    >>> from train.train import run
+    >>> final = run(TrainConfig(base_model="tiny/base", encoder="tiny/encoder", domain_data="domain",
+    ...                         general_data="general", output_dir="runs/x", max_train_steps=2))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +35,14 @@ from tqdm.auto import tqdm
 from zeroft.adapter import adapter_parameters, install_object_attention, load_object_attention
 from zeroft.config import ADAPTER_NAME, EncoderConfig, ZeroFTConfig
 from zeroft.encoder import ObjectEncoder
+from zeroft.errors import InputError
 
 from .args import parse_args
 from .checkpointing import checkpoint_step, clean_partial, load_training_state, resolve_resume, save_training_state
-from .data import MixedTrainingData, Regularization, collate, global_indices, open_streams
+from .config import TrainConfig
+from .data import MixedTrainingData, collate, global_indices, open_streams
 from .export import ema_weights, export_checkpoint, trainable_parameters, validation_pipeline
 from .losses import TextEncoderCache, diffusion_loss, encode_latents, step_generator
-from .sources import Columns
 from .validation import render_validation
 
 logger = get_logger(__name__)
@@ -51,82 +61,66 @@ class Models:
     encoder_config: EncoderConfig
 
 
-def build_accelerator(args) -> Accelerator:
+def build_accelerator(config: TrainConfig) -> Accelerator:
+    output_dir = Path(config.output_dir)
     return Accelerator(
-        cpu=args.cpu or not torch.cuda.is_available(),  # without this, CPU multi-process runs would not synchronise
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs")),
+        cpu=config.cpu or not torch.cuda.is_available(),  # without this, CPU multi-process runs would not synchronise
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
 
 
-def _encoder_config(args) -> EncoderConfig:
-    local = Path(args.encoder)
-    return EncoderConfig(
-        model_name="local" if local.is_dir() else args.encoder,
-        pretrained=None if local.is_dir() else args.encoder_pretrained,
-        path=str(local.resolve()) if local.is_dir() else None,
-        background_fill=args.background_fill, crop_to_object=args.crop_to_object, views=args.encoder_views,
-    )
-
-
-def build_models(args) -> Models:
+def build_models(config: TrainConfig) -> Models:
     base = StableDiffusionPipeline.from_pretrained(
-        args.base_model, safety_checker=None, feature_extractor=None, image_encoder=None,
+        str(config.base_model), safety_checker=None, feature_extractor=None, image_encoder=None,
         requires_safety_checker=False, use_safetensors=True,
     )
-    config = dict(base.scheduler.config)
-    if args.prediction_type:
-        config["prediction_type"] = args.prediction_type
-        base.scheduler = base.scheduler.__class__.from_config(config)
-    noise_scheduler = DDPMScheduler.from_config(config)
-    encoder_config = _encoder_config(args)
+    scheduler_config = dict(base.scheduler.config)
+    if config.prediction_type:
+        scheduler_config["prediction_type"] = config.prediction_type
+        base.scheduler = base.scheduler.__class__.from_config(scheduler_config)
+    noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+    encoder_config = config.encoder_config()
     encoder = ObjectEncoder.from_config(encoder_config)
     unet = base.unet
-    if args.init_checkpoint:
-        init = Path(args.init_checkpoint)
+    if config.init_checkpoint:
+        init = Path(config.init_checkpoint)
         if ZeroFTConfig.load(init).unet_tuned:
             from diffusers import UNet2DConditionModel
 
             unet = UNet2DConditionModel.from_pretrained(init / "unet", use_safetensors=True)
         load_object_attention(unet, load_file(str(init / ADAPTER_NAME)))
     else:
-        install_object_attention(unet, encoder.embed_dim, args.num_tokens, seed=args.seed)
+        install_object_attention(unet, encoder.embed_dim, config.num_tokens, seed=config.seed)
     for frozen in (base.vae, base.text_encoder, encoder):
         frozen.requires_grad_(False).eval()
-    unet.requires_grad_(args.train == "whole")
+    unet.requires_grad_(config.train == "whole")
     for parameter in adapter_parameters(unet):
         parameter.requires_grad_(True)
-    if args.gradient_checkpointing:
+    if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    base_path = Path(args.base_model)
+    base_path = Path(config.base_model)
     return Models(base.vae, base.text_encoder, base.tokenizer, unet, encoder, base.scheduler, noise_scheduler,
                   base_path.resolve() if base_path.is_dir() else None, encoder_config)
 
 
-def build_data(args, encoder: ObjectEncoder) -> tuple[MixedTrainingData, Regularization]:
-    regularization = Regularization(
-        mix_ratio=args.mix_ratio, cross_reference=args.cross_reference, drop_general_object=args.drop_general_object,
-        drop_text=args.drop_text, drop_object=args.drop_object, drop_both=args.drop_both,
-        mask_condition=args.mask_condition,
-    )
-    domain_columns = Columns(args.domain_image_column, args.domain_caption_column, args.domain_identity_column,
-                             args.domain_mask_column)
-    general_columns = Columns(args.general_image_column, args.general_caption_column)
-    domain, general = open_streams(args.domain_data, args.general_data, domain_columns, general_columns, args.split)
-    data = MixedTrainingData(domain, general, encoder, args.resolution, regularization, args.seed, args.masker)
-    return data, regularization
+def build_data(config: TrainConfig, encoder: ObjectEncoder) -> MixedTrainingData:
+    sources = [None if s is None else str(s) for s in (config.domain_data, config.general_data)]
+    domain, general = open_streams(*sources, *config.columns(), config.split)
+    return MixedTrainingData(domain, general, encoder, config.resolution, config.regularization, config.seed,
+                             config.masker)
 
 
-def build_optimizer(args, parameters):
-    if args.use_8bit_adam:
+def build_optimizer(config: TrainConfig, parameters):
+    if config.use_8bit_adam:
         if not torch.cuda.is_available():
-            raise SystemExit("--use_8bit_adam needs bitsandbytes on a CUDA GPU; this machine has none.")
+            raise InputError("--use_8bit_adam needs bitsandbytes on a CUDA GPU; this machine has none.")
         import bitsandbytes as bnb
 
-        return bnb.optim.AdamW8bit(parameters, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
-    return torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+        return bnb.optim.AdamW8bit(parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+    return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
 
 
 class RankBatches(torch.utils.data.Sampler):
@@ -157,20 +151,20 @@ def training_step(models: Models, unet, batch, text_cache: TextEncoderCache, gen
     return diffusion_loss(unet, models.noise_scheduler, latents, hidden, embeds.to(weight_dtype), generator)
 
 
-def run_validation(args, accelerator, models, unet, step, ema) -> Path | None:
-    if not (args.validation_images and args.validation_prompts) or not accelerator.is_main_process:
+def run_validation(config: TrainConfig, accelerator, models, unet, step, ema) -> Path | None:
+    if not (config.validation_images and config.validation_prompts) or not accelerator.is_main_process:
         return None
     unwrapped = accelerator.unwrap_model(unet)
     unwrapped.eval()
     try:
         with ema_weights(ema, unwrapped):
-            pipe = validation_pipeline(models, unwrapped, args)
-            grid = render_validation(pipe, args.validation_images, args.validation_prompts, args.seed,
-                                     args.validation_inference_steps, args.validation_text_guidance,
-                                     args.validation_object_guidance)
+            pipe = validation_pipeline(models, unwrapped, config)
+            grid = render_validation(pipe, list(config.validation_images), list(config.validation_prompts),
+                                     config.seed, config.validation_inference_steps, config.validation_text_guidance,
+                                     config.validation_object_guidance)
     finally:
         unwrapped.train()
-    folder = Path(args.output_dir) / "validation"
+    folder = Path(config.output_dir) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:06d}.png"
     grid.save(path)
@@ -183,107 +177,172 @@ def run_validation(args, accelerator, models, unet, step, ema) -> Path | None:
     return path
 
 
-def main(argv=None) -> Path | None:
-    args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    accelerator = build_accelerator(args)
-    set_seed(args.seed, device_specific=False)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
-        for removed in clean_partial(args.output_dir):
-            logger.info(f"removed an interrupted save: {removed}")
-    accelerator.wait_for_everyone()
+@dataclass
+class Training:
+    """What the training loop works on, built by :func:`prepare_training`."""
 
-    # 1. Models, data, optimizer
-    models = build_models(args)
-    data, regularization = build_data(args, models.encoder)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision, torch.float32)
+    models: Models
+    data: MixedTrainingData
+    unet: torch.nn.Module  # models.unet as accelerate prepared it
+    parameters: list  # the trained ones, also what the EMA tracks
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    ema: object | None  # diffusers EMAModel when config.use_ema
+    weight_dtype: torch.dtype
+
+
+def prepare_training(config: TrainConfig, accelerator: Accelerator) -> Training:
+    """Models, data, optimizer, LR schedule and EMA, placed and prepared by accelerate."""
+    models = build_models(config)
+    data = build_data(config, models.encoder)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
     for frozen in (models.vae, models.text_encoder, models.encoder):
         frozen.to(accelerator.device, dtype=weight_dtype)
     parameters = trainable_parameters(models.unet)
-    optimizer = build_optimizer(args, parameters)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    optimizer = build_optimizer(config, parameters)
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer,
+                                 num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=config.max_train_steps * accelerator.num_processes)
     if accelerator.state.deepspeed_plugin is not None:
         # No data loader goes through prepare(), so DeepSpeed cannot infer its micro-batch size.
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.train_batch_size
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.train_batch_size
     unet, optimizer, lr_scheduler = accelerator.prepare(models.unet, optimizer, lr_scheduler)
     ema = None
-    if args.use_ema:
+    if config.use_ema:
         from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(parameters, decay=args.ema_decay, foreach=accelerator.device.type == "cuda")
+        ema = EMAModel(parameters, decay=config.ema_decay, foreach=accelerator.device.type == "cuda")
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
+    return Training(models, data, unet, parameters, optimizer, lr_scheduler, ema, weight_dtype)
 
-    # 2. Resume
-    start_step = 0
-    resume_from = resolve_resume(args.output_dir, args.resume)
-    if resume_from is not None:
-        start_step = checkpoint_step(resume_from)
-        if start_step > args.max_train_steps:  # would export later weights labelled with fewer steps
-            raise SystemExit(f"{resume_from} is at step {start_step}, past --max_train_steps {args.max_train_steps}: "
-                             f"resume from an earlier checkpoint-N (N <= {args.max_train_steps}) or raise the steps.")
-        load_training_state(accelerator, resume_from, ema)
-        logger.info(f"resumed from {resume_from} at step {start_step}")
-    if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("zeroft", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                                    for k, v in vars(args).items()})
 
-    # 3. Train
+def resume_training(config: TrainConfig, accelerator: Accelerator, ema) -> int:
+    """Restore the training state ``config.resume`` names, if any; returns the step training continues from."""
+    try:
+        resume_from = resolve_resume(config.output_dir, None if config.resume is None else str(config.resume))
+    except FileNotFoundError as error:
+        raise InputError(f"--resume: {error}.") from None
+    if resume_from is None:
+        return 0
+    start_step = checkpoint_step(resume_from)
+    if start_step > config.max_train_steps:  # would export later weights labelled with fewer steps
+        raise InputError(f"{resume_from} is at step {start_step}, past --max_train_steps {config.max_train_steps}: "
+                         f"resume from an earlier checkpoint-N (N <= {config.max_train_steps}) or raise the steps.")
+    load_training_state(accelerator, resume_from, ema)
+    logger.info(f"resumed from {resume_from} at step {start_step}")
+    return start_step
+
+
+def train_steps(config: TrainConfig, accelerator: Accelerator, training: Training,
+                start_step: int) -> tuple[float, float, Path | None]:
+    """Steps ``start_step`` to ``config.max_train_steps``, saving and validating on the way.
+
+    Returns:
+        (samples per second over all processes, seconds this session trained, the last validation grid or None).
+    """
     batches = torch.utils.data.DataLoader(
-        data, batch_sampler=RankBatches(start_step, args.max_train_steps, args.gradient_accumulation_steps,
-                                        accelerator.process_index, accelerator.num_processes, args.train_batch_size),
-        collate_fn=collate, num_workers=args.dataloader_num_workers,
+        training.data, batch_sampler=RankBatches(start_step, config.max_train_steps, config.gradient_accumulation_steps,
+                                          accelerator.process_index, accelerator.num_processes,
+                                          config.train_batch_size),
+        collate_fn=collate, num_workers=config.dataloader_num_workers,
     )
-    text_cache = TextEncoderCache(models.tokenizer, models.text_encoder)
-    progress = tqdm(range(start_step, args.max_train_steps), initial=start_step, total=args.max_train_steps,
+    text_cache = TextEncoderCache(training.models.tokenizer, training.models.text_encoder)
+    progress = tqdm(range(start_step, config.max_train_steps), initial=start_step, total=config.max_train_steps,
                     disable=not accelerator.is_local_main_process, desc="training")
-    unet.train()
+    training.unet.train()
     started, samples_seen, last_grid = time.perf_counter(), 0, None
     iterator = iter(batches)
-    for step in range(start_step, args.max_train_steps):
+    for step in range(start_step, config.max_train_steps):
         losses = []
-        for micro in range(args.gradient_accumulation_steps):
+        for micro in range(config.gradient_accumulation_steps):
             batch = next(iterator)
-            with accelerator.accumulate(unet):
-                generator = step_generator(args.seed, step, micro, accelerator.process_index)
-                loss = training_step(models, unet, batch, text_cache, generator, weight_dtype)
+            with accelerator.accumulate(training.unet):
+                generator = step_generator(config.seed, step, micro, accelerator.process_index)
+                loss = training_step(training.models, training.unet, batch, text_cache, generator,
+                                     training.weight_dtype)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(training.parameters, config.max_grad_norm)
+                training.optimizer.step()
+                training.lr_scheduler.step()
+                training.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach().item())
             samples_seen += len(batch["caption"])
-        if ema is not None:
-            ema.step(parameters)
+        if training.ema is not None:
+            training.ema.step(training.parameters)
         done = step + 1
         progress.update(1)
         mean_loss = sum(losses) / len(losses)
         progress.set_postfix(loss=f"{mean_loss:.4f}")
-        if done % args.log_every == 0 or done == args.max_train_steps:
-            accelerator.log({"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=done)
-        if done % args.checkpointing_steps == 0 or done == args.max_train_steps:
-            save_training_state(accelerator, args.output_dir, done, args.checkpoints_total_limit)
-        if args.validation_steps and done % args.validation_steps == 0:
-            last_grid = run_validation(args, accelerator, models, unet, done, ema) or last_grid
+        if done % config.log_every == 0 or done == config.max_train_steps:
+            accelerator.log({"loss": mean_loss, "lr": training.lr_scheduler.get_last_lr()[0]}, step=done)
+        if done % config.checkpointing_steps == 0 or done == config.max_train_steps:
+            save_training_state(accelerator, config.output_dir, done, config.checkpoints_total_limit)
+        if config.validation_steps and done % config.validation_steps == 0:
+            grid = run_validation(config, accelerator, training.models, training.unet, done, training.ema)
+            last_grid = grid or last_grid
     progress.close()
     seconds = time.perf_counter() - started
     throughput = samples_seen * accelerator.num_processes / max(seconds, 1e-9)
-    logger.info(f"trained {args.max_train_steps - start_step} steps in {seconds:.1f} s ({throughput:.2f} samples/s)")
+    logger.info(f"trained {config.max_train_steps - start_step} steps in {seconds:.1f} s ({throughput:.2f} samples/s)")
+    return throughput, seconds, last_grid
+
+
+def run(config: TrainConfig) -> Path | None:
+    """Train as ``config`` says and export a zeroft checkpoint.
+
+    Args:
+        config: every setting of the run (the flags of ``python -m train.train``).
+
+    Returns:
+        The exported checkpoint folder on the main process, None on the others.
+
+    Raises:
+        zeroft.errors.InputError: a setting this machine or the output folder cannot honour
+            (``use_8bit_adam`` without CUDA, a resumed state past ``max_train_steps``).
+    """
+    accelerator = build_accelerator(config)
+    set_seed(config.seed, device_specific=False)
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        for removed in clean_partial(config.output_dir):
+            logger.info(f"removed an interrupted save: {removed}")
+    accelerator.wait_for_everyone()
+
+    # 1. Models, data, optimizer
+    training = prepare_training(config, accelerator)
+
+    # 2. Resume
+    start_step = resume_training(config, accelerator, training.ema)
+    if accelerator.is_main_process and config.report_to != "none":
+        accelerator.init_trackers("zeroft", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                    for k, v in config.summary().items()})
+
+    # 3. Train
+    throughput, seconds, last_grid = train_steps(config, accelerator, training, start_step)
 
     # 4. Final validation and export
-    if not args.validation_steps or args.max_train_steps % args.validation_steps:
-        last_grid = run_validation(args, accelerator, models, unet, args.max_train_steps, ema) or last_grid
+    if not config.validation_steps or config.max_train_steps % config.validation_steps:
+        last_grid = run_validation(config, accelerator, training.models, training.unet, config.max_train_steps,
+                                   training.ema) or last_grid
     export = None
     if accelerator.is_main_process:
-        export = export_checkpoint(args, accelerator, models, unet, ema, regularization, last_grid,
+        export = export_checkpoint(config, accelerator, training.models, training.unet, training.ema, last_grid,
                                    throughput=throughput, seconds=seconds)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return export
+
+
+def main(argv=None) -> Path | None:
+    """``python -m train.train``: parse the flags, train; a user error is one ``error:`` line and exit status 2."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        return run(parse_args(argv))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

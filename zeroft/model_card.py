@@ -26,6 +26,15 @@ def _table(rows: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _validation_grid(config: ZeroFTConfig) -> list[str]:
+    """The section showing training's last validation grid (train.validation's layout); none without one."""
+    grid = config.training.get("validation_grid")
+    if not grid:
+        return []
+    return ["## Validation grid\n", "Row i: reference photo i, then one image per validation prompt.\n",
+            f"![validation grid]({grid})\n"]
+
+
 def render_model_card(config: ZeroFTConfig, name: str = "this checkpoint") -> str:
     encoder = config.encoder
     encoder_source = encoder.path and f"local folder `{encoder.path}/`" or f"open_clip `{encoder.model_name}` / `{encoder.pretrained}`"
@@ -48,6 +57,7 @@ def render_model_card(config: ZeroFTConfig, name: str = "this checkpoint") -> st
         }),
         "## Training\n",
         _table(config.training),
+        *_validation_grid(config),
         "## Default generation settings\n",
         _table({k: v for k, v in vars(config.defaults).items()}),
         "## Licences\n",
