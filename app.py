@@ -146,10 +146,8 @@ def _pipeline(checkpoint: str, quantization: str, allowed: list[str]):
 def _automatic(photo: Image.Image, checkpoint: str) -> np.ndarray:
     config = checkpoint_config(checkpoint)
     try:
-        loaded = zeroft.load_image(photo)
-        if loaded.alpha is not None:
-            return loaded.alpha
-        return zeroft.Masker(config.masker if config else zeroft.masking.DEFAULT_MASKER)(loaded.rgb)
+        masker = zeroft.Masker(config.masker if config else zeroft.masking.DEFAULT_MASKER)
+        return zeroft.choose_mask(zeroft.load_image(photo), masker=masker)
     except zeroft.InputError as error:
         raise gr.Error(str(error)) from None
     except zeroft.ModelUnavailableError as error:
@@ -210,11 +208,7 @@ def make_handlers(allowed: list[str]):
             )
         except zeroft.InputError as error:
             raise gr.Error(str(error)) from None
-        settings = {
-            "checkpoint": Path(checkpoint).name, "prompt": prompt, "negative_prompt": negative_prompt,
-            "text_guidance": text_guidance, "object_guidance": object_guidance, "steps": steps,
-            "num_images": num_images, "size": size, "quantization": quantization, "seeds": out.seeds,
-        }
+        settings = {"checkpoint": Path(checkpoint).name, **out.settings.to_dict()}
         gallery = [(image, f"seed {s} · text {text_guidance:g} · object {object_guidance:g} · {steps} steps")
                    for image, s in zip(out.images, out.seeds)]
         return gallery, settings, seed

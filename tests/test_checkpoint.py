@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import zeroft
 from zeroft import HubUnavailableError, ZeroFTConfig, ZeroFTPipeline, push_to_hub, save_checkpoint
 from zeroft.presets import import_ip_adapter
 
@@ -156,3 +157,27 @@ def test_ip_adapter_import(tmp_path):
     # offline, loading it fails at the Hub with a clear message rather than a stack of HTTP errors
     with pytest.raises(HubUnavailableError):
         ZeroFTPipeline.from_pretrained(folder, device="cpu")
+
+
+def test_from_pretrained_returns_the_class_it_was_called_on(tiny_checkpoint):
+    class Custom(ZeroFTPipeline):
+        pass
+
+    assert type(Custom.from_pretrained(tiny_checkpoint, device="cpu")) is Custom
+    assert type(zeroft.load_pipeline(tiny_checkpoint, device="cpu")) is ZeroFTPipeline
+
+
+def test_output_settings_hold_every_default_filled_in(tiny_pipe, photo):
+    out = tiny_pipe("one object", object_image=photo, num_images=2, seed=3, text_guidance=4.0)
+    defaults = tiny_pipe.zeroft_config.defaults
+    settings = out.settings.to_dict()
+    assert settings == {
+        "prompt": "one object", "negative_prompt": defaults.negative_prompt, "text_guidance": 4.0,
+        "object_guidance": defaults.object_guidance, "steps": defaults.steps, "num_images": 2,
+        "height": defaults.height, "width": defaults.width, "seed": 3, "seeds": [3, 4],
+        "masker": tiny_pipe.masker.spec, "quantization": "none", "device": "cpu",
+    }
+    again = tiny_pipe(**{k: settings[k] for k in ("prompt", "negative_prompt", "text_guidance", "object_guidance",
+                                                  "num_images", "height", "width", "seed")},
+                      num_inference_steps=settings["steps"], object_image=photo)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out.images, again.images))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zeroft import InputError, Masker, ModelUnavailableError, apply_mask
+from zeroft import InputError, Masker, ModelUnavailableError, apply_mask, choose_mask
 
 from conftest import square_photo
 
@@ -85,3 +85,25 @@ def test_alpha_channel_serves_as_mask(tiny_pipe):
 def test_automatic_mask_on_a_flat_photo_is_empty(tiny_pipe):
     with pytest.raises(InputError, match="mask is empty"):
         tiny_pipe.object_mask(Image.new("RGB", (64, 64), (90, 90, 90)))
+
+
+def test_choose_mask_is_the_one_rule_user_then_alpha_then_automatic():
+    from zeroft.cache import LRUCache
+    from zeroft.images import load_image
+
+    rgba = square_photo().convert("RGBA")
+    alpha = np.zeros((64, 64), np.uint8)
+    alpha[40:60, 40:60] = 255  # the alpha marks another region than the square the border masker sees
+    rgba.putalpha(Image.fromarray(alpha))
+    photo, masker, cache = load_image(rgba), Masker("border"), LRUCache(4)
+    user = np.zeros((32, 32), np.float32)
+    user[:4, :4] = 1.0  # half the photo's size: resized to it
+    chosen = choose_mask(photo, user, masker, cache)
+    assert chosen.shape == (64, 64) and chosen[:6, :6].min() == 1.0 and chosen[50, 50] == 0.0  # not the alpha
+    assert choose_mask(photo, None, masker, cache)[50, 50] == 1.0 and masker.calls == 0
+    opaque = load_image(square_photo())
+    first = choose_mask(opaque, None, masker, cache)
+    assert first[32, 32] == 1.0 and np.array_equal(choose_mask(opaque, None, masker, cache), first)
+    assert masker.calls == 1  # the second automatic mask came from the cache
+    with pytest.raises(InputError, match="their shapes differ"):
+        choose_mask(opaque, np.ones((64, 32), np.float32), masker)

@@ -35,8 +35,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from zeroft.errors import InputError
-from zeroft.images import load_image, load_mask
-from zeroft.masking import Masker
+from zeroft.images import load_image
+from zeroft.masking import Masker, choose_mask
 
 from .captions import DEFAULT_CAPTIONER, Captioner, Vocabulary, ZeroShotAttributes, combine
 
@@ -148,7 +148,11 @@ class Preparer:
             fine = self.vocabulary.phrases_from_columns(item.attributes) + zero_shot
             if self.args.caption == "classname":
                 fine = []
-            mask = self._mask(item, photo)
+            try:
+                mask = choose_mask(photo, item.mask, self.masker)
+            except (InputError, OSError) as error:  # an unreadable mask, or one drawn on another photo
+                skipped.append({"source": item.source, "reason": str(error)})
+                continue
             coverage = float((mask >= 0.5).mean())
             flag = "empty mask" if coverage < MIN_COVERAGE else "mask covers the whole photo" if coverage > MAX_COVERAGE else ""
             (self.output / "images").mkdir(parents=True, exist_ok=True)
@@ -161,16 +165,6 @@ class Preparer:
                 "caption": combine(c_c, fine), "mask_coverage": round(coverage, 4), "flagged": flag,
             })
         return records, skipped
-
-    def _mask(self, item: RawItem, photo) -> np.ndarray:
-        if item.mask is not None:
-            mask = load_mask(item.mask)
-            if mask.shape != (photo.rgb.height, photo.rgb.width):
-                mask = np.asarray(Image.fromarray(mask).resize(photo.rgb.size, Image.Resampling.BILINEAR), np.float32)
-            return mask
-        if photo.alpha is not None:
-            return photo.alpha
-        return self.masker(photo.rgb)
 
 
 def read_progress(path: Path) -> tuple[dict[str, dict], list[dict]]:

@@ -4,19 +4,20 @@ Re-exports the public API; each name lives in the module that owns it.
 """
 
 from .adapter import adapter_state_dict, install_object_attention, load_object_attention, set_object_scale
-from .checkpoint import get_pipeline, load_pipeline, pipeline_cache, push_to_hub, save_checkpoint
+from .checkpoint import push_to_hub, save_checkpoint
 from .config import EncoderConfig, GenerationDefaults, ZeroFTConfig
 from .encoder import ObjectEncoder
 from .errors import HubUnavailableError, InputError, ModelUnavailableError
 from .images import load_image, load_mask
-from .masking import Masker, apply_mask, prepare_mask
-from .pipeline import ZeroFTOutput, ZeroFTPipeline
+from .loading import get_pipeline, load_pipeline, pipeline_cache
+from .masking import Masker, apply_mask, choose_mask, prepare_mask
+from .pipeline import GenerationSettings, ZeroFTOutput, ZeroFTPipeline
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EncoderConfig", "GenerationDefaults", "HubUnavailableError", "InputError", "Masker", "ModelUnavailableError", "ObjectEncoder",
-    "ZeroFTConfig", "ZeroFTOutput", "ZeroFTPipeline", "adapter_state_dict", "apply_mask", "get_pipeline", "install_object_attention",
+    "EncoderConfig", "GenerationDefaults", "GenerationSettings", "HubUnavailableError", "InputError", "Masker", "ModelUnavailableError", "ObjectEncoder",
+    "ZeroFTConfig", "ZeroFTOutput", "ZeroFTPipeline", "adapter_state_dict", "apply_mask", "choose_mask", "get_pipeline", "install_object_attention",
     "load_image", "load_mask", "load_object_attention", "load_pipeline", "pipeline_cache", "prepare_mask", "push_to_hub",
     "save_checkpoint", "set_object_scale",
 ]

@@ -1,8 +1,9 @@
 """Reading, writing and publishing zeroft checkpoint folders (format: zeroft.config).
 
-``load_pipeline`` turns a local folder or a Hub repo id into a ready ``ZeroFTPipeline`` on
-the chosen device, dtype and quantization; ``save_checkpoint`` writes one; ``push_to_hub``
-uploads one. Only safetensors are read: the base model with ``use_safetensors=True``, the
+``load_pipeline`` turns a local folder or a Hub repo id into a ready pipeline of the class it
+is given, on the chosen device, dtype and quantization; ``save_checkpoint`` writes one;
+``push_to_hub`` uploads one. Which class serves a checkpoint, and the cache of loaded
+pipelines, live in zeroft.loading; this module knows no pipeline class. Only safetensors are read: the base model with ``use_safetensors=True``, the
 adapter and UNet as ``.safetensors`` files, the encoder through zeroft.encoder.
 """
 
@@ -12,8 +13,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import threading
 from pathlib import Path
 
 import torch
@@ -21,10 +20,9 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from .adapter import adapter_state_dict, load_object_attention
-from .cache import LRUCache
 from .config import ADAPTER_NAME, CONFIG_NAME, ZeroFTConfig
 from .encoder import ObjectEncoder
-from .errors import HubUnavailableError
+from .errors import HubUnavailableError, InputError
 from .masking import Masker
 from .model_card import write_model_card
 from .quantization import (check_quantization, pick_device, pick_dtype, quantization_configs,
@@ -88,6 +86,8 @@ def _load_base(source: str | Path, config: ZeroFTConfig, dtype: torch.dtype, une
 
 def load_pipeline(
     checkpoint: str | os.PathLike,
+    *,
+    pipeline_class: type,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     quantization: str = "none",
@@ -95,10 +95,12 @@ def load_pipeline(
     masker: str | None = None,
     revision: str | None = None,
 ):
-    """Load a zeroft checkpoint into a ready :class:`~zeroft.ZeroFTPipeline`.
+    """Load a zeroft checkpoint into a ready pipeline of ``pipeline_class``.
 
     Args:
         checkpoint: local checkpoint folder, or a Hub repo id (``org/name``).
+        pipeline_class: :class:`~zeroft.ZeroFTPipeline` or a subclass; ``from_pretrained`` passes
+            the class it was called on, so a subclass gets an instance of itself back.
         device: default CUDA if present, else MPS, else CPU.
         dtype: default fp16/bf16 on GPUs, fp32 on CPU.
         quantization: "none", "int8" (torchao, CPU or GPU), "bnb-8bit" or "bnb-4bit" (CUDA only),
@@ -108,9 +110,6 @@ def load_pipeline(
         masker: override the checkpoint's automatic masker ("border", "rembg:<model>").
         revision: Hub revision of the checkpoint.
     """
-    from .pipeline import ZeroFTPipeline
-    from .errors import InputError
-
     folder = resolve_checkpoint(checkpoint, revision)
     config = ZeroFTConfig.load(folder)
     device = pick_device(device)
@@ -133,7 +132,7 @@ def load_pipeline(
     quantize_object_attention_(base.unet, quantization)
 
     components = {k: v for k, v in base.components.items() if k != "image_encoder"}
-    pipe = ZeroFTPipeline(**components, object_encoder=encoder, zeroft_config=config, masker=Masker(masker or config.masker))
+    pipe = pipeline_class(**components, object_encoder=encoder, zeroft_config=config, masker=Masker(masker or config.masker))
     pipe.checkpoint_folder = folder
     pipe.quantization = quantization
     if offload:
@@ -141,25 +140,6 @@ def load_pipeline(
     else:
         pipe.to(device)
     return pipe
-
-
-# Loaded pipelines, keyed by (checkpoint, quantization, device, dtype); two fit a 24 GB machine at SD scale.
-pipeline_cache = LRUCache(maxsize=int(os.environ.get("ZEROFT_PIPELINE_CACHE", "2")))
-_loading = threading.Lock()
-
-
-def get_pipeline(checkpoint: str | os.PathLike, quantization: str = "none", device=None, dtype=None, **kwargs):
-    """:func:`load_pipeline`, cached: the same (checkpoint, quantization, device, dtype) loads once.
-
-    Loading is serialised, so that concurrent first requests (an app's queue) load one copy.
-    """
-    device = pick_device(device)
-    dtype = pick_dtype(device, dtype)
-    path = Path(checkpoint)
-    name = str(path.resolve()) if path.exists() else str(checkpoint)
-    key = (name, quantization, str(device), str(dtype), tuple(sorted(kwargs.items())))
-    with _loading:
-        return pipeline_cache.get_or_create(key, lambda: load_pipeline(checkpoint, device, dtype, quantization, **kwargs))
 
 
 def _is_adapter_key(key: str) -> bool:

@@ -99,16 +99,15 @@ def generate(args: argparse.Namespace) -> Path:
     from PIL import Image
     from tqdm import tqdm
 
-    from .pipeline import ZeroFTPipeline
+    from .loading import load_pipeline
 
     checkpoint = _checkpoint(args.checkpoint)
     _check_before_loading(args)
     seed = random.randrange(2**31) if args.seed is None else args.seed
-    pipe = ZeroFTPipeline.from_pretrained(checkpoint, device=args.device, quantization=args.quantization,
-                                          offload=args.offload, masker=args.masker)
+    pipe = load_pipeline(checkpoint, device=args.device, quantization=args.quantization, offload=args.offload,
+                         masker=args.masker)
     pipe.set_progress_bar_config(disable=True)
-    defaults = pipe.zeroft_config.defaults
-    steps = args.steps if args.steps is not None else defaults.steps
+    steps = args.steps if args.steps is not None else pipe.zeroft_config.defaults.steps  # sizes the progress bar
     start = time.perf_counter()
     with tqdm(total=steps, desc="generating", unit="step") as bar:
         output = pipe(
@@ -128,17 +127,8 @@ def generate(args: argparse.Namespace) -> Path:
         files.append(path.name)
     for index, mask in enumerate(output.masks):
         Image.fromarray((mask * 255).round().astype("uint8")).save(out / f"zeroft_{run:03d}_mask{index}.png")
-    settings = {
-        "checkpoint": checkpoint, "images": [str(p) for p in args.image], "masks": args.mask,
-        "prompt": args.prompt,
-        "negative_prompt": defaults.negative_prompt if args.negative_prompt is None else args.negative_prompt,
-        "text_guidance": defaults.text_guidance if args.text_guidance is None else args.text_guidance,
-        "object_guidance": defaults.object_guidance if args.object_guidance is None else args.object_guidance,
-        "steps": steps, "seed": seed, "seeds": output.seeds, "num_images": args.num_images,
-        "height": args.height or defaults.height, "width": args.width or defaults.width,
-        "quantization": args.quantization, "device": str(pipe._execution_device), "masker": pipe.masker.spec,
-        "seconds": round(seconds, 3), "outputs": files,
-    }
+    settings = {"checkpoint": checkpoint, "images": [str(p) for p in args.image], "masks": args.mask,
+                **output.settings.to_dict(), "seconds": round(seconds, 3), "outputs": files}
     (out / f"zeroft_{run:03d}.json").write_text(json.dumps(settings, indent=2) + "\n")
     print(f"wrote {len(files)} image(s) and zeroft_{run:03d}.json to {out} in {seconds:.1f} s")
     return out
@@ -149,7 +139,7 @@ def mask(args: argparse.Namespace) -> Path:
 
     from .config import ZeroFTConfig
     from .images import load_image
-    from .masking import Masker, prepare_mask
+    from .masking import Masker, choose_mask, prepare_mask
 
     spec = args.masker
     if spec is None:
@@ -157,8 +147,7 @@ def mask(args: argparse.Namespace) -> Path:
 
         spec = ZeroFTConfig.load(resolve_checkpoint(_checkpoint(args.checkpoint))).masker
     photo = load_image(args.image)
-    matte = photo.alpha if photo.alpha is not None else Masker(spec)(photo.rgb)
-    matte = prepare_mask(matte, photo.rgb.size)
+    matte = prepare_mask(choose_mask(photo, masker=Masker(spec)), photo.rgb.size)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((matte * 255).round().astype("uint8")).save(out)

@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import re
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .errors import InputError
 from .grid import make_grid
 from .metrics import CLIPScorer, DINOScorer, KIDScorer, MetricModels, mean_pairwise_cosine
 
@@ -95,7 +97,7 @@ def _checkpoint(args) -> str:
 
 
 def evaluate_dreambench(args) -> dict:
-    from .checkpoint import load_pipeline
+    from .loading import load_pipeline
     from .quantization import pick_device
 
     data, out = Path(args.data), Path(args.out)
@@ -103,18 +105,13 @@ def evaluate_dreambench(args) -> dict:
     classes, object_prompts, live_prompts = parse_prompts_and_classes(data / "prompts_and_classes.txt")
     subjects = [s for s in classes if (data / s).is_dir() and (not args.subjects or s in args.subjects)]
     if not subjects:
-        raise SystemExit(f"no subject folders of prompts_and_classes.txt found in {data}")
+        raise InputError(f"no subject folders of prompts_and_classes.txt found in {data}")
     device = pick_device(args.device)
     pipe = load_pipeline(_checkpoint(args), device=device)
     pipe.set_progress_bar_config(disable=True)
     models = MetricModels(args.clip, args.clip_pretrained, args.dino, args.kid_features)
     clip, dino = CLIPScorer(models.clip, models.clip_pretrained, device), DINOScorer(models.dino, device)
-    defaults = pipe.zeroft_config.defaults
-    settings = {
-        "text_guidance": args.text_guidance if args.text_guidance is not None else defaults.text_guidance,
-        "object_guidance": args.object_guidance if args.object_guidance is not None else defaults.object_guidance,
-        "steps": args.steps or defaults.steps, "size": args.size or defaults.height, "samples": args.samples,
-    }
+    settings = None  # the first generation's, defaults filled in (every generation shares them but prompt and seed)
     rows, all_generated, all_real, grid_rows = [], [], [], []
     started = time.perf_counter()
     for index, subject in enumerate(subjects):
@@ -129,11 +126,14 @@ def evaluate_dreambench(args) -> dict:
         for p_index, template in enumerate(templates):
             prompt = format_prompt(template, class_word)
             seed = args.seed + 1000 * index + args.samples * p_index
-            out_images = pipe(prompt, image_embeds=embeds, num_images=args.samples, seed=seed,
-                              text_guidance=settings["text_guidance"], object_guidance=settings["object_guidance"],
-                              num_inference_steps=settings["steps"], height=settings["size"], width=settings["size"]).images
-            generated += out_images
-            prompts += [prompt] * len(out_images)
+            result = pipe(prompt, image_embeds=embeds, num_images=args.samples, seed=seed,
+                       text_guidance=args.text_guidance, object_guidance=args.object_guidance,
+                       num_inference_steps=args.steps, height=args.size, width=args.size)
+            if settings is None:
+                settings = {k: v for k, v in result.settings.to_dict().items() if k not in ("prompt", "seed", "seeds")}
+                settings["samples"] = settings.pop("num_images")
+            generated += result.images
+            prompts += [prompt] * len(result.images)
         generated_clip, real_clip = clip.images(generated), clip.images(real)
         generated_dino, real_dino = dino.images(generated), dino.images(real)
         text = clip.texts(prompts)
@@ -170,9 +170,14 @@ def evaluate_dreambench(args) -> dict:
 
 
 def main(argv=None) -> dict:
+    """The command line: a bad request prints one ``error:`` line and exits with status 2."""
     args = parse_args(argv)
-    with torch.no_grad():
-        return evaluate_dreambench(args)
+    try:
+        with torch.no_grad():
+            return evaluate_dreambench(args)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

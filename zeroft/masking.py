@@ -11,7 +11,9 @@ Two automatic maskers, chosen by a spec string recorded in each checkpoint:
   and the object is what differs from it, with enclosed holes filled. Right for product shots
   on plain backgrounds and for zeroft's synthetic toy world; wrong for cluttered photos.
 
-A mask the user supplies always wins over the automatic one.
+Which mask a photo gets is decided in one place, :func:`choose_mask`: the user's mask, else the
+photo's own transparency, else the automatic masker. The pipeline, the CLI, the app and
+train.prepare all call it.
 """
 
 from __future__ import annotations
@@ -22,13 +24,37 @@ import threading
 import numpy as np
 from PIL import Image
 
+from .cache import LRUCache, image_digest
 from .errors import InputError, ModelUnavailableError
+from .images import ImageInput, LoadedImage, load_mask
 
 DEFAULT_MASKER = "rembg:u2net"
 # Below this fraction of the photo a mask is treated as empty: nothing to encode.
 MIN_MASK_AREA = 1e-3
 # Fill colours for the masked-out background, as 0..255 RGB.
 BACKGROUND_FILLS = {"gray": (128, 128, 128), "white": (255, 255, 255), "black": (0, 0, 0)}
+
+
+def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a mask to a photo of ``size`` (width, height), clipped to [0, 1].
+
+    Raises:
+        InputError: the mask is not single-channel, or its aspect ratio differs from the photo's
+            (a mask drawn on another photo; stretching it would silently mask the wrong pixels).
+    """
+    mask = np.asarray(mask, dtype=np.float32)
+    if mask.ndim != 2:
+        raise InputError(f"The mask must be a single-channel image, not shape {mask.shape}.")
+    height, width = mask.shape
+    if (width, height) != tuple(size):
+        photo_ratio, mask_ratio = size[0] / size[1], width / height
+        if abs(photo_ratio - mask_ratio) > 0.02 * photo_ratio:
+            raise InputError(
+                f"The mask is {width}x{height} but the photo is {size[0]}x{size[1]}: "
+                "their shapes differ. Draw the mask on this photo."
+            )
+        mask = np.asarray(Image.fromarray(mask).resize(tuple(size), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.clip(mask, 0.0, 1.0)
 
 
 def prepare_mask(mask: np.ndarray, size: tuple[int, int], binary: bool = False) -> np.ndarray:
@@ -45,24 +71,39 @@ def prepare_mask(mask: np.ndarray, size: tuple[int, int], binary: bool = False) 
     Raises:
         InputError: the mask is empty, or its aspect ratio differs from the photo's.
     """
-    mask = np.asarray(mask, dtype=np.float32)
-    if mask.ndim != 2:
-        raise InputError(f"The mask must be a single-channel image, not shape {mask.shape}.")
-    height, width = mask.shape
-    if (width, height) != tuple(size):
-        photo_ratio, mask_ratio = size[0] / size[1], width / height
-        if abs(photo_ratio - mask_ratio) > 0.02 * photo_ratio:
-            raise InputError(
-                f"The mask is {width}x{height} but the photo is {size[0]}x{size[1]}: "
-                "their shapes differ. Draw the mask on this photo."
-            )
-        mask = np.asarray(Image.fromarray(mask).resize(tuple(size), Image.Resampling.BILINEAR), dtype=np.float32)
-    mask = np.clip(mask, 0.0, 1.0)
+    mask = fit_mask(mask, size)
     if binary:
         mask = (mask >= 0.5).astype(np.float32)
     if float((mask >= 0.5).mean()) < MIN_MASK_AREA:
         raise InputError("The object mask is empty: paint over the object, or use the automatic mask.")
     return mask
+
+
+def choose_mask(photo: LoadedImage, mask: ImageInput | np.ndarray | None = None, masker: Masker | None = None,
+                cache: LRUCache | None = None) -> np.ndarray:
+    """The mask of a reference photo, by zeroft's one rule: the user's, else the photo's alpha, else automatic.
+
+    Args:
+        photo: the photo as :func:`zeroft.images.load_image` returns it.
+        mask: the user's mask (path, bytes, PIL, array), or None.
+        masker: the automatic masker, used only when there is neither a user mask nor an alpha channel.
+        cache: where automatic masks are kept, keyed by the photo's content and the masker's spec.
+
+    Returns:
+        (H, W) float32 mask in [0, 1] at the photo's size; it may be empty (callers that encode
+        it check with :func:`prepare_mask`, train.prepare flags it).
+    """
+    if mask is not None:
+        raw = load_mask(mask)
+    elif photo.alpha is not None:
+        raw = photo.alpha
+    elif masker is None:
+        raise ValueError("the photo has no mask and no alpha channel, and no automatic masker was given")
+    elif cache is None:
+        raw = masker(photo.rgb)
+    else:
+        raw = cache.get_or_create((image_digest(photo.rgb), masker.spec), lambda: masker(photo.rgb))
+    return fit_mask(raw, photo.rgb.size)
 
 
 def apply_mask(image: Image.Image, mask: np.ndarray, fill: str) -> Image.Image:

@@ -15,7 +15,7 @@ one weight per condition, after Brooks et al. (2023, InstructPix2Pix, eq. 3).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,12 +24,36 @@ from diffusers import StableDiffusionPipeline
 
 from .adapter import set_object_scale
 from .cache import LRUCache, image_digest, mask_digest
+from .checkpoint import load_pipeline, save_checkpoint
 from .config import ZeroFTConfig
 from .encoder import ObjectEncoder, check_views
 from .errors import InputError
-from .images import ImageInput, load_image, load_mask
-from .masking import Masker, prepare_mask
+from .images import ImageInput, load_image
+from .masking import Masker, choose_mask, prepare_mask
 from .validation import (check_guidance, check_num_images, check_prompt, check_seed, check_size, check_steps)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Every setting one generation ran with, the checkpoint's defaults filled in: what reproduces it."""
+
+    prompt: str | list[str]  # a list when several prompts were generated in one batch
+    negative_prompt: str
+    text_guidance: float  # w_text
+    object_guidance: float  # w_obj as applied: 0 when no photo or embedding was given
+    steps: int
+    num_images: int  # per prompt
+    height: int
+    width: int
+    seed: int | None  # None when the caller passed generators or latents instead
+    seeds: list[int]  # image i is reproduced by seed=seeds[i], num_images=1
+    masker: str  # the automatic masker's spec (used only for photos with neither a mask nor alpha)
+    quantization: str
+    device: str
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict (the CLI's settings file, the app's "Settings used")."""
+        return asdict(self)
 
 
 @dataclass
@@ -38,6 +62,7 @@ class ZeroFTOutput:
     masks: list[np.ndarray] = field(default_factory=list)  # the object mask used for each reference photo
     image_embeds: torch.Tensor | None = None  # (1, D) or (P, D) object embedding(s) o, reusable as `image_embeds=`
     seeds: list[int] = field(default_factory=list)  # per-image seeds: image i is reproduced by seed=seeds[i], num_images=1
+    settings: GenerationSettings | None = None  # every setting used, defaults filled in
 
 
 def combine_guidance(
@@ -127,13 +152,7 @@ class ZeroFTPipeline(StableDiffusionPipeline):
             (RGB PIL image, (H, W) float32 mask in [0, 1]).
         """
         loaded = load_image(image, "reference photo")
-        if mask is not None:
-            raw = load_mask(mask)
-        elif loaded.alpha is not None:
-            raw = loaded.alpha
-        else:
-            key = (image_digest(loaded.rgb), self.masker.spec)
-            raw = self.mask_cache.get_or_create(key, lambda: self.masker(loaded.rgb))
+        raw = choose_mask(loaded, mask, self.masker, self.mask_cache)
         return loaded.rgb, prepare_mask(raw, loaded.rgb.size, binary=binary)
 
     def set_encoder_views(self, views: str) -> None:
@@ -338,19 +357,21 @@ class ZeroFTPipeline(StableDiffusionPipeline):
             decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
             images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * batch)
         self.maybe_free_model_hooks()
-        return ZeroFTOutput(images=images, masks=masks, image_embeds=image_embeds.cpu(), seeds=seeds)
+        settings = GenerationSettings(
+            prompt=prompt if isinstance(prompt, str) else prompts, negative_prompt=negative_prompt,
+            text_guidance=text_guidance, object_guidance=object_guidance, steps=steps, num_images=num_images,
+            height=height, width=width, seed=seed if seeds else None, seeds=seeds, masker=self.masker.spec,
+            quantization=getattr(self, "quantization", "none"), device=str(device),
+        )
+        return ZeroFTOutput(images=images, masks=masks, image_embeds=image_embeds.cpu(), seeds=seeds, settings=settings)
 
     # ------------------------------------------------------------------ checkpoints
 
     @classmethod
     def from_pretrained(cls, checkpoint, **kwargs) -> "ZeroFTPipeline":
-        """Load a zeroft checkpoint folder or Hub repo; see :func:`zeroft.checkpoint.load_pipeline`."""
-        from .checkpoint import load_pipeline
-
-        return load_pipeline(checkpoint, **kwargs)
+        """Load a zeroft checkpoint folder or Hub repo as this class; see :func:`zeroft.checkpoint.load_pipeline`."""
+        return load_pipeline(checkpoint, pipeline_class=cls, **kwargs)
 
     def save_pretrained(self, folder, unet_tuned: bool | None = None, **kwargs) -> None:
         """Write a zeroft checkpoint folder; see :func:`zeroft.checkpoint.save_checkpoint`."""
-        from .checkpoint import save_checkpoint
-
         save_checkpoint(self, folder, unet_tuned=unet_tuned, **kwargs)
