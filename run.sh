@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 setup() {
   local stamp=.venv/.zeroft-requirements
   local want
-  want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+  want=$(cat requirements.txt requirements-dev.txt constraints.txt | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return
   fi
@@ -20,7 +20,7 @@ setup() {
     .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
       || .venv/bin/python -m pip install -q torch torchvision
   fi
-  .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+  .venv/bin/python -m pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
   echo "$want" > "$stamp"
 }
 

@@ -1,14 +1,16 @@
 """The embedded checkpoint shipped in assets/: self-contained, the default, and it follows its reference photo."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import zeroft
-from zeroft.presets import EMBEDDED_CHECKPOINT, REPO_ROOT
+from zeroft.presets import EMBEDDED_CHECKPOINT
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "assets" / "examples"
 JUDGE = REPO_ROOT / "assets" / "toyworld-judge" / "judge.safetensors"
 

@@ -14,12 +14,23 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ADAPTER_NAME, EncoderConfig, GenerationDefaults, ZeroFTConfig
+from .config import ADAPTER_NAME, CONFIG_NAME, EncoderConfig, GenerationDefaults, ZeroFTConfig
 from .errors import HubUnavailableError
 from .model_card import write_model_card
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_CHECKPOINT = REPO_ROOT / "assets" / "zeroft-toy"
+
+
+def _embedded_checkpoint() -> Path:
+    """Where the embedded toy checkpoint is: inside the installed package (``zeroft/embedded/``, which
+    pyproject.toml maps from the checkout's assets/zeroft-toy), else the checkout's assets/zeroft-toy.
+    When neither exists, this names the checkout's folder and the CLI and app say that it is missing.
+    """
+    here = Path(__file__).resolve().parent
+    installed = here / "embedded"
+    return installed if (installed / CONFIG_NAME).is_file() else here.parent / "assets" / "zeroft-toy"
+
+
+EMBEDDED_CHECKPOINT = _embedded_checkpoint()
 
 
 @dataclass(frozen=True)
