@@ -144,11 +144,9 @@ def prepare_object_image(image: Image.Image, mask: np.ndarray, config: EncoderCo
 
 # Views of the encoder's input whose embeddings are averaged (EncoderConfig.views). Averaging
 # over flips and quarter turns makes the embedding blind to the photo's orientation, which the
-# generation should not copy. On the toy world's training identities views helped (288 pairs:
-# 0.753 → 0.774 with "rot4" for the 14,000-step model; 0.826 → 0.840 with "flip", "rot4" or
-# "dihedral" for the shipped 26,000-step one, whose build kept the cheapest, "flip";
-# runs/toyworld/build.json). Quarter turns suit objects without an upright (toys, logos,
-# top-down shots); for everyday photos "flip" is the safe one.
+# generation should not copy (measured effect on the toy world: docs/masks.md). Quarter turns
+# suit objects without an upright (toys, logos, top-down shots); for everyday photos "flip" is
+# the safe one.
 VIEWS = {
     "none": ((0, False),),
     "flip": ((0, False), (0, True)),
