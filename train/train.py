@@ -300,7 +300,8 @@ def run(config: TrainConfig) -> Path | None:
 
     Raises:
         zeroft.errors.InputError: a setting this machine or the output folder cannot honour
-            (``use_8bit_adam`` without CUDA, a resumed state past ``max_train_steps``).
+            (``use_8bit_adam`` without CUDA, a ``resume`` folder that is no complete training state,
+            a resumed state past ``max_train_steps``). The config's own values were checked when it was built.
     """
     accelerator = build_accelerator(config)
     set_seed(config.seed, device_specific=False)
