@@ -54,8 +54,8 @@ def test_it_generates_on_cpu_with_its_own_defaults(pipe):
 def test_it_draws_the_held_out_reference_not_just_the_text(pipe):
     """The judge reads the generations for the six held-out examples: the reference's colour and the prompt's
     background come through far above chance (1/6 and 1/4), and object guidance 0 loses the colour."""
-    from train.toyworld.evaluate import judge_images, load_judge
-    from train.toyworld.world import BACKGROUNDS, COLOURS
+    from toyworld.evaluate import judge_images, load_judge
+    from toyworld.world import BACKGROUNDS, COLOURS
 
     judge = load_judge(JUDGE)
     examples = json.loads((EXAMPLES / "examples.json").read_text())
