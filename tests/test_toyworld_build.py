@@ -26,6 +26,9 @@ def test_smoke_build(tmp_path):
     assert report["stages"]["zeroft"]["wall_seconds_this_run"] < 60 and report["guidance_sweep_on_training_identities"]
     assert (report["device"], report["workers"]) == ("cpu", 1)
     assert report["checkpoint_bytes"] < 25 * 2**20
+    # the training run's validation grid comes along, and the model card shows it
+    assert (tmp_path / "out" / "validation.png").is_file()
+    assert "![validation grid](validation.png)" in (tmp_path / "out" / "README.md").read_text()
     pipe = ZeroFTPipeline.from_pretrained(tmp_path / "out", device="cpu")
     examples = json.loads((tmp_path / "assets" / "examples" / "examples.json").read_text())
     out = pipe(examples[0]["prompt"], object_image=tmp_path / "assets" / "examples" / examples[0]["image"],

@@ -11,37 +11,39 @@ import json
 import time
 from pathlib import Path
 
-from train.train import main as train_main
+from train.train import run as train_run
 
-from .recipe import Budget, zeroft_arguments
+from .recipe import Budget, train_config, with_overrides
 
-VARIANTS = {
-    "recipe": [],  # r = 0.3, ω = 0.5, ϕ for general images, whole network
-    "no_cross_reference": ["--cross_reference", "0"],
-    "no_embedding_dropping": ["--no-drop_general_object"],
-    "r=0": ["--mix_ratio", "0"],
-    "r=1": ["--mix_ratio", "1"],
-    "adapter_only": ["--train", "adapter"],
+VARIANTS = {  # overrides of the recipe (recipe.with_overrides): setting → value
+    "recipe": {},  # r = 0.3, ω = 0.5, ϕ for general images, whole network
+    "no_cross_reference": {"cross_reference": 0.0},
+    "no_embedding_dropping": {"drop_general_object": False},
+    "r=0": {"mix_ratio": 0.0},
+    "r=1": {"mix_ratio": 1.0},
+    "adapter_only": {"train": "adapter"},
 }
 
 
 def run_ablations(work: Path, steps: int, seed: int = 0, only: list[str] | None = None) -> dict:
+    """Train every variant (or those in ``only``) not yet trained in ``work``/ablations, and record each in
+    ablations.json with its overrides, steps, checkpoint and training speed; returns the whole record."""
     budget = Budget(zeroft=steps, checkpoint_every=max(steps // 4, 1))
     examples = sorted((Path("assets") / "examples").glob("object-*.png"))[:2]
     path = work / "ablations" / "ablations.json"
     # Rows of earlier runs stay (``--only`` adds or replaces its variants, it does not drop the others).
     report = json.loads(path.read_text()) if path.is_file() else {}
     path.parent.mkdir(parents=True, exist_ok=True)
-    for name, extra in VARIANTS.items():
+    for name, overrides in VARIANTS.items():
         if only and name not in only:
             continue
         output = work / "ablations" / name
         final = output / "final" / "zeroft_config.json"
         started = time.perf_counter()
         if not final.is_file():
-            train_main(zeroft_arguments(work, budget, seed, [str(p) for p in examples], output, extra))
+            train_run(with_overrides(train_config(work, budget, seed, [str(p) for p in examples], output), overrides))
         training = json.loads(final.read_text())["training"]
-        report[name] = {"overrides": extra, "steps": steps, "checkpoint": str(output / "final"),
+        report[name] = {"overrides": overrides, "steps": steps, "checkpoint": str(output / "final"),
                         "wall_seconds_this_run": round(time.perf_counter() - started, 1),
                         "samples_per_second": training["samples_per_second"],
                         "train_seconds": round(steps * training["batch_size"] / training["samples_per_second"], 1)}

@@ -29,7 +29,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from train.checkpointing import list_checkpoints
-from train.train import main as train_main
+from train.train import run as train_run
 from zeroft.config import CONFIG_NAME, GenerationDefaults, ZeroFTConfig
 from zeroft.errors import InputError
 from zeroft.pipeline import ZeroFTPipeline
@@ -37,7 +37,7 @@ from zeroft.pipeline import ZeroFTPipeline
 from .evaluate import choose_guidance, choose_views, load_judge, make_pairs
 from .grow import grow_stage
 from .models import latent_size
-from .recipe import Budget, zeroft_arguments
+from .recipe import Budget, train_config
 from .runtime import build_device, default_workers
 from .scenes import write_streams
 from .stages import train_base, train_encoder, train_judge, train_vae
@@ -165,9 +165,9 @@ def train_zeroft(run: BuildRun, validation: list[str], init: Path | None) -> Pat
     output = run.work / "zeroft"
     final = output / "final"
     if trained_steps(final) != run.budget.zeroft:  # none yet, or exported under another budget
-        train_main(zeroft_arguments(run.work, run.budget, run.seed, validation, output,
-                                    resume=zeroft_resume(output, run.budget.zeroft), device=run.device.type,
-                                    workers=run.workers, init=init))
+        train_run(train_config(run.work, run.budget, run.seed, validation, output,
+                                resume=zeroft_resume(output, run.budget.zeroft), device=run.device.type,
+                                workers=run.workers, init=init))
     run.report["stages"]["zeroft"] = {"wall_seconds_this_run": round(time.perf_counter() - started, 1),
                                       **ZeroFTConfig.load(final).training}
     run.save()
@@ -199,7 +199,7 @@ def sweep_defaults(run: BuildRun, pipe: ZeroFTPipeline) -> tuple[float, float]:
 
 def export(pipe: ZeroFTPipeline, final: Path, out: Path, budget: Budget, w_text: float, w_object: float) -> None:
     """Stage 8: ``pipe`` with its chosen defaults, in fp16, to ``out`` (replacing what was there), with the training
-    run's validation grid."""
+    run's validation grid (the ``training`` record it carries names it, and the model card shows it)."""
     pipe.zeroft_config = pipe.zeroft_config.replace(
         defaults=GenerationDefaults(text_guidance=w_text, object_guidance=w_object, steps=budget.sampler_steps,
                                     height=64, width=64, negative_prompt=""),
@@ -209,10 +209,9 @@ def export(pipe: ZeroFTPipeline, final: Path, out: Path, budget: Budget, w_text:
         shutil.rmtree(out)
     pipe.to("cpu")
     pipe.save_pretrained(out, dtype=torch.float16)
-    shutil.copyfile(final / "validation.png", out / "validation.png")
-    with open(out / "README.md", "a") as card:
-        card.write("\n## Validation grid\n\nReferences of held-out identities (left), then four prompts.\n\n"
-                   "![validation grid](validation.png)\n")
+    grid = pipe.zeroft_config.training.get("validation_grid")
+    if grid:
+        shutil.copyfile(final / grid, out / grid)
 
 
 def ship_judge(run: BuildRun) -> None:

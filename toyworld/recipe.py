@@ -1,13 +1,17 @@
 """The toy world's training recipe: steps and batch sizes per stage (``Budget``), and the zeroft stage's trainer call.
 
 ``build`` trains every stage under one ``Budget``; ``ablations`` retrains the zeroft stage under
-the paper's recipe with one setting changed. Both take the trainer's settings from ``zeroft_arguments``.
+the paper's recipe with one setting changed. Both take the trainer's settings from ``train_config``
+(a train.config.TrainConfig for train.train.run), the ablations with ``with_overrides`` applied.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+from train.config import TrainConfig
+from train.data import Regularization
 
 
 @dataclass(frozen=True)
@@ -45,26 +49,47 @@ QUICK = Budget(vae=3, encoder=3, judge=3, base=3, zeroft=2, general_images=64, d
                checkpoint_every=1, guidance_pairs_per_identity=1, sampler_steps=2)
 
 
-def zeroft_arguments(work: Path, budget: Budget, seed: int, validation: list[str], output: Path,
-                     extra: list[str] = (), resume: str = "latest", device: str = "cpu", workers: int = 0,
-                     init: Path | None = None) -> list[str]:
-    """train.train arguments of the paper's recipe on the toy world (ablations append overrides); ``init``: the
-    zeroft checkpoint training starts from (a grown model, see grow.py) instead of the base plus fresh adapter."""
-    return [
-        "--base_model", str(work / "base" / "base"), "--encoder", str(work / "encoder" / "encoder"),
-        "--domain_data", str(work / "streams" / "domain"), "--general_data", str(work / "streams" / "general"),
-        "--resolution", "64", "--train_batch_size", str(budget.zeroft_batch), "--max_train_steps", str(budget.zeroft),
-        "--learning_rate", str(budget.zeroft_lr), "--lr_warmup_steps", str(min(200, budget.zeroft // 10)),
-        "--mix_ratio", "0.3", "--cross_reference", "0.5", "--train", "whole", "--use_ema", "--ema_decay", "0.999",
-        "--masker", "border", "--background_fill", "gray", "--seed", str(seed),
-        "--checkpointing_steps", str(budget.checkpoint_every), "--checkpoints_total_limit", "1000",
-        "--resume", resume, "--output_dir", str(output), "--export_dir", str(output / "final"),
-        "--validation_images", *validation,
-        "--validation_prompts", "one object on a white background", "two objects on a gray background",
-        "one object on a brown background", "two objects on a black background",
-        "--validation_steps", str(max(budget.checkpoint_every * 2, 1)),
-        "--validation_inference_steps", str(budget.sampler_steps),
-        "--validation_text_guidance", "5.0", "--validation_object_guidance", "3.0",
-        "--dataloader_num_workers", str(workers), *(["--cpu"] if device == "cpu" else []),
-        *(["--init_checkpoint", str(init)] if init is not None else []), *extra,
-    ]
+VALIDATION_PROMPTS = ("one object on a white background", "two objects on a gray background",
+                      "one object on a brown background", "two objects on a black background")
+
+
+def train_config(work: Path, budget: Budget, seed: int, validation: list[str], output: Path,
+                  resume: str = "latest", device: str = "cpu", workers: int = 0,
+                  init: Path | None = None) -> TrainConfig:
+    """The paper's recipe on the toy world, for train.train.run: the build's base model, encoder and streams in
+    ``work``, ``budget``'s zeroft steps and batch, training states in ``output`` and the export in ``output``/final.
+
+    Args:
+        validation: reference photos of the validation grid (held-out identities).
+        resume: "latest" or a saved training state (build.zeroft_resume).
+        device: "cpu" trains on the CPU even beside a GPU.
+        workers: processes decoding the streams.
+        init: the zeroft checkpoint training starts from (a grown model, see grow.py) instead of the base plus a
+            fresh adapter.
+    """
+    return TrainConfig(
+        base_model=work / "base" / "base", encoder=work / "encoder" / "encoder",
+        domain_data=work / "streams" / "domain", general_data=work / "streams" / "general",
+        resolution=64, train_batch_size=budget.zeroft_batch, max_train_steps=budget.zeroft,
+        learning_rate=budget.zeroft_lr, lr_warmup_steps=min(200, budget.zeroft // 10),
+        regularization=Regularization(mix_ratio=0.3, cross_reference=0.5), train="whole",
+        use_ema=True, ema_decay=0.999, masker="border", background_fill="gray", seed=seed,
+        checkpointing_steps=budget.checkpoint_every, checkpoints_total_limit=1000,  # every state: the curve's points
+        resume=resume, output_dir=output, export_dir=output / "final",
+        validation_images=tuple(validation), validation_prompts=VALIDATION_PROMPTS,
+        validation_steps=max(budget.checkpoint_every * 2, 1), validation_inference_steps=budget.sampler_steps,
+        validation_text_guidance=5.0, validation_object_guidance=3.0,
+        dataloader_num_workers=workers, cpu=device == "cpu", init_checkpoint=init,
+    )
+
+
+def with_overrides(config: TrainConfig, overrides: dict) -> TrainConfig:
+    """``config`` with ``overrides`` (setting: value) replaced, an ablation's change to the recipe.
+
+    A setting is a TrainConfig field or one of the paper's regularizers (a train.data.Regularization field), named
+    flat as train.train's flags and ``TrainConfig.summary`` name them.
+    """
+    regularizers = {f.name for f in fields(Regularization)}
+    regularization = {name: value for name, value in overrides.items() if name in regularizers}
+    own = {name: value for name, value in overrides.items() if name not in regularizers}
+    return replace(config, regularization=replace(config.regularization, **regularization), **own)
