@@ -8,6 +8,7 @@ import torch
 
 from train.data import MixedTrainingData, Regularization, global_indices, open_streams
 from train.sources import Columns, open_source
+from zeroft.errors import InputError
 from zeroft.tiny import tiny_encoder
 
 from train.tiny_data import write_domain_imagefolder, write_domain_shards, write_general_jsonl
@@ -120,14 +121,14 @@ def test_webdataset_shards(tmp_path):
 
 def test_missing_column_is_named(tmp_path):
     root = write_domain_imagefolder(tmp_path / "d")
-    with pytest.raises(ValueError, match=r"lacks column\(s\) \['person'\]"):
+    with pytest.raises(InputError, match=r"lacks column\(s\) \['person'\]"):
         open_streams(str(root), None, Columns(identity="person"), Columns())
 
 
 def test_empty_dataset(tmp_path):
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "data.jsonl").write_text("")
-    with pytest.raises(ValueError, match="empty|no .tar shards"):
+    with pytest.raises(InputError, match="empty|no .tar shards"):
         open_streams(None, str(tmp_path / "e"), Columns(), Columns())
 
 
@@ -137,12 +138,12 @@ def test_identity_with_one_photo(tmp_path):
     rows = [json.loads(x) for x in lines]
     rows[0]["identity"] = "lonely"
     (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match="single photo.*lonely"):
+    with pytest.raises(InputError, match="single photo.*lonely"):
         open_streams(str(root), None, Columns(), Columns())
 
 
 def test_rates_out_of_range():
-    with pytest.raises(ValueError, match="mix_ratio"):
+    with pytest.raises(InputError, match="mix_ratio"):
         Regularization(mix_ratio=1.5)
     with pytest.raises(ValueError, match="must not exceed 1"):
         Regularization(drop_text=0.5, drop_object=0.4, drop_both=0.2)

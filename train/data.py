@@ -72,16 +72,16 @@ class DomainStream:
 
     def __init__(self, table: RecordTable):
         if len(table) == 0:
-            raise ValueError("the domain-specific dataset is empty")
+            raise InputError("the domain-specific dataset is empty")
         identities = table.column("identity")
         if any(i in ("", "None") for i in identities):
-            raise ValueError("every domain-specific record needs an identity (column 'identity' is empty somewhere)")
+            raise InputError("every domain-specific record needs an identity (column 'identity' is empty somewhere)")
         groups: dict[str, list[int]] = defaultdict(list)
         for index, identity in enumerate(identities):
             groups[identity].append(index)
         single = sorted(i for i, members in groups.items() if len(members) < 2)
         if single:
-            raise ValueError(
+            raise InputError(
                 f"{len(single)} identities have a single photo (e.g. {single[:3]}); cross-reference "
                 "regularization needs at least two per identity: add photos or drop those identities"
             )
@@ -99,7 +99,7 @@ def _check_columns(table: RecordTable, required: list[str], what: str) -> None:
         first = table.members[0].meta if len(table) else {}
         missing = [getattr(table.columns, c) for c in required if c != "image" and getattr(table.columns, c) not in first]
     if missing:
-        raise ValueError(f"the {what} dataset lacks column(s) {missing}; name them with the --*_column flags")
+        raise InputError(f"the {what} dataset lacks column(s) {missing}; name them with the --*_column flags")
 
 
 def open_streams(domain: str | None, general: str | None, domain_columns: Columns, general_columns: Columns,
@@ -109,13 +109,13 @@ def open_streams(domain: str | None, general: str | None, domain_columns: Column
     if domain:
         table = open_source(domain, domain_columns, split)
         if len(table) == 0:
-            raise ValueError(f"the domain-specific dataset {domain} is empty")
+            raise InputError(f"the domain-specific dataset {domain} is empty")
         _check_columns(table, ["image", "caption", "identity"], "domain-specific")
         domain_stream = DomainStream(table)
     if general:
         general_table = open_source(general, general_columns, split)
         if len(general_table) == 0:
-            raise ValueError(f"the general-domain dataset {general} is empty")
+            raise InputError(f"the general-domain dataset {general} is empty")
         _check_columns(general_table, ["image", "caption"], "general-domain")
     return domain_stream, general_table
 
@@ -154,12 +154,12 @@ class MixedTrainingData(torch.utils.data.Dataset):
     def __init__(self, domain: DomainStream | None, general: RecordTable | None, encoder, resolution: int,
                  regularization: Regularization, seed: int, masker: str = "rembg:u2net", length: int = 2**62):
         if domain is None and general is None:
-            raise ValueError("give at least one of the domain-specific and general-domain datasets")
+            raise InputError("give at least one of the domain-specific and general-domain datasets")
         reg = regularization
         if domain is None and reg.mix_ratio > 0:
-            raise ValueError("mix_ratio > 0 needs a domain-specific dataset")
+            raise InputError("mix_ratio > 0 needs a domain-specific dataset")
         if general is None and reg.mix_ratio < 1:
-            raise ValueError("mix_ratio < 1 needs a general-domain dataset")
+            raise InputError("mix_ratio < 1 needs a general-domain dataset")
         self.domain, self.general, self.encoder = domain, general, encoder
         self.resolution, self.reg, self.seed = resolution, reg, seed
         self.masker = Masker(masker) if reg.mask_condition else None

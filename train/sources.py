@@ -23,6 +23,8 @@ from typing import Any
 
 from PIL import Image
 
+from zeroft.errors import InputError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -173,12 +175,12 @@ def open_source(source: str, columns: Columns, split: str = "train") -> RecordTa
                 found = [p for p in files if p.suffix in tuple(x[1:] for x in patterns)]
             if found:
                 if all(p.stat().st_size == 0 for p in found):
-                    raise ValueError(f"the dataset {source} is empty ({', '.join(p.name for p in found)})")
+                    raise InputError(f"the dataset {source} is empty ({', '.join(p.name for p in found)})")
                 dataset = datasets.load_dataset(builder, data_files=[str(p) for p in found], split="train")
                 return HFTable(dataset, columns, root, str(path))
         if path.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
             dataset = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
             return HFTable(dataset, columns, root, str(path))
-        raise ValueError(f"{source}: no .tar shards, parquet, jsonl, csv or images found")
+        raise InputError(f"{source}: no .tar shards, parquet, jsonl, csv or images found")
     dataset = datasets.load_dataset(source, split=split)
     return HFTable(dataset, columns, None, source)
