@@ -35,8 +35,8 @@ import torch
 from PIL import Image
 
 from zeroft.errors import InputError
-from zeroft.images import load_mask
-from zeroft.masking import Masker
+from zeroft.images import LoadedImage
+from zeroft.masking import MIN_MASK_AREA, Masker, choose_mask
 
 from .sources import Columns, RecordTable, open_source
 
@@ -172,13 +172,9 @@ class MixedTrainingData(torch.utils.data.Dataset):
         image = record["image"].convert("RGB")
         if not self.reg.mask_condition:
             mask = np.ones((image.height, image.width), np.float32)
-        elif "mask" in record:
-            mask = load_mask(record["mask"])
-            if mask.shape != (image.height, image.width):
-                mask = np.asarray(Image.fromarray(mask).resize(image.size, Image.Resampling.BILINEAR), np.float32)
-        else:
-            mask = self.masker(image)
-        if float((mask >= 0.5).mean()) < 1e-3:
+        else:  # zeroft's one rule: the record's mask, else the automatic one (training photos carry no alpha)
+            mask = choose_mask(LoadedImage(image, alpha=None), record.get("mask"), self.masker)
+        if float((mask >= 0.5).mean()) < MIN_MASK_AREA:
             mask = np.ones_like(mask)  # an empty mask would hide the whole object: fall back to the photo
         return self.encoder.preprocess(image, mask)
 
