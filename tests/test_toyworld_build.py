@@ -60,6 +60,13 @@ def test_smoke_build(tmp_path):
     assert report["device"] == "cpu" and 1 <= len(report["curve"]) <= 2
     assert (tmp_path / "eval" / "samples.png").is_file() and (tmp_path / "eval" / "curve.png").is_file()
 
+    # The efficiency benchmark runs on the build: zeroft's encoder pass timed, the same baseline fine-tuned and scored.
+    result = run(["personalization", "--checkpoint", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                  "--judge", str(tmp_path / "assets" / "toyworld-judge" / "judge.safetensors"), "--objects", "1",
+                  "--every", "1", "--max-steps", "1"])
+    (tuned,) = result["objects"]
+    assert tuned["zeroft_seconds"] > 0 and tuned["finetune"]["steps"] == 1 and len(tuned["finetune"]["history"]) == 1
+
     # A build stopped part way is scored at another checkpoint's defaults: its saved states only, no table rows.
     config = ZeroFTConfig.load(tmp_path / "out")
     (tmp_path / "defaults").mkdir()
