@@ -5,6 +5,7 @@ import pytest
 
 from toyworld.world import (BACKGROUNDS, COLOURS, PATTERNS, SHAPES, Context, all_contexts, all_identities,
                             context_caption, general_caption, random_pose, render, sample_scene, split_identities)
+from zeroft import Masker
 
 
 def test_held_out_split_keeps_every_attribute_in_training():
@@ -64,8 +65,6 @@ def test_patterns_are_visible():
 def test_border_masker_recovers_the_silhouette_on_dark_backgrounds():
     """The pipeline's automatic mask of a reference matches the true silhouette: dark stripes
     and dots on a black or brown background stay inside the object (training used true masks)."""
-    from zeroft import Masker
-
     masker, rng = Masker("border"), np.random.default_rng(3)
     for identity in all_identities():
         if identity.pattern == "plain":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+from tokenizers import models as tokenizer_models
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
@@ -34,11 +36,9 @@ OPEN_CLIP_CONFIG = {
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
     """Word-level tokenizer over the world's vocabulary; unknown words map to [UNK]."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
     specials = ["<|startoftext|>", "<|endoftext|>", "[UNK]", "[PAD]"]
     vocab = {token: i for i, token in enumerate(specials + vocabulary())}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.post_processor = processors.TemplateProcessing(
