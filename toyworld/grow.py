@@ -7,7 +7,7 @@ is the 32×32 level, the layers that join it to the 16×16 level, and ``conv_in`
 2×-down VAE's 32×32×4 latents; they keep their fresh initialisation.
 
 The timestep embedding must carry over too, or every grafted resnet's ``time_emb_proj`` stays fresh (a first
-try that left it out trained slower: docs/toyworld-notes-from-code.md). A plain lat32 UNet embeds timesteps in 4 × 32 = 128
+try that left it out trained slower: docs/experiments/2026-11-28-grown-lat32.md). A plain lat32 UNet embeds timesteps in 4 × 32 = 128
 dimensions, v1 in 4 × 64 = 256, so the grown UNet keeps v1's 256 (``time_embedding_dim``). Its sinusoidal input is
 32-dimensional, not 64: with ``freq_shift`` 0, those 16 frequencies are exactly v1's even ones (cos half, then sin
 half), so ``linear_1`` starts from v1's columns, each odd frequency's column added to the even one below it (an

@@ -1,7 +1,7 @@
 """Model sizes of the toy world, chosen to train on a 2-core CPU in hours, not days.
 
 The v1 UNet keeps attention off the 16×16 latent level: there, on a CPU, it would cost a
-training step several times over (measurements: docs/toyworld-notes-from-code.md).
+training step several times over (measurements: docs/performance.md, "Toy-world training steps").
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ class Budget:
 # One GPU: these tiny models are launch-bound there, so a step costs about the same at batch 32 as at 256. The GPU
 # budget takes bigger batches and fewer steps (about the CPU budget's samples; learning rates raised by about the
 # square root of the batch ratio) and checkpoints more often. (Measured step times and the one GPU run on this
-# budget: docs/toyworld-notes-from-code.md.)
+# budget: docs/performance.md, "Toy-world training steps", and docs/experiments/2026-11-27-gpu-lease-h200.md.)
 GPU = Budget(base=2000, base_batch=128, base_lr=4e-4, zeroft=3500, zeroft_batch=256, zeroft_lr=2e-4,
              checkpoint_every=250)
 BUDGETS = {"cpu": Budget(), "gpu": GPU}
