@@ -59,12 +59,17 @@ def _build_parser(commands) -> None:
     a.add_argument("--seed", type=int, default=0)
 
 
+def _scoring_options(parser, work_help: str, out: str) -> None:
+    """The options of every command that scores a checkpoint with the judge."""
+    parser.add_argument("--checkpoint", default="assets/zeroft-toy")
+    parser.add_argument("--judge", default=JUDGE)
+    parser.add_argument("--work", default="runs/toyworld", help=work_help)
+    parser.add_argument("--out", default=out)
+
+
 def _eval_parser(commands) -> None:
     e = commands.add_parser("eval", help="score a checkpoint on held-out identities (toyworld.report)")
-    e.add_argument("--checkpoint", default="assets/zeroft-toy")
-    e.add_argument("--judge", default=JUDGE)
-    e.add_argument("--work", default="runs/toyworld", help="build folder: base model, ablations, training states")
-    e.add_argument("--out", default="toyworld/results/toyworld")
+    _scoring_options(e, "build folder: base model, ablations, training states", "toyworld/results/toyworld")
     e.add_argument("--references", type=int, default=3, help="reference photos per held-out identity")
     e.add_argument("--finetune-objects", type=int, default=4)
     e.add_argument("--finetune-steps", type=int, default=200)
@@ -82,10 +87,7 @@ def _eval_parser(commands) -> None:
 
 def _benchmark_parsers(commands) -> None:
     p = commands.add_parser("patterns", help="can the generator draw each pattern at all? (toyworld.patterns)")
-    p.add_argument("--checkpoint", default="assets/zeroft-toy")
-    p.add_argument("--judge", default=JUDGE)
-    p.add_argument("--work", default="runs/toyworld", help="build folder with the base model (base/base)")
-    p.add_argument("--out", default="toyworld/results/toyworld-patterns")
+    _scoring_options(p, "build folder with the base model (base/base)", "toyworld/results/toyworld-patterns")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
     s = commands.add_parser("steps", help="cost of one base training step per UNet and batch (toyworld.steps)")
