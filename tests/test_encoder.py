@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from zeroft import EncoderConfig, Masker, ObjectEncoder
+from zeroft import EncoderConfig, Masker, ModelUnavailableError, ObjectEncoder
 from zeroft.tiny import tiny_encoder
 
 from conftest import square_photo
@@ -49,7 +49,7 @@ def test_local_folder_needs_safetensors(tmp_path, tiny_checkpoint):
     folder.mkdir()
     (folder / "open_clip_config.json").write_text((tiny_checkpoint / "encoder" / "open_clip_config.json").read_text())
     torch.save({}, folder / "open_clip_pytorch_model.bin")  # a pickle must never be read
-    with pytest.raises(FileNotFoundError, match="only safetensors"):
+    with pytest.raises(ModelUnavailableError, match="only safetensors"):
         ObjectEncoder.from_config(EncoderConfig(model_name="tiny", pretrained=None, path="encoder"), tmp_path)
 
 

@@ -5,18 +5,19 @@ background is replaced by a flat colour, the photo is optionally cropped to the 
 to a square, resized to the encoder's input size and normalised; the output is the
 unnormalised image embedding (B, D), the same quantity IP-Adapter feeds its projection.
 
-Weights are only ever read from safetensors: from a local folder in open_clip's layout
-(``open_clip_config.json`` + ``open_clip_model.safetensors``), from a Hub repo in that layout
-(``hf-hub:org/name``), or from an open_clip pretrained tag whose Hub repo carries safetensors.
+Only the image tower is built, and its weights are only ever read from safetensors: from a
+local folder in open_clip's layout (``open_clip_config.json`` + ``open_clip_model.safetensors``),
+from a Hub repo in that layout (``hf-hub:org/name``), from an open_clip pretrained tag whose Hub
+repo carries safetensors, or from one Hub file (``pretrained="hf-hub:org/name/path.safetensors"``)
+holding an open_clip tower or a transformers CLIP vision model. :func:`locate_encoder` finds
+every file before anything is built, so a missing one fails in seconds, not after the build.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,39 +26,23 @@ from PIL import Image
 from torch import nn
 
 from .config import EncoderConfig
-from .errors import HubUnavailableError
+from .errors import HubUnavailableError, ModelUnavailableError
 from .masking import BACKGROUND_FILLS, apply_mask, mask_bbox
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+HUB_PREFIX = "hf-hub:"
 
 
-def _load_safetensors_into(model: nn.Module, weights: Path) -> None:
-    from safetensors.torch import load_file
+@dataclass(frozen=True)
+class EncoderSource:
+    """What an encoder is built from, resolved (files found, downloaded if need be) before anything is built."""
 
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    visual_missing = [k for k in missing if k.startswith("visual.")]
-    if visual_missing or unexpected:
-        raise ValueError(
-            f"{weights} does not fit the encoder config: missing {visual_missing[:5]}, unexpected {unexpected[:5]}"
-        )
-
-
-class _DropRandomInitWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "No pretrained weights loaded" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_random_init_warning():
-    """open_clip warns "initialized randomly" when built without weights; zeroft loads them next."""
-    drop = _DropRandomInitWarning()
-    logging.getLogger().addFilter(drop)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeFilter(drop)
+    model_cfg: dict  # open_clip model config (embed_dim, vision_cfg, quick_gelu); only the image tower is built
+    weights: Path | None  # safetensors file (see visual_state_dict); None: random weights
+    mean: tuple[float, float, float]  # normalisation the tower was trained with
+    std: tuple[float, float, float]
+    folder: Path | None = None  # local open_clip folder the weights came from, copied by ObjectEncoder.save
 
 
 def _hub_file(repo_id: str, filename: str) -> Path:
@@ -67,56 +52,154 @@ def _hub_file(repo_id: str, filename: str) -> Path:
         return Path(hf_hub_download(repo_id, filename))
     except Exception as error:
         raise HubUnavailableError(
-            f"Could not get {filename} from the Hugging Face Hub repo {repo_id!r} "
-            f"({type(error).__name__}). Check the network, or use a local encoder folder."
+            f"Could not get {filename} from the Hugging Face Hub repo {repo_id!r} ({type(error).__name__}). "
+            "It is downloaded once on first use; check the network, or use a local encoder folder."
         ) from error
 
 
-def load_open_clip_folder(folder: str | Path, weights: Path | None = None) -> tuple[nn.Module, dict]:
-    """A whole open_clip model from the local layout (config + safetensors): (model, preprocess cfg)."""
+def _split_hub_file(spec: str) -> tuple[str, str]:
+    """``hf-hub:org/name/sub/file.safetensors`` → (``org/name``, ``sub/file.safetensors``)."""
+    parts = spec[len(HUB_PREFIX):].split("/")
+    if len(parts) < 3 or not parts[-1].endswith(".safetensors"):
+        raise ValueError(f"encoder weights {spec!r}: write hf-hub:org/name/path/to/file.safetensors")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def _open_clip_folder_source(config_file: Path, weights: Path, folder: Path | None) -> EncoderSource:
+    import open_clip
+
+    data = json.loads(config_file.read_text())
+    preprocess = data.get("preprocess_cfg", {})
+    return EncoderSource(data["model_cfg"], weights, tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+                         tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD)), folder)
+
+
+def locate_encoder(config: EncoderConfig, root: str | Path | None = None) -> EncoderSource:
+    """Find every file the encoder ``config`` needs, without building it; ``root`` resolves ``config.path``.
+
+    Raises:
+        ModelUnavailableError: a local encoder folder lacks its config or safetensors weights.
+        HubUnavailableError: a file is neither in the Hugging Face cache nor downloadable.
+    """
+    import open_clip
+
+    if config.path is not None:
+        folder = Path(config.path) if root is None else Path(root) / config.path
+        for name in (OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS):
+            if not (folder / name).is_file():
+                raise ModelUnavailableError(f"The encoder folder {folder} has no {name} (only safetensors are loaded).")
+        return _open_clip_folder_source(folder / OPEN_CLIP_CONFIG, folder / OPEN_CLIP_WEIGHTS, folder)
+    if config.model_name.startswith(HUB_PREFIX):
+        repo = config.model_name[len(HUB_PREFIX):]
+        return _open_clip_folder_source(_hub_file(repo, OPEN_CLIP_CONFIG), _hub_file(repo, OPEN_CLIP_WEIGHTS), None)
+
+    model_cfg = open_clip.get_model_config(config.model_name)
+    if model_cfg is None:
+        raise ValueError(f"open_clip knows no architecture {config.model_name!r}")
+    mean, std = tuple(open_clip.OPENAI_DATASET_MEAN), tuple(open_clip.OPENAI_DATASET_STD)
+    if not config.pretrained:
+        return EncoderSource(model_cfg, None, mean, std)
+    if config.pretrained.startswith(HUB_PREFIX):
+        return EncoderSource(model_cfg, _hub_file(*_split_hub_file(config.pretrained)), mean, std)
+    tag = open_clip.get_pretrained_cfg(config.model_name, config.pretrained) or {}
+    if not tag.get("hf_hub"):
+        raise ValueError(
+            f"open_clip has no Hub copy of {config.model_name}/{config.pretrained}; zeroft only loads "
+            "safetensors from the Hub. Convert the weights and use a local encoder folder."
+        )
+    repo_id = "/".join(tag["hf_hub"].split("/")[:2])  # open_clip writes "org/name/" or "org/name/<file>"
+    # A tag trained with QuickGELU needs it in the tower, as open_clip's create_model would warn.
+    model_cfg = {**model_cfg, "quick_gelu": model_cfg.get("quick_gelu", False) or tag.get("quick_gelu", False)}
+    return EncoderSource(model_cfg, _hub_file(repo_id, OPEN_CLIP_WEIGHTS), tuple(tag.get("mean", mean)),
+                         tuple(tag.get("std", std)))
+
+
+def build_visual(model_cfg: dict) -> nn.Module:
+    """open_clip's image tower alone, random weights, without the text tower or create_model's warnings.
+
+    ``open_clip.create_model`` would build the whole CLIP (ViT-H/14's text tower is 354M parameters,
+    1.4 GB in fp32, thrown away at once here) and log "No pretrained weights loaded ... initialized
+    randomly" before zeroft loads the weights. ``_build_vision_tower`` is the function open_clip's
+    CLIP uses for its ``visual`` (open_clip 3.3, model.py), so the tower is exactly the same module.
+    """
+    from open_clip.model import _build_vision_tower
+
+    return _build_vision_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"], model_cfg.get("quick_gelu", False))
+
+
+def _transformers_to_open_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers ``CLIPVisionModelWithProjection`` keys → open_clip ``VisionTransformer`` keys.
+
+    The two compute the same function (pre-LN ViT, class token, projection without bias); open_clip
+    fuses q, k, v into one ``in_proj`` and stores the projection transposed.
+    """
+    p = "vision_model."
+    out = {
+        "class_embedding": state[f"{p}embeddings.class_embedding"],
+        "conv1.weight": state[f"{p}embeddings.patch_embedding.weight"],
+        "positional_embedding": state[f"{p}embeddings.position_embedding.weight"],
+        "proj": state["visual_projection.weight"].t().contiguous(),  # (width, embed_dim)
+    }
+    pairs = {"ln_pre": f"{p}pre_layrnorm", "ln_post": f"{p}post_layernorm"}
+    layers = sorted({int(k.split(".")[3]) for k in state if k.startswith(f"{p}encoder.layers.")})
+    for i in layers:
+        ours, theirs = f"transformer.resblocks.{i}.", f"{p}encoder.layers.{i}."
+        pairs.update({f"{ours}ln_1": f"{theirs}layer_norm1", f"{ours}ln_2": f"{theirs}layer_norm2",
+                      f"{ours}attn.out_proj": f"{theirs}self_attn.out_proj", f"{ours}mlp.c_fc": f"{theirs}mlp.fc1",
+                      f"{ours}mlp.c_proj": f"{theirs}mlp.fc2"})
+        for part in ("weight", "bias"):
+            out[f"{ours}attn.in_proj_{part}"] = torch.cat([state[f"{theirs}self_attn.{x}_proj.{part}"] for x in "qkv"])
+    for ours, theirs in pairs.items():
+        for part in ("weight", "bias"):
+            out[f"{ours}.{part}"] = state[f"{theirs}.{part}"]
+    return out
+
+
+def visual_state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    """The image tower's weights from a safetensors file, reading only the tensors the tower needs.
+
+    Accepted key layouts: a whole open_clip CLIP (``visual.*``; the text tower is not read), an
+    open_clip image tower on its own, or a transformers ``CLIPVisionModelWithProjection``
+    (``vision_model.*`` + ``visual_projection.weight``, e.g. h94/IP-Adapter's models/image_encoder).
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        keys = list(f.keys())
+        if any(k.startswith("vision_model.") for k in keys):
+            wanted = {k: k for k in keys if (k.startswith("vision_model.") or k == "visual_projection.weight")
+                      and not k.endswith("position_ids")}
+        elif any(k.startswith("visual.") for k in keys):
+            wanted = {k: k[len("visual."):] for k in keys if k.startswith("visual.")}
+        else:
+            wanted = {k: k for k in keys}
+        state = {ours: f.get_tensor(theirs) for theirs, ours in wanted.items()}
+    if any(k.startswith("vision_model.") for k in state):
+        try:
+            state = _transformers_to_open_clip(state)
+        except KeyError as error:
+            raise ValueError(f"{weights} is not a whole CLIP vision model: {error} is missing") from error
+    return state
+
+
+def load_visual_weights(visual: nn.Module, weights: Path) -> None:
+    """Load ``weights`` (see :func:`visual_state_dict`) into an open_clip image tower; every tensor must fit."""
+    try:
+        visual.load_state_dict(visual_state_dict(weights), strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{weights} does not fit the encoder config: {error}") from error
+
+
+def load_open_clip_folder(folder: str | Path) -> tuple[nn.Module, dict]:
+    """A whole open_clip model (both towers) from the local layout (config + safetensors): (model, preprocess cfg)."""
     import open_clip
 
     folder = Path(folder)
-    weights = weights or folder / OPEN_CLIP_WEIGHTS
-    if not weights.is_file():
+    if not (folder / OPEN_CLIP_WEIGHTS).is_file():
         raise FileNotFoundError(f"encoder folder {folder} has no {OPEN_CLIP_WEIGHTS} (only safetensors are loaded)")
-    with _quiet_random_init_warning():
-        model = open_clip.create_model(f"local-dir:{folder}", load_weights=False)
-    _load_safetensors_into(model, weights)
+    # open_clip loads the folder's weights itself (it prefers open_clip_model.safetensors), so it does not warn.
+    model = open_clip.create_model(f"local-dir:{folder}")
     return model, json.loads((folder / OPEN_CLIP_CONFIG).read_text()).get("preprocess_cfg", {})
-
-
-def _build_open_clip(config: EncoderConfig, root: Path | None) -> tuple[nn.Module, dict, Path | None]:
-    """Return (open_clip model, preprocess cfg, local source folder or None)."""
-    import open_clip
-
-    if config.path is not None or config.model_name.startswith("hf-hub:"):
-        if config.path is not None:
-            folder = Path(config.path) if root is None else root / config.path
-            if not (folder / OPEN_CLIP_CONFIG).is_file():
-                raise FileNotFoundError(f"encoder folder {folder} has no {OPEN_CLIP_CONFIG}")
-            weights = folder / OPEN_CLIP_WEIGHTS
-        else:
-            repo = config.model_name[len("hf-hub:"):]
-            folder = _hub_file(repo, OPEN_CLIP_CONFIG).parent
-            weights = _hub_file(repo, OPEN_CLIP_WEIGHTS)
-        model, preprocess = load_open_clip_folder(folder, weights)
-        return model, preprocess, folder if config.path is not None else None
-
-    model = open_clip.create_model(config.model_name, pretrained=None)
-    preprocess = {}
-    if config.pretrained:
-        tag = open_clip.get_pretrained_cfg(config.model_name, config.pretrained)
-        hub = (tag or {}).get("hf_hub", "")
-        if not hub:
-            raise ValueError(
-                f"open_clip has no Hub copy of {config.model_name}/{config.pretrained}; zeroft only loads "
-                "safetensors from the Hub. Convert the weights and use a local encoder folder."
-            )
-        repo_id, _ = os.path.split(hub)  # open_clip writes "org/name/" or "org/name/<file>"
-        _load_safetensors_into(model, _hub_file(repo_id, OPEN_CLIP_WEIGHTS))
-        preprocess = {k: tag[k] for k in ("mean", "std") if k in tag}
-    return model, preprocess, None
 
 
 def object_view(image: Image.Image, mask: np.ndarray, config: EncoderConfig) -> Image.Image:
@@ -202,12 +285,15 @@ class ObjectEncoder(nn.Module):
     @classmethod
     def from_config(cls, config: EncoderConfig, root: str | Path | None = None) -> "ObjectEncoder":
         """Build the encoder a checkpoint names; ``root`` resolves ``config.path``."""
-        model, preprocess, source = _build_open_clip(config, Path(root) if root is not None else None)
-        import open_clip
+        return cls.from_source(locate_encoder(config, root), config)
 
-        mean = preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)
-        std = preprocess.get("std", open_clip.OPENAI_DATASET_STD)
-        return cls(model.visual, config, mean, std, source)
+    @classmethod
+    def from_source(cls, source: EncoderSource, config: EncoderConfig) -> "ObjectEncoder":
+        """Build the encoder from files :func:`locate_encoder` found."""
+        visual = build_visual(source.model_cfg)
+        if source.weights is not None:
+            load_visual_weights(visual, source.weights)
+        return cls(visual, config, source.mean, source.std, source.folder)
 
     @property
     def dtype(self) -> torch.dtype:
