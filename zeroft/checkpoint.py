@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from .adapter import adapter_state_dict, load_object_attention
 from .config import ADAPTER_NAME, CONFIG_NAME, ZeroFTConfig
-from .encoder import ObjectEncoder
-from .errors import HubUnavailableError, InputError
+from .encoder import ObjectEncoder, locate_encoder
+from .errors import HubUnavailableError, InputError, ModelUnavailableError
 from .masking import Masker
 from .model_card import write_model_card
 from .quantization import (check_quantization, pick_device, pick_dtype, quantization_configs,
@@ -30,6 +30,10 @@ from .quantization import (check_quantization, pick_device, pick_dtype, quantiza
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+# The safetensors weight file of a pipeline part, by the library its model_index.json entry names.
+WEIGHT_FILES = {"diffusers": UNET_WEIGHTS, "transformers": "model.safetensors"}
+# Parts of an SD pipeline zeroft never loads (its encoder is its own; no safety checker).
+PASSED_AS_NONE = ("safety_checker", "feature_extractor", "image_encoder")
 
 
 def is_hub_id(name: str) -> bool:
@@ -64,8 +68,7 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, revision: str | None = Non
 
 
 def _load_base(source: str | Path, config: ZeroFTConfig, dtype: torch.dtype, unet, unet_quant, text_quant):
-    kwargs = dict(safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
-                  use_safetensors=True)
+    kwargs = dict({part: None for part in PASSED_AS_NONE}, requires_safety_checker=False, use_safetensors=True)
     if unet is not None:
         kwargs["unet"] = unet
     if unet_quant is not None:
@@ -82,6 +85,69 @@ def _load_base(source: str | Path, config: ZeroFTConfig, dtype: torch.dtype, une
             f"Could not load the base model {source!r} from the Hugging Face Hub ({error}). "
             "It is downloaded once on first use; check the network, or point base_model to a local folder."
         ) from error
+
+
+def _require_file(folder: Path, relative: str, why: str) -> None:
+    if not (folder / relative).is_file():
+        raise ModelUnavailableError(f"The checkpoint {folder} is incomplete: it has no {relative} ({why}).")
+
+
+def _locate_base(folder: Path, config: ZeroFTConfig) -> str | Path:
+    """The base model's source, checked to exist: a sub-folder of the checkpoint, or a Hub repo.
+
+    A local base must hold model_index.json and a folder for each part it lists, with safetensors
+    weights for the networks; a Hub base must be in the Hugging Face cache or downloadable.
+    """
+    local = folder / config.base_model
+    if local.is_dir() or not is_hub_id(config.base_model):
+        _require_file(folder, f"{config.base_model}/model_index.json", "the base model's index")
+        index = json.loads((local / "model_index.json").read_text())
+        for part, spec in index.items():
+            if part.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+                continue
+            if part in PASSED_AS_NONE or (part == "unet" and config.unet_tuned):
+                continue  # never read: _load_base passes these as None, a tuned UNet comes from unet/
+            if not (local / part).is_dir():
+                raise ModelUnavailableError(f"The checkpoint {folder} is incomplete: its base model lists {part!r} "
+                                            f"but has no {config.base_model}/{part}/.")
+            weights = WEIGHT_FILES.get(spec[0]) if part in ("unet", "vae", "text_encoder") else None
+            if weights and not any((local / part).glob(f"{weights.split('.')[0]}*.safetensors")):  # also sharded
+                _require_file(folder, f"{config.base_model}/{part}/{weights}", f"the base model's {part} weights")
+        return local
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(config.base_model, "model_index.json", revision=config.base_revision)
+    except Exception as error:
+        raise HubUnavailableError(
+            f"Could not get the base model {config.base_model!r} from the Hugging Face Hub ({type(error).__name__}). "
+            "It is downloaded once on first use; check the network, or point base_model to a local folder."
+        ) from error
+    return config.base_model
+
+
+def _check_masker_model(masker: Masker) -> None:
+    """Fail before building when the rembg model is not on disk and downloads are off (HF_HUB_OFFLINE=1).
+
+    rembg would otherwise try its download at the first automatic mask, after the whole pipeline loaded.
+    Where to look is rembg's own rule (its session class's ``resolve_existing``).
+    """
+    from huggingface_hub import is_offline_mode
+
+    if masker.kind != "rembg" or not is_offline_mode():
+        return
+    try:
+        from rembg.sessions import sessions_class
+    except ImportError:
+        return  # the masker names the missing package on first use
+    session = next((c for c in sessions_class if c.name() == masker.model), None)
+    if session is None or session.resolve_existing(f"{masker.model}.onnx") is not None:
+        return
+    home = os.environ.get("U2NET_HOME", os.path.expanduser("~/.u2net"))
+    raise ModelUnavailableError(
+        f"The rembg model {masker.model!r} is not on this machine and downloads are off (HF_HUB_OFFLINE=1). "
+        f"Place {masker.model}.onnx in {home}, or draw the mask yourself, or use the 'border' masker."
+    )
 
 
 def load_pipeline(
@@ -109,6 +175,11 @@ def load_pipeline(
             (diffusers' model CPU offload; CUDA only).
         masker: override the checkpoint's automatic masker ("border", "rembg:<model>").
         revision: Hub revision of the checkpoint.
+
+    Raises:
+        ModelUnavailableError: a file the checkpoint needs is missing (adapter, tuned UNet, local base
+            model, encoder weights, the rembg model while offline); checked before any model is built.
+        HubUnavailableError: a Hub model is neither in the Hugging Face cache nor downloadable.
     """
     folder = resolve_checkpoint(checkpoint, revision)
     config = ZeroFTConfig.load(folder)
@@ -119,20 +190,30 @@ def load_pipeline(
         raise InputError("CPU offload moves models between CPU and GPU memory; it needs a CUDA GPU.")
     unet_quant, text_quant = quantization_configs(quantization, dtype)
 
+    # 1. Find every file before building anything: at full size the builds take minutes.
+    _require_file(folder, ADAPTER_NAME, "the object attention weights")
+    if config.unet_tuned:
+        _require_file(folder, "unet/config.json", "the tuned UNet")
+        _require_file(folder, f"unet/{UNET_WEIGHTS}", "the tuned UNet")
+    base_source = _locate_base(folder, config)
+    encoder_source = locate_encoder(config.encoder, folder)
+    pipe_masker = Masker(masker or config.masker)
+    _check_masker_model(pipe_masker)
+
+    # 2. Build.
     unet = None
     if config.unet_tuned:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype, quantization_config=unet_quant, use_safetensors=True)
-    base_source = folder / config.base_model if (folder / config.base_model).is_dir() else config.base_model
     base = _load_base(base_source, config, dtype, unet, unet_quant, text_quant)
 
-    encoder = ObjectEncoder.from_config(config.encoder, folder).to(dtype=dtype)
+    encoder = ObjectEncoder.from_source(encoder_source, config.encoder).to(dtype=dtype)
     if encoder.embed_dim != config.image_embed_dim:
         raise ValueError(f"encoder gives {encoder.embed_dim}-d embeddings, the checkpoint expects {config.image_embed_dim}")
     load_object_attention(base.unet, load_file(str(folder / ADAPTER_NAME)))
     quantize_object_attention_(base.unet, quantization)
 
     components = {k: v for k, v in base.components.items() if k != "image_encoder"}
-    pipe = pipeline_class(**components, object_encoder=encoder, zeroft_config=config, masker=Masker(masker or config.masker))
+    pipe = pipeline_class(**components, object_encoder=encoder, zeroft_config=config, masker=pipe_masker)
     pipe.checkpoint_folder = folder
     pipe.quantization = quantization
     if offload:

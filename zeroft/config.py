@@ -26,7 +26,7 @@ class EncoderConfig:
     """The frozen object encoder f_o and how the photo is prepared for it."""
 
     model_name: str = "ViT-H-14"  # open_clip architecture; IP-Adapter SD1.5 was trained on this one
-    pretrained: str | None = "laion2b_s32b_b79k"  # open_clip tag, fetched from the Hub as safetensors
+    pretrained: str | None = "laion2b_s32b_b79k"  # open_clip tag, or "hf-hub:org/name/file.safetensors" (image tower only); read as safetensors
     path: str | None = None  # sub-folder of the checkpoint in open_clip's local layout; wins over the two above
     background_fill: str = "gray"  # replaces the masked-out background (x ⊗ m): "gray" | "white" | "black" | "none"
     crop_to_object: bool = True  # crop to the mask's box before encoding, so the object fills the encoder's view
