@@ -151,7 +151,8 @@ def test_ip_adapter_import(tmp_path):
     folder = import_ip_adapter(tmp_path / "imported", adapter_file=source)
     config = ZeroFTConfig.load(folder)
     assert config.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    assert (config.encoder.model_name, config.encoder.pretrained) == ("ViT-H-14", "laion2b_s32b_b79k")
+    assert (config.encoder.model_name, config.encoder.pretrained) == (
+        "ViT-H-14", "hf-hub:h94/IP-Adapter/models/image_encoder/model.safetensors")
     assert (config.image_embed_dim, config.cross_attention_dim, config.num_tokens) == (1024, 768, 4)
     assert "Apache-2.0" in config.licenses["adapter"]
     # offline, loading it fails at the Hub with a clear message rather than a stack of HTTP errors
