@@ -129,7 +129,9 @@ def preset_folder(name: str) -> Path | None:
             config = ZeroFTConfig.load(cache)
             if config.encoder != IP_ADAPTER_SD15.encoder_config():
                 # written by an older zeroft (the whole-CLIP encoder file): point it to the current source
-                config.replace(encoder=IP_ADAPTER_SD15.encoder_config()).save(cache)
+                config = config.replace(encoder=IP_ADAPTER_SD15.encoder_config())
+                config.save(cache)
+                write_model_card(cache, config)
         return cache
     return None
 
