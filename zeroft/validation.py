@@ -93,6 +93,22 @@ MIN_SIZE_FACTOR = 0.25
 MAX_SIZE_FACTOR = {"cpu": 1.5, "gpu": 2.0}
 
 
+def native_size(unet_sample_size: int, vae_scale_factor: int, defaults=None) -> int:
+    """The output side a backbone was made for, in pixels: what :func:`size_limits` scales with.
+
+    The larger of the UNet's ``sample_size`` in pixels (diffusers' default output size) and the
+    checkpoint's default size (``GenerationDefaults``: what it was trained and tuned at; the tiny
+    test UNet says 32 px, its checkpoint 64).
+
+    Args:
+        unet_sample_size: ``unet.config.sample_size``, in latent pixels.
+        vae_scale_factor: pixels per latent pixel (``pipe.vae_scale_factor``).
+        defaults: the checkpoint's ``GenerationDefaults`` (anything with ``height`` and ``width``), or None.
+    """
+    native = unet_sample_size * vae_scale_factor
+    return native if defaults is None else max(native, defaults.height, defaults.width)
+
+
 def _device_kind(device) -> str:
     """"cpu" or "gpu" for a torch.device or a name such as "cuda:1"; MPS counts as a GPU."""
     name = getattr(device, "type", None) or str(device).partition(":")[0]
@@ -202,8 +218,8 @@ def check_time_budget(budget_seconds: float, *, steps: int, num_images: int, hei
     if remedies:
         advice = "Lower " + (", ".join(remedies[:-1]) + " or " + remedies[-1] if len(remedies) > 1 else remedies[0])
     else:
-        advice = "Lower the steps, the number of images and the size together"
+        advice = "Lower the steps, the number of images and the size together, or allow more time"
     raise InputError(
-        f"This request would take about {seconds:.0f} s ({steps} steps, {num_images} image(s) of "
+        f"This request would take about {seconds:.0f} s ({steps} step(s), {num_images} image(s) of "
         f"{width}x{height}), over the {budget_seconds:g} s limit. {advice}."
     )
