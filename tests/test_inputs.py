@@ -24,6 +24,26 @@ def test_missing_file(tmp_path):
         load_image(tmp_path / "nope.png")
 
 
+def test_a_folder_is_named_a_folder_not_missing(tmp_path):
+    with pytest.raises(InputError) as caught:
+        load_image(tmp_path, "reference photo")
+    assert "is a folder" in str(caught.value) and "image file" in str(caught.value)
+    assert "does not exist" not in str(caught.value)
+    with pytest.raises(InputError, match="is a folder"):
+        load_mask(tmp_path)
+
+
+@pytest.mark.parametrize("device", ["nonsense", "meta", "cuda:7"])
+def test_an_unusable_device_is_refused_before_loading(tiny_checkpoint, device, monkeypatch):
+    import torch
+
+    from zeroft import load_pipeline
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match=f"[Dd]evice '{device}'"):
+        load_pipeline(tiny_checkpoint, device=device)
+
+
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.png"
     path.write_bytes(b"")

@@ -17,10 +17,37 @@ from .errors import InputError
 QUANTIZATION_MODES = ("none", "int8", "bnb-8bit", "bnb-4bit")
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, if this machine has it.
+
+    Raises:
+        InputError: an unknown device name, or a CUDA / MPS device this machine does not have
+            (found here, not when the first weights move to it).
+    """
+    supported = "use cpu, cuda, cuda:<index> or mps"
+    try:
+        checked = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"Unknown device {str(device)!r}; {supported}.") from None
+    if checked.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"Device {str(device)!r} needs an NVIDIA GPU with CUDA, and this machine has none; use cpu.")
+        count = torch.cuda.device_count()
+        if checked.index is not None and checked.index >= count:
+            raise InputError(f"Device {str(device)!r} does not exist: this machine has {count} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{count - 1}.")
+    elif checked.type == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise InputError(f"Device {str(device)!r} needs Apple's Metal (MPS), which this machine lacks; use cpu.")
+    elif checked.type != "cpu":
+        raise InputError(f"Device {str(device)!r} is not supported; {supported}.")
+    return checked
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else CUDA when present, else Apple MPS, else CPU."""
+    """The given device (checked by :func:`check_device`), else CUDA when present, else Apple MPS, else CPU."""
     if device is not None:
-        return torch.device(device)
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
