@@ -5,6 +5,8 @@ import pytest
 from PIL import Image
 
 from zeroft import InputError, Masker, ModelUnavailableError, apply_mask, choose_mask
+from zeroft.images import load_image
+from zeroft.masking import choose_mask_with_source, prepare_mask
 
 from conftest import square_photo
 
@@ -52,7 +54,7 @@ def test_missing_rembg_model_gives_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_unknown_masker_is_refused():
-    with pytest.raises(ValueError, match="unknown masker"):
+    with pytest.raises(InputError, match="unknown masker"):
         Masker("magic")
 
 
@@ -83,8 +85,49 @@ def test_alpha_channel_serves_as_mask(tiny_pipe):
 
 
 def test_automatic_mask_on_a_flat_photo_is_empty(tiny_pipe):
-    with pytest.raises(InputError, match="mask is empty"):
+    with pytest.raises(InputError, match="automatic mask is empty") as caught:
         tiny_pipe.object_mask(Image.new("RGB", (64, 64), (90, 90, 90)))
+    message = str(caught.value)  # it failed, so it must not be what the message advises
+    assert "border masker found no object" in message and "--mask" in message and "--masker rembg:u2net" in message
+    assert "use the automatic mask" not in message
+
+
+def _transparent_photo() -> Image.Image:
+    rgba = square_photo().convert("RGBA")
+    rgba.putalpha(0)
+    return rgba
+
+
+@pytest.mark.parametrize("make, mask, masker, source, advice, not_advised", [
+    (square_photo, np.zeros((64, 64), np.float32), "border", "given", "give no mask", "--masker"),
+    (_transparent_photo, None, "border", "alpha", "--mask", "give no mask"),
+    (lambda: Image.new("RGB", (64, 64), (90, 90, 90)), None, "border", "automatic:border", "--masker rembg:u2net",
+     "--masker border"),
+    (lambda: Image.new("RGB", (64, 64), (90, 90, 90)), None, "rembg:u2net", "automatic:rembg:u2net",
+     "--masker border", "--masker rembg"),
+])
+def test_an_empty_mask_says_what_to_do_by_where_it_came_from(make, mask, masker, source, advice, not_advised,
+                                                             monkeypatch):
+    monkeypatch.setattr(Masker, "__call__", lambda self, image: np.zeros(image.size[::-1], np.float32))
+    photo = load_image(make())
+    chosen = choose_mask_with_source(photo, mask, Masker(masker))
+    assert chosen.source == source
+    with pytest.raises(InputError, match="empty") as caught:
+        prepare_mask(chosen.mask, photo.rgb.size, source=chosen.source)
+    assert advice in str(caught.value) and not_advised not in str(caught.value)
+
+
+def test_settings_record_where_each_mask_came_from(tiny_pipe):
+    cutout = square_photo().convert("RGBA")
+    cutout.putalpha(0)
+    cutout.paste((220, 30, 30, 255), (16, 16, 48, 48))
+    user = np.zeros((64, 64), np.float32)
+    user[16:48, 16:48] = 1.0
+    out = tiny_pipe("x", object_image=[cutout, square_photo(), square_photo()], object_mask=[None, None, user],
+                    num_inference_steps=1, seed=0)
+    assert out.settings.masks == ["alpha", "automatic:border", "given"]
+    assert "masker" not in out.settings.to_dict()  # the automatic masker shows only where it made a mask
+    assert tiny_pipe("x", num_inference_steps=1, seed=0).settings.masks == []
 
 
 def test_choose_mask_is_the_one_rule_user_then_alpha_then_automatic():

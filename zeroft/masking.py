@@ -11,15 +11,16 @@ Two automatic maskers, chosen by a spec string recorded in each checkpoint:
   and the object is what differs from it, with enclosed holes filled. Right for product shots
   on plain backgrounds and for zeroft's synthetic toy world; wrong for cluttered photos.
 
-Which mask a photo gets is decided in one place, :func:`choose_mask`: the user's mask, else the
-photo's own transparency, else the automatic masker. The pipeline, the CLI, the app and
-train.prepare all call it.
+Which mask a photo gets is decided in one place, :func:`choose_mask_with_source` (and
+:func:`choose_mask`, its mask alone): the user's mask, else the photo's own transparency, else the
+automatic masker. The pipeline, the CLI, the app, train.prepare and train.data all call it.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -57,13 +58,36 @@ def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(mask, 0.0, 1.0)
 
 
-def prepare_mask(mask: np.ndarray, size: tuple[int, int], binary: bool = False) -> np.ndarray:
+def _empty_mask_message(source: str | None) -> str:
+    """What to tell a person whose mask marks nothing, by where the mask came from.
+
+    Each message advises something other than what just failed; the command-line flags are
+    named in parentheses, for the CLI's users.
+    """
+    if source == "given":
+        return ("The given mask is empty: nothing in it marks the object in white. Paint over the object, "
+                "or give no mask (leave out --mask) to use the photo's transparency or the automatic mask.")
+    if source == "alpha":
+        return ("The object mask is empty: the photo's transparency, used as its mask, hides the whole photo. "
+                "Give a mask of the object (--mask), or use a copy of the photo without transparency "
+                "to get the automatic mask.")
+    if source is not None and source.startswith("automatic:"):
+        spec = source.partition(":")[2]
+        others = [s for s in ("border", DEFAULT_MASKER) if s != spec]
+        return (f"The automatic mask is empty: the {spec} masker found no object in this photo. Paint a mask "
+                f"over the object (--mask on the command line), or try another masker (--masker {' or '.join(others)}).")
+    return "The object mask is empty: give a mask that marks the object in white."
+
+
+def prepare_mask(mask: np.ndarray, size: tuple[int, int], binary: bool = False, source: str | None = None) -> np.ndarray:
     """Resize a mask to a photo and check that it marks something.
 
     Args:
         mask: (h, w) float array in [0, 1]; 1 marks the object.
         size: the photo's (width, height).
         binary: threshold at 0.5 instead of keeping soft edges.
+        source: where the mask came from (:attr:`ChosenMask.source`: "given", "alpha" or
+            "automatic:<masker>"), so that an empty mask's message says what to do instead.
 
     Returns:
         (height, width) float32 mask in [0, 1].
@@ -75,13 +99,59 @@ def prepare_mask(mask: np.ndarray, size: tuple[int, int], binary: bool = False) 
     if binary:
         mask = (mask >= 0.5).astype(np.float32)
     if float((mask >= 0.5).mean()) < MIN_MASK_AREA:
-        raise InputError("The object mask is empty: paint over the object, or use the automatic mask.")
+        raise InputError(_empty_mask_message(source))
     return mask
+
+
+@dataclass(frozen=True)
+class ChosenMask:
+    """A reference photo's mask and where it came from, as :func:`choose_mask_with_source` decided."""
+
+    mask: np.ndarray  # (H, W) float32 in [0, 1] at the photo's size; may be empty
+    source: str  # "given" (the user's mask), "alpha" (the photo's transparency) or "automatic:<masker spec>"
+
+
+def choose_mask_with_source(photo: LoadedImage, mask: ImageInput | np.ndarray | None = None,
+                            masker: Masker | None = None, cache: LRUCache | None = None) -> ChosenMask:
+    """The mask of a reference photo by zeroft's one rule, and which branch of the rule gave it.
+
+    The rule: the user's mask, else the photo's alpha, else the automatic ``masker``. Arguments as
+    :func:`choose_mask`; the source is what ``GenerationSettings.masks`` records and what
+    :func:`prepare_mask` needs to word an empty mask's message.
+
+    Example:
+        >>> from PIL import Image
+        >>> from zeroft.images import load_image
+        >>> photo = Image.new("RGB", (64, 64), (0, 0, 255))
+        >>> photo.paste((255, 0, 0), (16, 16, 48, 48))
+        >>> choose_mask_with_source(load_image(photo), masker=Masker("border")).source
+        'automatic:border'
+        >>> cutout = photo.convert("RGBA")
+        >>> cutout.putalpha(0)  # transparent, but for the object
+        >>> cutout.paste((255, 0, 0, 255), (16, 16, 48, 48))
+        >>> choose_mask_with_source(load_image(cutout), masker=Masker("border")).source
+        'alpha'
+    """
+    if mask is not None:
+        raw, source = load_mask(mask), "given"
+    elif photo.alpha is not None:
+        raw, source = photo.alpha, "alpha"
+    elif masker is None:
+        raise ValueError("the photo has no mask and no alpha channel, and no automatic masker was given")
+    else:
+        source = f"automatic:{masker.spec}"
+        if cache is None:
+            raw = masker(photo.rgb)
+        else:
+            raw = cache.get_or_create((image_digest(photo.rgb), masker.spec), lambda: masker(photo.rgb))
+    return ChosenMask(mask=fit_mask(raw, photo.rgb.size), source=source)
 
 
 def choose_mask(photo: LoadedImage, mask: ImageInput | np.ndarray | None = None, masker: Masker | None = None,
                 cache: LRUCache | None = None) -> np.ndarray:
     """The mask of a reference photo, by zeroft's one rule: the user's, else the photo's alpha, else automatic.
+
+    The same decision as :func:`choose_mask_with_source`, without saying where the mask came from.
 
     Args:
         photo: the photo as :func:`zeroft.images.load_image` returns it.
@@ -93,17 +163,7 @@ def choose_mask(photo: LoadedImage, mask: ImageInput | np.ndarray | None = None,
         (H, W) float32 mask in [0, 1] at the photo's size; it may be empty (callers that encode
         it check with :func:`prepare_mask`, train.prepare flags it).
     """
-    if mask is not None:
-        raw = load_mask(mask)
-    elif photo.alpha is not None:
-        raw = photo.alpha
-    elif masker is None:
-        raise ValueError("the photo has no mask and no alpha channel, and no automatic masker was given")
-    elif cache is None:
-        raw = masker(photo.rgb)
-    else:
-        raw = cache.get_or_create((image_digest(photo.rgb), masker.spec), lambda: masker(photo.rgb))
-    return fit_mask(raw, photo.rgb.size)
+    return choose_mask_with_source(photo, mask, masker, cache).mask
 
 
 def apply_mask(image: Image.Image, mask: np.ndarray, fill: str) -> Image.Image:
@@ -185,7 +245,8 @@ class Masker:
         elif spec == "border":
             self.kind, self.model = "border", None
         else:
-            raise ValueError(f"unknown masker {spec!r}: use 'border' or 'rembg:<model>' (e.g. {DEFAULT_MASKER!r})")
+            # InputError (a ValueError): a spec comes from a person, on the command line or in a config
+            raise InputError(f"unknown masker {spec!r}: use 'border' or 'rembg:<model>' (e.g. {DEFAULT_MASKER!r})")
         self.spec = spec
         self.calls = 0  # observable: the caches promise a repeated photo is never masked twice
         self._session = None

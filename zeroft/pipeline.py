@@ -16,6 +16,7 @@ one weight per condition, after Brooks et al. (2023, InstructPix2Pix, eq. 3).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -29,8 +30,9 @@ from .config import ZeroFTConfig
 from .encoder import ObjectEncoder, check_views
 from .errors import InputError
 from .images import ImageInput, load_image
-from .masking import Masker, choose_mask, prepare_mask
-from .validation import (check_guidance, check_num_images, check_prompt, check_seed, check_size, check_steps)
+from .masking import ChosenMask, Masker, choose_mask_with_source, prepare_mask
+from .validation import (check_guidance, check_num_images, check_prompt, check_seed, check_size_for, check_steps,
+                         check_time_budget, native_size, size_limits)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class GenerationSettings:
     width: int
     seed: int | None  # None when the caller passed generators or latents instead
     seeds: list[int]  # image i is reproduced by seed=seeds[i], num_images=1
-    masker: str  # the automatic masker's spec (used only for photos with neither a mask nor alpha)
+    masks: list[str]  # where each reference photo's mask came from: "given", "alpha" or "automatic:<masker>"
     quantization: str
     device: str
 
@@ -142,6 +144,7 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         self.embedding_cache = LRUCache(cache_size)  # (photo, mask, encoder) digests -> (1, D) embedding
         self.prompt_cache = LRUCache(cache_size)  # (prompt, negative prompt) -> text embeddings
         self.encoder_calls = 0
+        self.unit_seconds: float | None = None  # one UNet call, one image, native size: set by measure_unit_seconds or by hand
 
     # ------------------------------------------------------------------ object side
 
@@ -151,9 +154,15 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         Returns:
             (RGB PIL image, (H, W) float32 mask in [0, 1]).
         """
+        rgb, chosen = self._object_mask_with_source(image, mask, binary)
+        return rgb, chosen.mask
+
+    def _object_mask_with_source(self, image: ImageInput, mask, binary: bool = False):
+        """(RGB PIL image, :class:`ChosenMask` with the mask checked and fitted to the photo)."""
         loaded = load_image(image, "reference photo")
-        raw = choose_mask(loaded, mask, self.masker, self.mask_cache)
-        return loaded.rgb, prepare_mask(raw, loaded.rgb.size, binary=binary)
+        chosen = choose_mask_with_source(loaded, mask, self.masker, self.mask_cache)
+        prepared = prepare_mask(chosen.mask, loaded.rgb.size, binary=binary, source=chosen.source)
+        return loaded.rgb, ChosenMask(mask=prepared, source=chosen.source)
 
     def set_encoder_views(self, views: str) -> None:
         """Average the object embedding over these views of each photo (see zeroft.encoder.VIEWS).
@@ -179,6 +188,11 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         Returns:
             ((1, D) embedding on the pipeline's device, list of the masks used).
         """
+        embedding, chosen = self._encode_object(images, masks)
+        return embedding, [c.mask for c in chosen]
+
+    def _encode_object(self, images, masks=None) -> tuple[torch.Tensor, list[ChosenMask]]:
+        """:meth:`encode_object`, with where each mask came from."""
         if self.object_encoder is None:
             raise ValueError("this pipeline has no object encoder; pass image_embeds instead")
         if isinstance(images, (list, tuple)):
@@ -192,7 +206,8 @@ class ZeroFTPipeline(StableDiffusionPipeline):
             raise InputError(f"Got {len(photos)} reference photos but {len(masks)} masks.")
         embeddings, used_masks = [], []
         for photo, mask in zip(photos, masks):
-            rgb, mask = self.object_mask(photo, mask)
+            rgb, chosen = self._object_mask_with_source(photo, mask)
+            mask = chosen.mask
             key = (image_digest(rgb), mask_digest(mask), self.object_encoder.identity)
 
             def encode(rgb=rgb, mask=mask):
@@ -201,7 +216,7 @@ class ZeroFTPipeline(StableDiffusionPipeline):
                 return self.object_encoder(pixels).float().cpu()
 
             embeddings.append(self.embedding_cache.get_or_create(key, encode))
-            used_masks.append(mask)
+            used_masks.append(chosen)
         embedding = torch.cat(embeddings).mean(0, keepdim=True)
         return embedding.to(self._execution_device), used_masks
 
@@ -221,6 +236,51 @@ class ZeroFTPipeline(StableDiffusionPipeline):
     def set_object_scale(self, scale: float) -> None:
         """Scale of the object attention in every layer; 0 turns the object branch off entirely."""
         set_object_scale(self.unet, scale)
+
+    # ------------------------------------------------------------------ limits of one request
+
+    @property
+    def native_size(self) -> int:
+        """The output side the backbone was made for, in pixels (zeroft.validation.native_size)."""
+        defaults = self.zeroft_config.defaults if self.zeroft_config else None
+        return native_size(self.unet.config.sample_size, self.vae_scale_factor, defaults)
+
+    def size_limits(self) -> tuple[int, int]:
+        """(smallest, largest) output side on this pipeline's device: zeroft.validation.size_limits."""
+        return size_limits(self.native_size, self._execution_device)
+
+    @torch.no_grad()
+    def measure_unit_seconds(self, clock: Callable[[], float] = time.perf_counter) -> float:
+        """Time one UNet call on one image at the native size (after a warm-up call) and keep it.
+
+        The result, ``self.unit_seconds``, is the cost unit of zeroft.validation.estimate_seconds;
+        ``__call__(time_budget=...)`` measures it on first use. Set ``unit_seconds`` by hand to
+        skip the measurement (a known device, a test).
+
+        Args:
+            clock: seconds as a float; a fake clock makes the measurement deterministic.
+        """
+        device = self._execution_device
+        side = self.native_size // self.vae_scale_factor
+        dtype = self.unet.dtype
+        latents = torch.zeros(1, self.unet.config.in_channels, side, side, device=device, dtype=dtype)  # (1, C, h, w)
+        text = torch.zeros(1, self.tokenizer.model_max_length, self.unet.config.cross_attention_dim,
+                           device=device, dtype=dtype)  # (1, T, C)
+        width_d = self.zeroft_config.image_embed_dim if self.zeroft_config else self.object_encoder.embed_dim
+        added_cond_kwargs = {"image_embeds": [torch.zeros(1, 1, width_d, device=device, dtype=dtype)]}  # (1, 1, D)
+        timestep = torch.tensor(500, device=device)
+
+        def one_call():
+            self.unet(latents, timestep, encoder_hidden_states=text, added_cond_kwargs=added_cond_kwargs,
+                      return_dict=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        one_call()  # the first call allocates and picks kernels; it is not what a step costs
+        start = clock()
+        one_call()
+        self.unit_seconds = max(clock() - start, 1e-9)
+        return self.unit_seconds
 
     # ------------------------------------------------------------------ generation
 
@@ -250,6 +310,7 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         latents: torch.Tensor | None = None,
         callback: Callable[[int, int], None] | None = None,
         output_type: str = "pil",
+        time_budget: float | None = None,
     ) -> ZeroFTOutput:
         r"""Generate ``num_images`` images of the reference object in the scene of ``prompt``.
 
@@ -266,10 +327,18 @@ class ZeroFTPipeline(StableDiffusionPipeline):
             num_inference_steps: 1..150 sampler steps; default from the checkpoint.
             seed: image i (in prompt-major order) uses seed + i, so any image can be regenerated alone.
             generator: torch generator(s), instead of ``seed``.
-            height, width: output size, multiples of 8; default from the checkpoint.
+            height, width: output size, multiples of 8 within :meth:`size_limits`; default from the checkpoint.
             latents: initial noise (P·num_images, C, h, w), instead of drawing it.
-            callback: called as ``callback(step, total_steps)`` after every step.
+            callback: called as ``callback(step, total)`` after every UNet step; ``total`` is the
+                number of steps the scheduler takes, which may exceed ``num_inference_steps`` (PNDM).
             output_type: "pil", "np", "pt" or "latent".
+            time_budget: seconds this request may take; one estimated to take longer
+                (zeroft.validation.check_time_budget, with ``unit_seconds``, measured on first use)
+                is refused with an :class:`InputError` before any denoising.
+
+        Raises:
+            InputError: a setting out of range, a size outside :meth:`size_limits`, an empty mask,
+                or a request over ``time_budget``.
         """
         # 1. Check inputs and fill defaults from the checkpoint
         prompts = [prompt] if isinstance(prompt, str) or prompt is None else list(prompt)
@@ -281,21 +350,22 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         object_guidance = check_guidance("object guidance", self._default("object_guidance", object_guidance, 5.0))
         num_images = check_num_images(num_images)
         steps = check_steps(self._default("steps", num_inference_steps, 30))
-        native = self.unet.config.sample_size * self.vae_scale_factor
-        height = check_size("height", self._default("height", height, native))
-        width = check_size("width", self._default("width", width, native))
+        native = self.native_size
+        device = self._execution_device
+        height = check_size_for("height", self._default("height", height, native), native, device)
+        width = check_size_for("width", self._default("width", width, native), native, device)
         seed = check_seed(seed)
         if object_image is not None and image_embeds is not None:
             raise InputError("Give either a reference photo or precomputed image_embeds, not both.")
-        device = self._execution_device
+        if object_image is None and image_embeds is None:
+            object_guidance = 0.0  # no object: plain text-to-image with guidance w_text
         batch = len(prompts) * num_images
 
         # 2. Object embedding o (mask + encoder, both cached) and the null embedding ϕ
-        masks: list[np.ndarray] = []
+        chosen: list[ChosenMask] = []
         if object_image is not None:
-            image_embeds, masks = self.encode_object(object_image, object_mask)
+            image_embeds, chosen = self._encode_object(object_image, object_mask)
         if image_embeds is None:
-            object_guidance = 0.0  # no object: plain text-to-image with guidance w_text
             width_d = self.zeroft_config.image_embed_dim if self.zeroft_config else self.object_encoder.embed_dim
             image_embeds = torch.zeros(1, width_d)
         image_embeds = image_embeds.to(device).reshape(-1, image_embeds.shape[-1])  # (1 or P, D)
@@ -309,9 +379,14 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         prompt_embeds = torch.cat([e[0] for e in encoded]).repeat_interleave(num_images, 0)  # (N, T, C)
         negative_prompt_embeds = encoded[0][1].expand(batch, -1, -1)  # (N, T, C)
 
-        # 4. Prepare timesteps
+        # 4. Prepare timesteps, and refuse a request that would take longer than the budget
         self.scheduler.set_timesteps(steps, device=device)
         timesteps = self.scheduler.timesteps
+        if time_budget is not None:
+            unit_seconds = self.unit_seconds if self.unit_seconds is not None else self.measure_unit_seconds()
+            check_time_budget(time_budget, steps=len(timesteps), num_images=batch, height=height, width=width,
+                              native_size=native, unit_seconds=unit_seconds,
+                              branches=len(needed_branches(text_guidance, object_guidance)))
 
         # 5. Prepare latent variables; one generator per image so image i depends on seed + i only
         seeds: list[int] = []
@@ -360,10 +435,10 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         settings = GenerationSettings(
             prompt=prompt if isinstance(prompt, str) else prompts, negative_prompt=negative_prompt,
             text_guidance=text_guidance, object_guidance=object_guidance, steps=steps, num_images=num_images,
-            height=height, width=width, seed=seed if seeds else None, seeds=seeds, masker=self.masker.spec,
+            height=height, width=width, seed=seed if seeds else None, seeds=seeds, masks=[c.source for c in chosen],
             quantization=getattr(self, "quantization", "none"), device=str(device),
         )
-        return ZeroFTOutput(images=images, masks=masks, image_embeds=image_embeds.cpu(), seeds=seeds, settings=settings)
+        return ZeroFTOutput(images=images, masks=[c.mask for c in chosen], image_embeds=image_embeds.cpu(), seeds=seeds, settings=settings)
 
     # ------------------------------------------------------------------ checkpoints
 
