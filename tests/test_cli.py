@@ -2,11 +2,14 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from zeroft.cli import main
@@ -33,6 +36,7 @@ def test_generate_end_to_end_in_a_subprocess(tiny_checkpoint, tmp_path):
     for name in settings["outputs"]:
         assert Image.open(out / name).size == (64, 64)
     assert (out / "zeroft_001_mask0.png").is_file()
+    assert settings["masks"] == ["automatic:border"] and settings["mask_files"] is None and "masker" not in settings
 
 
 def test_second_run_does_not_overwrite(tiny_checkpoint, tmp_path):
@@ -94,3 +98,137 @@ def test_unreachable_hub_exits_3(tmp_path, capsys):
     code = main(["generate", "--checkpoint", "nobody/nothing", "--image", str(tmp_path / "photo.png"),
                  "--prompt", "x", "--out", str(tmp_path / "out")])
     assert code == 3 and "Hugging Face Hub" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Make loading the model a test failure: these errors must come before it."""
+    import zeroft.loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error was found")
+
+    monkeypatch.setattr(zeroft.loading, "load_pipeline", refuse)
+
+
+def _generate_argv(checkpoint, tmp_path, *extra, out=None):
+    square_photo().save(tmp_path / "photo.png")
+    return ["generate", "--checkpoint", str(checkpoint), "--image", str(tmp_path / "photo.png"), "--prompt", "x",
+            "--steps", "1", "--out", str(out if out is not None else tmp_path / "out"), *extra]
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_out_naming_an_existing_file_is_refused_before_loading(tiny_checkpoint, tmp_path, capsys, no_loading):
+    (tmp_path / "taken.txt").write_text("keep me")
+    assert main(_generate_argv(tiny_checkpoint, tmp_path, out=tmp_path / "taken.txt")) == 2
+    assert "is an existing file, not a folder" in _one_error_line(capsys)
+    assert (tmp_path / "taken.txt").read_text() == "keep me"
+
+
+def test_out_under_a_file_is_refused_before_loading(tiny_checkpoint, tmp_path, capsys, no_loading):
+    (tmp_path / "file").write_text("")
+    assert main(_generate_argv(tiny_checkpoint, tmp_path, out=tmp_path / "file" / "out")) == 2
+    assert "Cannot write to the output folder" in _one_error_line(capsys)
+
+
+def _read_only(monkeypatch, folder):
+    """Writes into ``folder`` fail as in a read-only directory, also for root (whom chmod does not stop)."""
+    real_open = os.open
+
+    def fake_open(path, flags, *args, **kwargs):
+        if Path(path).parent == Path(folder) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+
+
+def test_read_only_out_is_refused_before_loading(tiny_checkpoint, tmp_path, capsys, monkeypatch, no_loading):
+    (tmp_path / "locked").mkdir()
+    _read_only(monkeypatch, tmp_path / "locked")
+    assert main(_generate_argv(tiny_checkpoint, tmp_path, out=tmp_path / "locked")) == 2
+    assert "Cannot write to the output folder" in _one_error_line(capsys)
+
+
+def test_mask_out_in_a_read_only_folder_is_one_plain_line(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    square_photo().save(tmp_path / "photo.png")
+    (tmp_path / "locked").mkdir()
+    _read_only(monkeypatch, tmp_path / "locked")
+    code = main(["mask", str(tmp_path / "photo.png"), "--masker", "border", "--out", str(tmp_path / "locked" / "m.png")])
+    assert code == 2 and "Permission denied" in _one_error_line(capsys)
+    (tmp_path / "file").write_text("")
+    code = main(["mask", str(tmp_path / "photo.png"), "--masker", "border", "--out", str(tmp_path / "file" / "m.png")])
+    assert code == 2 and "is an existing file, not a folder" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("command", ["generate", "mask"])
+def test_unknown_masker_is_one_plain_line(command, tiny_checkpoint, tmp_path, capsys, no_loading):
+    if command == "generate":
+        argv = _generate_argv(tiny_checkpoint, tmp_path, "--masker", "bogus")
+    else:
+        square_photo().save(tmp_path / "photo.png")
+        argv = ["mask", str(tmp_path / "photo.png"), "--masker", "bogus", "--out", str(tmp_path / "m.png")]
+    assert main(argv) == 2
+    assert "unknown masker 'bogus'" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "needs an NVIDIA GPU with CUDA, and this machine has none"),
+    ("cuda:0", "needs an NVIDIA GPU with CUDA"),
+    ("nonsense", "Unknown device 'nonsense'; use cpu, cuda, cuda:<index> or mps"),
+])
+def test_unusable_device_is_one_plain_line(device, message, tiny_checkpoint, tmp_path, capsys, monkeypatch,
+                                           no_loading):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a machine with a GPU
+    assert main(_generate_argv(tiny_checkpoint, tmp_path, "--device", device)) == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_size_over_the_models_limit_is_refused_before_loading(tiny_checkpoint, tmp_path, capsys, no_loading):
+    assert main(_generate_argv(tiny_checkpoint, tmp_path, "--height", "2048", "--device", "cpu")) == 2
+    assert "height must be between 32 and 96 pixels for this model on a CPU" in _one_error_line(capsys)
+
+
+def test_time_budget_flag_refuses_a_long_request(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from zeroft.pipeline import ZeroFTPipeline
+
+    monkeypatch.setattr(ZeroFTPipeline, "measure_unit_seconds", lambda self: 30.0)  # a slow machine, injected
+    assert main(_generate_argv(tiny_checkpoint, tmp_path, "--time-budget", "5")) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading bars: the budget needs the model
+    assert last.startswith("error: This request would take about 90 s") and "over the 5 s limit" in last
+    assert main(_generate_argv(tiny_checkpoint, tmp_path, "--time-budget", "-1")) == 2
+    assert "--time-budget must be a positive number" in _one_error_line(capsys)
+
+
+def test_checkpoint_folder_with_only_its_config_is_one_plain_line(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "bare").mkdir()
+    shutil.copy(tiny_checkpoint / "zeroft_config.json", tmp_path / "bare")
+    assert main(_generate_argv(tmp_path / "bare", tmp_path)) in (2, 3)
+    _one_error_line(capsys)
+
+
+def test_progress_bar_follows_the_schedulers_total(tiny_checkpoint, tmp_path, capsys):
+    """PNDM (SD1.5's default) calls the UNet steps + 1 times: the bar must end at 3/3, not 3/2."""
+    from diffusers import PNDMScheduler
+
+    checkpoint = tmp_path / "pndm"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    scheduler_dir = checkpoint / "base" / "scheduler"
+    config = json.loads((scheduler_dir / "scheduler_config.json").read_text())
+    PNDMScheduler.from_config(config, skip_prk_steps=True).save_config(scheduler_dir)  # as SD1.5 has it
+    index = json.loads((checkpoint / "base" / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "PNDMScheduler"]
+    (checkpoint / "base" / "model_index.json").write_text(json.dumps(index))
+    argv = _generate_argv(checkpoint, tmp_path, "--seed", "1")
+    argv[argv.index("--steps") + 1] = "2"
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "3/3" in err and not re.search(r"\b\d+/2\b", err), err

@@ -1,7 +1,9 @@
 """Command line: ``python -m zeroft generate | mask | import-ip-adapter``.
 
 Bad input prints one plain ``error:`` line and exits with status 2; a model that cannot be
-loaded (no Hub, no rembg model file) exits with status 3. Outputs never overwrite earlier runs: each run takes the next free number.
+loaded (no Hub, no rembg model file) exits with status 3. Everything that can be checked without
+the model (files, settings, device, masker, output size, a writable output folder) is checked
+before it loads. Outputs never overwrite earlier runs: each run takes the next free number.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import random
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from .errors import InputError, ModelUnavailableError
@@ -43,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     gen.add_argument("--offload", action="store_true", help="model CPU offload (CUDA only)")
     gen.add_argument("--masker", default=None, help="override the automatic masker: border | rembg:<model>")
+    gen.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                     help="refuse a request estimated to take longer on this machine (default: no limit)")
     gen.add_argument("--out", required=True, help="output folder")
 
     mask = commands.add_parser("mask", help="write the automatic object mask of a photo")
@@ -70,10 +77,64 @@ def _next_run(out: Path) -> int:
     return max(taken, default=0) + 1
 
 
-def _check_before_loading(args: argparse.Namespace) -> None:
-    """Fail on bad files or settings in a second, not after loading the model."""
+def _check_writable_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` and write and remove a probe file in it, so an unwritable --out fails now.
+
+    A real write rather than ``os.access``: permissions, read-only mounts, a full disk and a
+    parent that is a file all fail here the way the final save would.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"The {what} {str(folder)!r} is an existing file, not a folder.")
+    probe = folder / f".zeroft-write-test-{uuid.uuid4().hex}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.remove(probe)
+    except OSError as error:
+        raise InputError(f"Cannot write to the {what} {str(folder)!r} ({error.strerror or error}); "
+                         "give a folder you can write to.") from None
+
+
+def _native_size_before_loading(checkpoint: str) -> int | None:
+    """The checkpoint's native size from its config files alone, or None where they are not at hand.
+
+    Reads the UNet and VAE configs (the checkpoint's own folders, or a base model already in the
+    Hugging Face cache); the loaded pipeline's ``native_size`` gives the same number.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    from .checkpoint import resolve_checkpoint
+    from .config import ZeroFTConfig
+    from .validation import native_size
+
+    folder = resolve_checkpoint(checkpoint)
+    config = ZeroFTConfig.load(folder)
+
+    def config_file(part: str) -> Path | None:
+        if part == "unet" and config.unet_tuned:
+            path = folder / "unet" / "config.json"
+        elif (folder / config.base_model).is_dir():
+            path = folder / config.base_model / part / "config.json"
+        else:
+            cached = try_to_load_from_cache(config.base_model, f"{part}/config.json", revision=config.base_revision)
+            path = Path(cached) if isinstance(cached, str) else None
+        return path if path is not None and path.is_file() else None
+
+    unet_file, vae_file = config_file("unet"), config_file("vae")
+    if unet_file is None or vae_file is None:
+        return None
+    unet, vae = json.loads(unet_file.read_text()), json.loads(vae_file.read_text())
+    vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)  # as diffusers' StableDiffusionPipeline computes it
+    return native_size(unet["sample_size"], vae_scale_factor, config.defaults)
+
+
+def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> None:
+    """Fail on bad files, settings, device, masker or output folder in a second, not after loading the model."""
     from .images import load_image, load_mask
-    from .validation import check_guidance, check_num_images, check_prompt, check_seed, check_size, check_steps
+    from .masking import Masker
+    from .quantization import pick_device
+    from .validation import (check_guidance, check_num_images, check_prompt, check_seed, check_size, check_size_for,
+                             check_steps)
 
     if args.mask is not None and len(args.mask) != len(args.image):
         raise InputError(f"Got {len(args.image)} photos but {len(args.mask)} masks; give one mask per photo.")
@@ -90,9 +151,16 @@ def _check_before_loading(args: argparse.Namespace) -> None:
             check_guidance(name, value)
     if args.steps is not None:
         check_steps(args.steps)
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        raise InputError(f"--time-budget must be a positive number of seconds, not {args.time_budget:g}.")
+    if args.masker is not None:
+        Masker(args.masker)  # parses the spec; a rembg model loads only when a photo needs it
+    device = pick_device(args.device)
+    native = _native_size_before_loading(checkpoint)
     for name, value in (("height", args.height), ("width", args.width)):
         if value is not None:
-            check_size(name, value)
+            check_size(name, value) if native is None else check_size_for(name, value, native, device)
+    _check_writable_folder(Path(args.out), "output folder")
 
 
 def generate(args: argparse.Namespace) -> Path:
@@ -102,19 +170,24 @@ def generate(args: argparse.Namespace) -> Path:
     from .loading import load_pipeline
 
     checkpoint = _checkpoint(args.checkpoint)
-    _check_before_loading(args)
+    _check_before_loading(args, checkpoint)
     seed = random.randrange(2**31) if args.seed is None else args.seed
     pipe = load_pipeline(checkpoint, device=args.device, quantization=args.quantization, offload=args.offload,
                          masker=args.masker)
     pipe.set_progress_bar_config(disable=True)
-    steps = args.steps if args.steps is not None else pipe.zeroft_config.defaults.steps  # sizes the progress bar
     start = time.perf_counter()
-    with tqdm(total=steps, desc="generating", unit="step") as bar:
+    # No total until the pipeline reports the scheduler's count of UNet calls: PNDM makes steps + 1.
+    with tqdm(total=None, desc="generating", unit="step") as bar:
+
+        def progress(step: int, total: int) -> None:
+            bar.total = total
+            bar.update(step - bar.n)
+
         output = pipe(
             args.prompt, object_image=args.image, object_mask=args.mask, negative_prompt=args.negative_prompt,
             text_guidance=args.text_guidance, object_guidance=args.object_guidance, num_images=args.num_images,
-            num_inference_steps=steps, seed=seed, height=args.height, width=args.width,
-            callback=lambda step, total: bar.update(1),
+            num_inference_steps=args.steps, seed=seed, height=args.height, width=args.width, callback=progress,
+            time_budget=args.time_budget,
         )
     seconds = time.perf_counter() - start
     out = Path(args.out)
@@ -127,7 +200,7 @@ def generate(args: argparse.Namespace) -> Path:
         files.append(path.name)
     for index, mask in enumerate(output.masks):
         Image.fromarray((mask * 255).round().astype("uint8")).save(out / f"zeroft_{run:03d}_mask{index}.png")
-    settings = {"checkpoint": checkpoint, "images": [str(p) for p in args.image], "masks": args.mask,
+    settings = {"checkpoint": checkpoint, "images": [str(p) for p in args.image], "mask_files": args.mask,
                 **output.settings.to_dict(), "seconds": round(seconds, 3), "outputs": files}
     (out / f"zeroft_{run:03d}.json").write_text(json.dumps(settings, indent=2) + "\n")
     print(f"wrote {len(files)} image(s) and zeroft_{run:03d}.json to {out} in {seconds:.1f} s")
@@ -139,17 +212,21 @@ def mask(args: argparse.Namespace) -> Path:
 
     from .config import ZeroFTConfig
     from .images import load_image
-    from .masking import Masker, choose_mask, prepare_mask
+    from .masking import Masker, choose_mask_with_source, prepare_mask
 
     spec = args.masker
     if spec is None:
         from .checkpoint import resolve_checkpoint
 
         spec = ZeroFTConfig.load(resolve_checkpoint(_checkpoint(args.checkpoint))).masker
-    photo = load_image(args.image)
-    matte = prepare_mask(choose_mask(photo, masker=Masker(spec)), photo.rgb.size)
+    masker = Masker(spec)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a folder; give the path of the mask PNG to write.")
+    _check_writable_folder(out.parent, "folder of --out")
+    photo = load_image(args.image)
+    chosen = choose_mask_with_source(photo, masker=masker)
+    matte = prepare_mask(chosen.mask, photo.rgb.size, source=chosen.source)
     Image.fromarray((matte * 255).round().astype("uint8")).save(out)
     print(f"wrote {out} ({photo.rgb.width}x{photo.rgb.height}, object covers {float((matte >= 0.5).mean()):.1%})")
     return out
