@@ -15,8 +15,8 @@ one weight per condition, after Brooks et al. (2023, InstructPix2Pix, eq. 3).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
 import time
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
