@@ -159,10 +159,11 @@ def test_mask_out_in_a_read_only_folder_is_one_plain_line(tiny_checkpoint, tmp_p
     square_photo().save(tmp_path / "photo.png")
     (tmp_path / "locked").mkdir()
     _read_only(monkeypatch, tmp_path / "locked")
-    code = main(["mask", str(tmp_path / "photo.png"), "--masker", "border", "--out", str(tmp_path / "locked" / "m.png")])
-    assert code == 2 and "Permission denied" in _one_error_line(capsys)
+    mask_argv = ["mask", str(tmp_path / "photo.png"), "--masker", "border", "--out"]
+    assert main(mask_argv + [str(tmp_path / "locked" / "m.png")]) == 2
+    assert "Permission denied" in _one_error_line(capsys)
     (tmp_path / "file").write_text("")
-    code = main(["mask", str(tmp_path / "photo.png"), "--masker", "border", "--out", str(tmp_path / "file" / "m.png")])
+    code = main(mask_argv + [str(tmp_path / "file" / "m.png")])
     assert code == 2 and "is an existing file, not a folder" in _one_error_line(capsys)
 
 

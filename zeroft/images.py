@@ -46,7 +46,8 @@ def _open(source: ImageInput, what: str) -> Image.Image:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            raise InputError(f"The {what} {str(path)!r} is a folder; give the path of an image file (PNG, JPEG, WebP, ...).")
+            raise InputError(f"The {what} {str(path)!r} is a folder; give the path of an image file "
+                             "(PNG, JPEG, WebP, ...).")
         if not path.is_file():
             raise InputError(f"The {what} file {str(path)!r} does not exist.")
         if path.stat().st_size == 0:

@@ -75,11 +75,13 @@ def _empty_mask_message(source: str | None) -> str:
         spec = source.partition(":")[2]
         others = [s for s in ("border", DEFAULT_MASKER) if s != spec]
         return (f"The automatic mask is empty: the {spec} masker found no object in this photo. Paint a mask "
-                f"over the object (--mask on the command line), or try another masker (--masker {' or '.join(others)}).")
+                "over the object (--mask on the command line), or try another masker "
+                f"(--masker {' or '.join(others)}).")
     return "The object mask is empty: give a mask that marks the object in white."
 
 
-def prepare_mask(mask: np.ndarray, size: tuple[int, int], binary: bool = False, source: str | None = None) -> np.ndarray:
+def prepare_mask(mask: np.ndarray, size: tuple[int, int], binary: bool = False,
+                 source: str | None = None) -> np.ndarray:
     """Resize a mask to a photo and check that it marks something.
 
     Args:

@@ -144,7 +144,7 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         self.embedding_cache = LRUCache(cache_size)  # (photo, mask, encoder) digests -> (1, D) embedding
         self.prompt_cache = LRUCache(cache_size)  # (prompt, negative prompt) -> text embeddings
         self.encoder_calls = 0
-        self.unit_seconds: float | None = None  # one UNet call, one image, native size: set by measure_unit_seconds or by hand
+        self.unit_seconds: float | None = None  # s per UNet call, one image at native size (measure_unit_seconds)
 
     # ------------------------------------------------------------------ object side
 
@@ -438,7 +438,8 @@ class ZeroFTPipeline(StableDiffusionPipeline):
             height=height, width=width, seed=seed if seeds else None, seeds=seeds, masks=[c.source for c in chosen],
             quantization=getattr(self, "quantization", "none"), device=str(device),
         )
-        return ZeroFTOutput(images=images, masks=[c.mask for c in chosen], image_embeds=image_embeds.cpu(), seeds=seeds, settings=settings)
+        return ZeroFTOutput(images=images, masks=[c.mask for c in chosen], image_embeds=image_embeds.cpu(), seeds=seeds,
+                            settings=settings)
 
     # ------------------------------------------------------------------ checkpoints
 

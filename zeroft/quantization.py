@@ -31,7 +31,8 @@ def check_device(device: str | torch.device) -> torch.device:
         raise InputError(f"Unknown device {str(device)!r}; {supported}.") from None
     if checked.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"Device {str(device)!r} needs an NVIDIA GPU with CUDA, and this machine has none; use cpu.")
+            raise InputError(f"Device {str(device)!r} needs an NVIDIA GPU with CUDA, and this machine has none; "
+                             "use cpu.")
         count = torch.cuda.device_count()
         if checked.index is not None and checked.index >= count:
             raise InputError(f"Device {str(device)!r} does not exist: this machine has {count} CUDA GPU(s), "
