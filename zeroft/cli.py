@@ -123,9 +123,13 @@ def _native_size_before_loading(checkpoint: str) -> int | None:
     unet_file, vae_file = config_file("unet"), config_file("vae")
     if unet_file is None or vae_file is None:
         return None
-    unet, vae = json.loads(unet_file.read_text()), json.loads(vae_file.read_text())
-    vae_scale_factor = 2 ** (len(vae["block_out_channels"]) - 1)  # as diffusers' StableDiffusionPipeline computes it
-    return native_size(unet["sample_size"], vae_scale_factor, config.defaults)
+    try:
+        sample_size = json.loads(unet_file.read_text())["sample_size"]
+        blocks = json.loads(vae_file.read_text())["block_out_channels"]
+    except (ValueError, KeyError, TypeError):
+        return None  # a malformed config: loading the model reports it
+    vae_scale_factor = 2 ** (len(blocks) - 1)  # as diffusers' StableDiffusionPipeline computes it
+    return native_size(sample_size, vae_scale_factor, config.defaults)
 
 
 def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> None:
@@ -158,8 +162,12 @@ def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> None:
     device = pick_device(args.device)
     native = _native_size_before_loading(checkpoint)
     for name, value in (("height", args.height), ("width", args.width)):
-        if value is not None:
-            check_size(name, value) if native is None else check_size_for(name, value, native, device)
+        if value is None:
+            continue
+        if native is None:
+            check_size(name, value)  # the limit for this model is checked once it has loaded
+        else:
+            check_size_for(name, value, native, device)
     _check_writable_folder(Path(args.out), "output folder")
 
 
