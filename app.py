@@ -2,15 +2,22 @@
 
     python app.py [--checkpoint DIR_OR_ID] [--host 127.0.0.1] [--port 7860] [--share]
 
-Layout lives in ``build_demo``; the handlers below turn the editor's photo and mask layers into
-one call into zeroft. The model loads on the first request (``import app`` loads no weights)
-and is shared by all users; each request carries its own photo and mask, and zeroft's caches
-are keyed by content, so no request can see another's data.
+Layout lives in ``build_demo``; the handlers below turn the photo and the editor's mask layers
+into one call into zeroft. The model loads on the first request (``import app`` loads no weights)
+and is shared by all users, one generation at a time; each request carries its own photo and
+mask, and zeroft's caches are keyed by content, so no request can see another's data.
+
+Every image the app reads (the uploaded photo, mask layers, the /mask endpoint's photo) is the
+file's own bytes decoded by ``zeroft.load_image``, as the CLI decodes it: gradio's own conversion
+is bypassed, so 16-bit, palette and EXIF-rotated photos, bombs and broken files are handled one way.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import json
 import os
 import random
 from pathlib import Path
@@ -18,12 +25,15 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from gradio.exceptions import InvalidPathError
+from PIL import Image
 
 import zeroft
 from zeroft.config import EncoderConfig, ZeroFTConfig
 from zeroft.encoder import object_view
-from zeroft.presets import EMBEDDED_CHECKPOINT
+from zeroft.images import LoadedImage
+from zeroft.masking import fit_mask
+from zeroft.presets import EMBEDDED_CHECKPOINT, PRESET_NAMES
 from zeroft.validation import GUIDANCE_RANGE, NUM_IMAGES_RANGE, STEPS_RANGE
 
 try:  # on Hugging Face Spaces (ZeroGPU) this requests a GPU per call; elsewhere spaces.GPU(f) is f
@@ -34,26 +44,226 @@ except ImportError:  # spaces is optional off Spaces
     def gpu(function):
         return function
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-EXAMPLES = ASSETS / "examples"
-MAX_UPLOAD = "20mb"
+APP_DIR = Path(__file__).resolve().parent
+EXAMPLES = APP_DIR / "assets" / "examples"
+MAX_UPLOAD = 20 * 2**20  # bytes: the cap on every file the app decodes, whatever route it came by
+CACHE_CLEANUP = (1800, 7200)  # gradio's upload/result cache: every 30 min, delete files older than 2 h
+PIPELINE = "pipeline"  # the one concurrency group of every event that runs the shared pipeline
 QUANTIZATION_CHOICES = ["none", "int8"] + (["bnb-8bit", "bnb-4bit"] if torch.cuda.is_available() else [])
 
 
-def allowed_checkpoints(extra: str | None = None) -> list[str]:
-    """The checkpoint selector's allow-list: the embedded model, the operator's, and GPU presets."""
-    choices = [str(EMBEDDED_CHECKPOINT)] if EMBEDDED_CHECKPOINT.is_dir() else []
-    if extra and extra not in choices:
-        choices.insert(0, extra)
-    if torch.cuda.is_available() and os.environ.get("HF_HUB_OFFLINE") != "1":
-        choices.append("ip-adapter-sd15")
-    return choices
+def user_error(message: str) -> gr.Error:
+    """A plain message for the user; expected input errors print no traceback in the server's log."""
+    return gr.Error(message, print_exception=False)
 
 
-def checkpoint_config(name: str) -> ZeroFTConfig | None:
+def checkpoint_config(where: str) -> ZeroFTConfig | None:
     """A local checkpoint's config without loading weights (None for Hub checkpoints not yet loaded)."""
-    path = Path(name)
+    path = Path(where)
     return ZeroFTConfig.load(path) if (path / zeroft.config.CONFIG_NAME).is_file() else None
+
+
+class Checkpoints:
+    """The models this app offers, by the names users see and send; where each one lives stays on the server.
+
+    Names: ``zeroft-toy`` for the embedded model, a preset's name, a local folder's name, a Hub id.
+    Also accepted: the operator's ``--checkpoint`` as written, and a local folder's path relative to the
+    app's folder (``assets/zeroft-toy``, as the README writes it).
+    """
+
+    def __init__(self, extra: str | None = None):
+        self._where: dict[str, str] = {}  # name → what zeroft.get_pipeline loads
+        self._aliases: dict[str, str] = {}  # other accepted spelling → name
+        if extra:
+            self._add(extra)
+        if EMBEDDED_CHECKPOINT.is_dir():
+            self._add("zeroft-toy")
+        if torch.cuda.is_available() and os.environ.get("HF_HUB_OFFLINE") != "1":
+            self._add("ip-adapter-sd15")
+
+    def _add(self, spec: str) -> None:
+        path = Path(spec).expanduser()
+        if spec in ("zeroft-toy", "default") or (path.is_dir() and path.resolve() == EMBEDDED_CHECKPOINT.resolve()):
+            name, where = "zeroft-toy", str(EMBEDDED_CHECKPOINT)
+        elif spec in PRESET_NAMES:
+            name, where = spec, spec
+        elif path.is_dir() or path.is_absolute() or spec.startswith((".", "~")):
+            name, where = path.name, str(path.resolve())
+            while name in self._where and self._where[name] != where:
+                name += "+"
+        else:  # a Hub id: public already
+            name, where = spec, spec
+        self._where.setdefault(name, where)
+        for alias in (spec, self._relative(where), "default" if name == "zeroft-toy" else None):
+            if alias and alias != name:
+                self._aliases.setdefault(alias, name)
+
+    @staticmethod
+    def _relative(where: str) -> str | None:
+        path = Path(where)
+        if path.is_absolute() and path.is_relative_to(APP_DIR):
+            return path.relative_to(APP_DIR).as_posix()
+        return None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def name(self, value) -> str | None:
+        """The offered name ``value`` stands for, or None."""
+        if not isinstance(value, str):
+            return None
+        if value in self._where:
+            return value
+        return self._aliases.get(value) or self._aliases.get(os.path.normpath(value))
+
+    def where(self, name: str) -> str:
+        return self._where[name]
+
+    def config(self, name: str) -> ZeroFTConfig | None:
+        return checkpoint_config(self._where[name]) if name in self._where else None
+
+    def public(self, text: str) -> str:
+        """``text`` with every server path of an offered model replaced by its name."""
+        for name, where in sorted(self._where.items(), key=lambda item: -len(item[1])):
+            if os.path.isabs(where):
+                text = text.replace(where, name)
+        return text.replace(str(APP_DIR), ".")
+
+
+# ---------------------------------------------------------------------------------------------- reading uploads
+
+
+def upload_bytes(item, what: str) -> bytes:
+    """The raw bytes of one uploaded image, at most MAX_UPLOAD of them, read before anything decodes them.
+
+    ``item`` is a file in gradio's cache (a path, or FileData with a path), the editor's blob bytes, or
+    FileData whose url is a base64 ``data:`` URL (gradio itself would decode those with no size limit).
+    """
+    limit, too_large = MAX_UPLOAD, f"The {what} is larger than {MAX_UPLOAD // 2**20} MB."
+    url = getattr(item, "url", None)
+    if isinstance(item, (bytes, bytearray)):
+        data = bytes(item)
+    elif isinstance(url, str) and url.startswith("data:"):
+        encoded = url.partition(",")[2]
+        if len(encoded) // 4 * 3 > limit + 3:  # refuse before decoding the base64 itself
+            raise user_error(too_large)
+        try:
+            data = base64.b64decode(encoded)
+        except (binascii.Error, ValueError):
+            raise user_error(f"The {what} is not valid base64 data.") from None
+    else:
+        path = Path(item) if isinstance(item, (str, os.PathLike)) else Path(getattr(item, "path", None) or "")
+        if not str(path) or not path.is_file():
+            raise user_error(f"The {what} did not arrive; upload it again.")
+        if path.stat().st_size > limit:
+            raise user_error(too_large)
+        data = path.read_bytes()
+    if len(data) > limit:
+        raise user_error(too_large)
+    return data
+
+
+def decode_upload(item, what: str = "photo") -> LoadedImage:
+    """One uploaded image through ``zeroft.load_image`` (the CLI's reader), errors as plain messages."""
+    try:
+        return zeroft.load_image(upload_bytes(item, what), what)
+    except zeroft.InputError as error:
+        raise user_error(str(error)) from None
+
+
+def as_image(photo: LoadedImage) -> Image.Image:
+    """The decoded photo as one PIL image that ``zeroft.load_image`` reads back identically (RGBA when it has alpha)."""
+    if photo.alpha is None:
+        return photo.rgb
+    rgba = photo.rgb.convert("RGBA")
+    rgba.putalpha(Image.fromarray((photo.alpha * 255).round().astype(np.uint8), "L"))
+    return rgba
+
+
+class PhotoEditor(gr.ImageEditor):
+    """The editor; its value reaches the handlers as ``{"background": LoadedImage | None, "layers": [LoadedImage]}``."""
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        data = self.blob_storage.pop(payload.id, None) if payload.id is not None else payload
+        if data is None:
+            return {"background": None, "layers": [], "composite": None}
+        background = decode_upload(data.background) if data.background is not None else None
+        layers = [decode_upload(layer, "mask layer") for layer in data.layers or [] if layer is not None]
+        return {"background": background, "layers": layers, "composite": None}  # the composite is not used
+
+    def get_block_name(self) -> str:
+        return "imageeditor"  # the browser renders gradio's own editor
+
+
+class PhotoInput(gr.Image):
+    """The /mask endpoint's photo, as a LoadedImage."""
+
+    def preprocess(self, payload):
+        return None if payload is None else decode_upload(payload)
+
+    def get_block_name(self) -> str:
+        return "image"
+
+
+class PhotoUpload(gr.UploadButton):
+    """The photo upload: the file itself reaches the server (the editor's own upload decodes in the browser)."""
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        return decode_upload(payload[0] if isinstance(payload, gr.data_classes.ListFiles) else payload)
+
+    def get_block_name(self) -> str:
+        return "uploadbutton"
+
+
+class NumberSetting:
+    """Mixin for sliders and number boxes: a value that is not a number (an API call's "5") is named plainly."""
+
+    def preprocess(self, payload):
+        if payload is not None and (isinstance(payload, bool) or not isinstance(payload, (int, float))):
+            raise user_error(f"{self.label} must be a number, not {repr(payload)[:40]}.")
+        return super().preprocess(payload)
+
+
+class Setting(NumberSetting, gr.Slider):
+    def get_block_name(self) -> str:
+        return "slider"
+
+
+class SeedBox(NumberSetting, gr.Number):
+    def get_block_name(self) -> str:
+        return "number"
+
+
+class CheckpointChoice(gr.Dropdown):
+    """The model selector: takes an offered name or an alias of one (see Checkpoints), refuses others plainly."""
+
+    offered: Checkpoints | None = None  # set after construction, so it never enters the page's config
+
+    def preprocess(self, payload):
+        name = self.offered.name(payload) if self.offered else None
+        if name is None:
+            names = ", ".join(self.offered.names) if self.offered else ""
+            raise user_error(f"That checkpoint is not offered by this app; choose one of: {names}.")
+        return name
+
+    def get_block_name(self) -> str:
+        return "dropdown"
+
+
+class App(gr.Blocks):
+    """gr.Blocks whose requests naming a file that was never uploaded get a message (gradio answers ``"error": null``)."""
+
+    async def preprocess_data(self, *args, **kwargs):
+        try:
+            return await super().preprocess_data(*args, **kwargs)
+        except InvalidPathError:
+            raise user_error("A file in this request was not uploaded to this app: upload it first "
+                             "(gradio_client's handle_file does).") from None
 
 
 # ---------------------------------------------------------------------------------------------- editor glue
@@ -61,7 +271,7 @@ def checkpoint_config(name: str) -> ZeroFTConfig | None:
 # The editor shows the photo with the automatic mask tinted pink on it. Strokes on its layer
 # edit that mask: the pink brush adds, the dark brush removes, the eraser takes strokes back.
 # (gradio 6.31's editor stores layers set from Python but does not draw them, hence the tint
-# on the background instead of a mask layer.) The untinted photo and the automatic mask stay
+# on the background instead of a mask layer.) The decoded photo and the automatic mask stay
 # in the session's state; API calls, which have no state, send the plain photo and optional
 # stroke layers, and get the automatic mask when they paint nothing.
 
@@ -77,118 +287,123 @@ def tinted(photo: Image.Image, mask: np.ndarray) -> Image.Image:
     return Image.fromarray(rgba.round().astype(np.uint8), "RGBA")
 
 
-def strokes(editor: dict, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(added, removed) masks in [0, 1] painted on the editor's layers."""
+def strokes(layers: list[LoadedImage], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(added, removed) masks in [0, 1] painted on the layers, fitted to the photo by zeroft's rule.
+
+    Raises:
+        gr.Error: a layer whose aspect ratio differs from the photo's (zeroft.masking.fit_mask).
+    """
     added = np.zeros((size[1], size[0]), np.float32)
     removed = np.zeros_like(added)
-    for layer in editor.get("layers") or []:
-        if layer is None:
-            continue
-        rgba = np.asarray(layer.convert("RGBA").resize(size), dtype=np.float32) / 255.0
-        alpha = np.clip(rgba[..., 3] / 0.6, 0, 1)  # the brushes paint at 60 % opacity
-        is_add = rgba[..., 0] > 0.5
-        added = np.maximum(added, np.where(is_add, alpha, 0))
-        removed = np.maximum(removed, np.where(is_add, 0, alpha))
+    for layer in layers:
+        rgb = np.asarray(layer.rgb, dtype=np.float32) / 255.0
+        opacity = np.ones(rgb.shape[:2], np.float32) if layer.alpha is None else layer.alpha
+        alpha = np.clip(opacity / 0.6, 0, 1)  # the brushes paint at 60 % opacity
+        is_add = rgb[..., 0] > 0.5
+        try:
+            added = np.maximum(added, fit_mask(np.where(is_add, alpha, 0), size))
+            removed = np.maximum(removed, fit_mask(np.where(is_add, 0, alpha), size))
+        except zeroft.InputError as error:
+            raise user_error(str(error)) from None
     return added, removed
 
 
-def photo_and_mask(editor: dict | None, session: dict | None = None) -> tuple[Image.Image, np.ndarray | None]:
-    """The photo and the mask to encode; mask None means 'automatic' (nothing painted, no session)."""
+def shown_digest(background: Image.Image | LoadedImage) -> str:
+    """Identifies the (opaque) image the editor shows, whether built here or read back from the browser."""
+    rgb = background.rgb if isinstance(background, LoadedImage) else background.convert("RGB")
+    return zeroft.cache.image_digest(rgb)
+
+
+def photo_and_mask(editor: dict | None, session: dict | None = None) -> tuple[LoadedImage, np.ndarray | None]:
+    """The photo and the mask to encode; mask None means 'the photo's alpha, else automatic' (nothing painted, no session)."""
     if not editor or editor.get("background") is None:
-        raise gr.Error("Upload a photo first.")
+        raise user_error("Upload a photo first.")
     shown = editor["background"]
-    if session and session.get("shown") == zeroft.cache.image_digest(shown):
+    if session and session.get("shown") == shown_digest(shown):
         photo, base = session["photo"], session["auto"] if session["use_auto"] else None
     else:
         photo, base = shown, None
-    layers = [layer for layer in editor.get("layers") or [] if layer is not None]
+    layers = editor.get("layers") or []
     if base is None and not layers:
         return photo, None
-    added, removed = strokes(editor, photo.size)
+    added, removed = strokes(layers, photo.rgb.size)
     mask = added if base is None else np.maximum(base, added)
     return photo, mask * (1 - removed)
-
-
-class PlainUploadErrors:
-    """Mixin for image components: an unreadable upload is reported in plain words, not a stack trace."""
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            raise gr.Error("The photo could not be read: it is not an image file (PNG, JPEG, WebP, ...) or it is damaged.") from None
-
-
-class PhotoEditor(PlainUploadErrors, gr.ImageEditor):
-    def get_block_name(self) -> str:
-        return "imageeditor"  # the browser renders gradio's own editor
-
-
-class PhotoInput(PlainUploadErrors, gr.Image):
-    def get_block_name(self) -> str:
-        return "image"
 
 
 # ---------------------------------------------------------------------------------------------- handlers
 
 
-def _pipeline(checkpoint: str, quantization: str, allowed: list[str]):
-    if checkpoint not in allowed:
-        raise gr.Error("That checkpoint is not offered by this app.")
-    try:
-        return zeroft.get_pipeline(checkpoint, quantization=quantization)
-    except zeroft.InputError as error:
-        raise gr.Error(str(error)) from None
-    except zeroft.ModelUnavailableError as error:
-        raise gr.Error(f"The model could not be loaded: {error}") from None
-
-
-def _automatic(photo: Image.Image, checkpoint: str) -> np.ndarray:
-    config = checkpoint_config(checkpoint)
+def _automatic(photo: LoadedImage, config: ZeroFTConfig | None) -> np.ndarray:
     try:
         masker = zeroft.Masker(config.masker if config else zeroft.masking.DEFAULT_MASKER)
-        return zeroft.choose_mask(zeroft.load_image(photo), masker=masker)
+        return zeroft.choose_mask(photo, masker=masker)
     except zeroft.InputError as error:
-        raise gr.Error(str(error)) from None
+        raise user_error(str(error)) from None
     except zeroft.ModelUnavailableError as error:
-        raise gr.Error(f"The automatic mask is unavailable: {error} Paint the mask with the brush instead.") from None
+        raise user_error(f"The automatic mask is unavailable: {error} Paint the mask with the brush instead.") from None
 
 
-def _preview(photo: Image.Image, mask: np.ndarray | None, checkpoint: str):
+def _preview(photo: LoadedImage, mask: np.ndarray | None, config: ZeroFTConfig | None):
     if mask is None or float((mask >= 0.5).mean()) < zeroft.masking.MIN_MASK_AREA:
         return None
-    config = checkpoint_config(checkpoint)
-    return object_view(photo.convert("RGB"), mask, config.encoder if config else EncoderConfig())
+    return object_view(photo.rgb, mask, config.encoder if config else EncoderConfig())
 
 
-def make_handlers(allowed: list[str]):
-    """The functions behind the UI and the API: generate, automatic_mask, clear_mask, on_change, mask_api."""
+def make_handlers(offered: Checkpoints):
+    """The functions behind the UI and the API: generate, automatic_mask, clear_mask, on_change, on_upload, display, mask_api."""
 
-    def show(photo, auto, use_auto, checkpoint):
-        background = tinted(photo, auto) if use_auto else photo.convert("RGBA")
-        session = {"photo": photo, "auto": auto, "use_auto": use_auto, "shown": zeroft.cache.image_digest(background)}
-        blank = Image.new("RGBA", photo.size, (0, 0, 0, 0))  # replaces (clears) any strokes
-        value = {"background": background, "layers": [blank], "composite": None}
-        return value, _preview(photo, auto if use_auto else None, checkpoint), session
+    def pipeline(name: str, quantization: str):
+        try:
+            return zeroft.get_pipeline(offered.where(name), quantization=quantization)
+        except zeroft.InputError as error:
+            raise user_error(offered.public(str(error))) from None
+        except zeroft.ModelUnavailableError as error:
+            raise user_error(offered.public(f"The model could not be loaded: {error}")) from None
+
+    def remember(photo: LoadedImage, auto, use_auto) -> dict:
+        """The session: the decoded photo, its automatic mask, and the image the editor shows for it."""
+        background = tinted(photo.rgb, auto) if use_auto else photo.rgb.convert("RGBA")
+        return {"photo": photo, "auto": auto, "use_auto": use_auto, "background": background,
+                "shown": shown_digest(background)}
+
+    def display(session: dict, checkpoint):
+        """The editor's value (the strokes cleared by a blank layer) and the encoder's view for a session."""
+        photo = session["photo"]
+        blank = Image.new("RGBA", photo.rgb.size, (0, 0, 0, 0))
+        value = {"background": session["background"], "layers": [blank], "composite": None}
+        return value, _preview(photo, session["auto"] if session["use_auto"] else None, offered.config(checkpoint))
+
+    def show(photo: LoadedImage, auto, use_auto, checkpoint):
+        session = remember(photo, auto, use_auto)
+        return *display(session, checkpoint), session
+
+    def on_upload(photo: LoadedImage | None, checkpoint):
+        """A new photo, decoded on the server as the CLI decodes it, with its automatic mask. Its only output is
+        the (invisible) session, so a bad file shows its one message and no error badge on the editor."""
+        if photo is None:
+            return gr.skip()
+        return remember(photo, _automatic(photo, offered.config(checkpoint)), True)
 
     def automatic_mask(editor, checkpoint, session):
         photo, _ = photo_and_mask(editor, session)
-        return show(photo, _automatic(photo, checkpoint), True, checkpoint)
+        return show(photo, _automatic(photo, offered.config(checkpoint)), True, checkpoint)
 
     def clear_mask(editor, checkpoint, session):
         photo, _ = photo_and_mask(editor, session)
-        auto = session["auto"] if session else np.zeros((photo.height, photo.width), np.float32)
+        auto = session["auto"] if session else np.zeros((photo.rgb.height, photo.rgb.width), np.float32)
         return show(photo, auto, False, checkpoint)
 
     def on_change(editor, checkpoint, session):
-        """A new photo gets the automatic mask; any edit refreshes the preview of the encoder's view."""
+        """An example put into the editor gets the automatic mask; any edit refreshes the encoder's view."""
         if not editor or editor.get("background") is None:
             return gr.skip(), None, None
-        if session and session.get("shown") == zeroft.cache.image_digest(editor["background"]):
+        if session and session.get("shown") == shown_digest(editor["background"]):
             photo, mask = photo_and_mask(editor, session)
-            return gr.skip(), _preview(photo, mask, checkpoint), session
+            return gr.skip(), _preview(photo, mask, offered.config(checkpoint)), session
         try:
-            return show(editor["background"], _automatic(editor["background"], checkpoint), True, checkpoint)
+            photo = editor["background"]
+            return show(photo, _automatic(photo, offered.config(checkpoint)), True, checkpoint)
         except gr.Error:
             return gr.skip(), None, None
 
@@ -197,53 +412,54 @@ def make_handlers(allowed: list[str]):
         photo, mask = photo_and_mask(editor, session)
         if random_seed or seed is None:
             seed = random.randrange(2**31)
-        pipe = _pipeline(checkpoint, quantization, allowed)
+        pipe = pipeline(checkpoint, quantization)
         progress(0, desc="generating")
         try:
             out = pipe(
-                prompt, object_image=photo, object_mask=mask, negative_prompt=negative_prompt,
+                prompt, object_image=as_image(photo), object_mask=mask, negative_prompt=negative_prompt,
                 text_guidance=text_guidance, object_guidance=object_guidance, num_images=num_images,
                 num_inference_steps=steps, seed=seed, height=size, width=size,
                 callback=lambda step, total: progress((step, total), desc="generating"),
             )
         except zeroft.InputError as error:
-            raise gr.Error(str(error)) from None
-        settings = {"checkpoint": Path(checkpoint).name, **out.settings.to_dict()}
+            raise user_error(offered.public(str(error))) from None
+        settings = json.loads(offered.public(json.dumps({"checkpoint": checkpoint, **out.settings.to_dict()})))
         gallery = [(image, f"seed {s} · text {text_guidance:g} · object {object_guidance:g} · {steps} steps")
                    for image, s in zip(out.images, out.seeds)]
         return gallery, settings, seed
 
-    def mask_api(photo: Image.Image | None) -> Image.Image:
+    def mask_api(photo: LoadedImage | None) -> Image.Image:
         """The automatic object mask of a photo (white = object)."""
         if photo is None:
-            raise gr.Error("Upload a photo first.")
-        matte = _automatic(photo, allowed[0] if allowed else "")
+            raise user_error("Upload a photo first.")
+        matte = _automatic(photo, offered.config(offered.names[0]) if offered.names else None)
         try:
-            matte = zeroft.prepare_mask(matte, photo.size)
+            matte = zeroft.prepare_mask(matte, photo.rgb.size)
         except zeroft.InputError as error:
-            raise gr.Error(str(error)) from None
+            raise user_error(str(error)) from None
         return Image.fromarray((matte * 255).round().astype(np.uint8), "L")
 
-    return gpu(generate), automatic_mask, clear_mask, on_change, mask_api
+    return gpu(generate), automatic_mask, clear_mask, on_change, on_upload, display, mask_api
 
 
 # ---------------------------------------------------------------------------------------------- layout
 
 
-def build_demo(generate, automatic_mask, clear_mask, on_change, mask_api, checkpoints: list[str],
+def build_demo(generate, automatic_mask, clear_mask, on_change, on_upload, display, mask_api, checkpoints: Checkpoints,
                examples: list[list] | None = None) -> gr.Blocks:
     """The app's layout; every model call goes through the handler functions passed in."""
-    default = checkpoints[0] if checkpoints else ""
-    config = checkpoint_config(default) if default else None
+    default = checkpoints.names[0] if checkpoints.names else ""
+    config = checkpoints.config(default)
     d = config.defaults if config else zeroft.GenerationDefaults()
-    with gr.Blocks(title="zeroft") as demo:
+    with App(title="zeroft", delete_cache=CACHE_CLEANUP) as demo:
         gr.Markdown("# zeroft\nOne photo of an object + a prompt → new images of that same object, "
                     "with no fine-tuning. Upload a photo: the automatic object mask is tinted pink. "
                     "Edit it with the brush: pink adds to the object, dark marks background, the eraser takes strokes back.")
         with gr.Row():
             with gr.Column(scale=1):
-                editor = PhotoEditor(label="Photo and object mask", type="pil", image_mode="RGBA",
-                                     sources=("upload", "clipboard"), format="png", elem_id="photo",
+                upload = PhotoUpload("Upload a photo", file_types=["image"], variant="primary", size="sm", elem_id="upload")
+                editor = PhotoEditor(label="Photo and object mask", type="pil", image_mode="RGBA", sources=[],
+                                     format="png", elem_id="photo",
                                      brush=gr.Brush(colors=[("#ff00c8", 0.6), ("#282828", 0.6)], default_color=("#ff00c8", 0.6),
                                                     color_mode="fixed"),
                                      height=420)
@@ -255,35 +471,38 @@ def build_demo(generate, automatic_mask, clear_mask, on_change, mask_api, checkp
                 prompt = gr.Textbox(label="Prompt", value=(examples[0][1] if examples else ""), lines=2,
                                     max_length=zeroft.validation.MAX_PROMPT_CHARS, elem_id="prompt")
                 negative = gr.Textbox(label="Negative prompt", value=d.negative_prompt, elem_id="negative")
-                text_guidance = gr.Slider(*GUIDANCE_RANGE, value=d.text_guidance, step=0.5, label="Text guidance",
-                                          info="How strongly to follow the prompt.", elem_id="text-guidance")
-                object_guidance = gr.Slider(*GUIDANCE_RANGE, value=d.object_guidance, step=0.5, label="Object guidance",
-                                            info="How strongly to keep the object; lower follows the text more, 0 ignores the photo.",
-                                            elem_id="object-guidance")
+                text_guidance = Setting(*GUIDANCE_RANGE, value=d.text_guidance, step=0.5, label="Text guidance",
+                                        info="How strongly to follow the prompt.", elem_id="text-guidance")
+                object_guidance = Setting(*GUIDANCE_RANGE, value=d.object_guidance, step=0.5, label="Object guidance",
+                                          info="How strongly to keep the object; lower follows the text more, 0 ignores the photo.",
+                                          elem_id="object-guidance")
                 with gr.Row():
-                    steps = gr.Slider(*STEPS_RANGE, value=d.steps, step=1, label="Steps", elem_id="steps")
-                    num_images = gr.Slider(*NUM_IMAGES_RANGE, value=2, step=1, label="Images", elem_id="num-images")
+                    steps = Setting(*STEPS_RANGE, value=d.steps, step=1, label="Steps", elem_id="steps")
+                    num_images = Setting(*NUM_IMAGES_RANGE, value=2, step=1, label="Images", elem_id="num-images")
                 with gr.Row():
-                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
+                    seed = SeedBox(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
                     random_seed = gr.Checkbox(value=True, label="Random seed", elem_id="random-seed")
                 with gr.Accordion("Advanced", open=False):
-                    size = gr.Slider(64, 1024, value=d.height, step=64, label="Size (pixels)", elem_id="size")
+                    size = Setting(64, 1024, value=d.height, step=64, label="Size (pixels)", elem_id="size")
                     quantization = gr.Dropdown(QUANTIZATION_CHOICES, value="none", label="Quantization",
                                                info="int8 shrinks weights ~3.7x (CPU or GPU); bnb modes need a CUDA GPU.")
-                    checkpoint = gr.Dropdown(checkpoints, value=default, label="Model", allow_custom_value=False,
-                                             elem_id="checkpoint")
+                    checkpoint = CheckpointChoice(checkpoints.names, value=default, label="Model", elem_id="checkpoint")
+                    checkpoint.offered = checkpoints
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
         gallery = gr.Gallery(label="Results", columns=4, height=300, format="png", buttons=["download", "fullscreen"], elem_id="gallery")
         used = gr.JSON(label="Settings used", elem_id="settings")
 
         inputs = [editor, prompt, negative, text_guidance, object_guidance, steps, num_images, seed, random_seed,
                   size, quantization, checkpoint]
-        session = gr.State(None)  # this user's untinted photo and automatic mask
+        session = gr.State(None)  # this user's decoded photo and automatic mask
+        upload.upload(on_upload, [upload, checkpoint], session, show_progress="hidden", api_visibility="private").success(
+            display, [session, checkpoint], [editor, masked], show_progress="hidden", api_visibility="private")
         auto_button.click(automatic_mask, [editor, checkpoint, session], [editor, masked, session], api_visibility="private")
         clear_button.click(clear_mask, [editor, checkpoint, session], [editor, masked, session], api_visibility="private")
-        gr.on([editor.upload, editor.change], on_change, [editor, checkpoint, session], [editor, masked, session],
-              show_progress="hidden", trigger_mode="always_last", api_visibility="private")
-        run.click(generate, inputs + [session], [gallery, used, seed], api_name="generate", concurrency_limit=1)
+        editor.change(on_change, [editor, checkpoint, session], [editor, masked, session], show_progress="hidden",
+                      trigger_mode="always_last", api_visibility="private")
+        run.click(generate, inputs + [session], [gallery, used, seed], api_name="generate", concurrency_id=PIPELINE,
+                  concurrency_limit=1)
         with gr.Row(visible=False):  # the /mask API endpoint: photo in, mask out
             mask_photo = PhotoInput(type="pil", image_mode="RGBA", label="photo")
             mask_result = gr.Image(type="pil", format="png", label="mask")
@@ -294,14 +513,14 @@ def build_demo(generate, automatic_mask, clear_mask, on_change, mask_api, checkp
                 return generate(photo, example_prompt, d.negative_prompt, d.text_guidance, d.object_guidance,
                                 d.steps, 2, 0, False, d.height, "none", default, None, progress)
 
-            gr.Examples(examples, [editor, prompt], [gallery, used, seed], fn=run_example, run_on_click=True,
-                        cache_examples=False, api_visibility="private")
+            shown = gr.Examples(examples, [editor, prompt], api_visibility="private")
+            # run on click, in the pipeline's concurrency group (gr.Examples' own run_on_click has a group of its own)
+            shown.load_input_event.then(run_example, [editor, prompt], [gallery, used, seed], api_name="run_example",
+                                        api_visibility="undocumented", concurrency_id=PIPELINE, concurrency_limit=1)
     return demo
 
 
 def load_examples() -> list[list]:
-    import json
-
     listing = EXAMPLES / "examples.json"
     if not listing.is_file():
         return []
@@ -309,8 +528,8 @@ def load_examples() -> list[list]:
 
 
 def create_app(checkpoint: str | None = None) -> gr.Blocks:
-    allowed = allowed_checkpoints(checkpoint)
-    demo = build_demo(*make_handlers(allowed), checkpoints=allowed, examples=load_examples())
+    offered = Checkpoints(checkpoint)
+    demo = build_demo(*make_handlers(offered), checkpoints=offered, examples=load_examples())
     demo.queue(max_size=16, default_concurrency_limit=1)
     return demo
 

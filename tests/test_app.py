@@ -1,12 +1,15 @@
 """The Gradio app: layout without weights, the API through gradio_client, concurrency, a real browser."""
 
+import base64
 import json
 import os
 import re
 import socket
+import struct
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +32,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
+    """The app serving the tiny checkpoint: (url, the name it shows for it)."""
     demo = app.create_app(str(tiny_checkpoint))
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
                             max_file_size=app.MAX_UPLOAD, allowed_paths=[str(app.EXAMPLES)])
-    yield url, str(tiny_checkpoint)
+    yield url, tiny_checkpoint.name
     demo.close()
 
 
@@ -42,7 +46,7 @@ def embedded_server():
     demo = app.create_app()
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
                             max_file_size=app.MAX_UPLOAD, allowed_paths=[str(app.EXAMPLES)])
-    yield url, app.allowed_checkpoints()[0]
+    yield url, "zeroft-toy"
     demo.close()
 
 
@@ -59,9 +63,12 @@ def _editor(path, layers=()):
     return {"background": handle_file(str(path)), "layers": [handle_file(str(p)) for p in layers], "composite": None}
 
 
-def _generate(client, checkpoint, editor, prompt="a red square", text=5.0, obj=3.0, steps=2, n=2, seed=7):
-    return client.predict(editor, prompt, "", text, obj, steps, n, seed, False, 64, "none", checkpoint,
-                          api_name="/generate")
+def _generate_args(checkpoint, editor, prompt="a red square", text=5.0, obj=3.0, steps=2, n=2, seed=7):
+    return editor, prompt, "", text, obj, steps, n, seed, False, 64, "none", checkpoint
+
+
+def _generate(client, checkpoint, editor, **kwargs):
+    return client.predict(*_generate_args(checkpoint, editor, **kwargs), api_name="/generate")
 
 
 def _stub(*args, **kwargs):
@@ -70,7 +77,7 @@ def _stub(*args, **kwargs):
 
 def test_build_demo_loads_no_weights():
     zeroft.pipeline_cache.clear()
-    demo = app.build_demo(_stub, _stub, _stub, _stub, _stub, checkpoints=["some/checkpoint"])
+    demo = app.build_demo(_stub, _stub, _stub, _stub, _stub, _stub, _stub, checkpoints=app.Checkpoints("some/checkpoint"))
     assert len(zeroft.pipeline_cache) == 0
     names = {dependency.get("api_name") for dependency in demo.config["dependencies"]}
     assert {"generate", "mask"} <= names
@@ -90,8 +97,50 @@ def test_generate_returns_n_images_with_settings(client, server, tmp_path):
     gallery, settings, seed = _generate(client, server[1], _editor(tmp_path / "photo.png"), n=3)
     assert len(gallery) == 3 and seed == 7
     assert settings["seeds"] == [7, 8, 9] and settings["text_guidance"] == 5.0
+    assert settings["checkpoint"] == server[1]
     assert all(Image.open(item["image"]).size == (64, 64) for item in gallery)
     assert gallery[0]["caption"].startswith("seed 7")
+
+
+def test_no_server_path_reaches_a_visitor(client, server, tiny_checkpoint, tmp_path):
+    """The page's config, the settings shown and a refused checkpoint's message name models, never server folders."""
+    import httpx
+
+    config = httpx.get(server[0] + "config", timeout=30).text
+    square_photo().save(tmp_path / "photo.png")
+    settings = _generate(client, server[1], _editor(tmp_path / "photo.png"), n=1)[1]
+    refused = _error(client, "/etc", editor=_editor(tmp_path / "photo.png"))
+    assert "not offered" in refused and server[1] in refused and "zeroft-toy" in refused
+    for text in (config, json.dumps(settings), refused):
+        assert str(app.APP_DIR) not in text and str(tiny_checkpoint) not in text
+
+
+def test_checkpoint_names_and_aliases():
+    """Users name a model by what the app shows or by its folder relative to the app; the server keeps the path."""
+    offered = app.Checkpoints()
+    assert offered.names[0] == "zeroft-toy"
+    for alias in ("zeroft-toy", "default", "assets/zeroft-toy", "./assets/zeroft-toy", "assets/zeroft-toy/"):
+        assert offered.name(alias) == "zeroft-toy", alias
+    assert offered.where("zeroft-toy") == str(zeroft.presets.EMBEDDED_CHECKPOINT)
+    assert offered.name("/etc") is None and offered.name(None) is None and offered.name(str(app.APP_DIR)) is None
+    assert offered.public(f"missing {offered.where('zeroft-toy')}/unet") == "missing zeroft-toy/unet"
+
+
+def _readme_client_example() -> str:
+    text = (Path(app.__file__).parent / "README.md").read_text()
+    section = text[text.index("## The app"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_client_example_runs_as_written(embedded_server, monkeypatch):
+    """The README's gradio_client code, as written, against the app as `python app.py` serves it (another port)."""
+    code = _readme_client_example()
+    assert "http://127.0.0.1:7860/" in code
+    monkeypatch.chdir(app.APP_DIR)  # its paths are relative to the checkout, as a user runs it
+    namespace = {}
+    exec(compile(code.replace("http://127.0.0.1:7860/", embedded_server[0]), "README.md", "exec"), namespace)
+    assert len(namespace["gallery"]) == 4 and namespace["settings"]["checkpoint"] == "zeroft-toy"
+    assert namespace["seed"] == 0 and Image.open(namespace["mask_png"]).mode == "L"
 
 
 def test_mask_endpoint(client, tmp_path):
@@ -108,7 +157,7 @@ def _error(client, checkpoint, **kwargs):
     with pytest.raises(AppError) as caught:
         _generate(client, checkpoint, **kwargs)
     message = str(caught.value)
-    assert "Traceback" not in message
+    assert "Traceback" not in message and "upstream Gradio app" not in message
     return message
 
 
@@ -117,19 +166,95 @@ def test_bad_inputs_come_back_as_plain_messages(client, server, tmp_path):
     square_photo().save(tmp_path / "photo.png")
     (tmp_path / "junk.png").write_bytes(b"this is not an image")
     assert _error(client, checkpoint, editor=None) == "Upload a photo first."
-    assert "could not be read" in _error(client, checkpoint, editor=_editor(tmp_path / "junk.png"))
+    assert "not an image file" in _error(client, checkpoint, editor=_editor(tmp_path / "junk.png"))
     Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(tmp_path / "empty-layer.png")
     assert "mask is empty" in _error(client, checkpoint, editor=_editor(tmp_path / "photo.png", [tmp_path / "empty-layer.png"]))
     assert "at most 1000" in _error(client, checkpoint, editor=_editor(tmp_path / "photo.png"), prompt="x" * 1500)
     assert "maximum value 30" in _error(client, checkpoint, editor=_editor(tmp_path / "photo.png"), obj=45.0)
     Image.new("RGB", (8, 8)).save(tmp_path / "tiny.png")
     assert "at least 16x16" in _error(client, checkpoint, editor=_editor(tmp_path / "tiny.png"))
+    # a slider value sent as text
+    assert _error(client, checkpoint, editor=_editor(tmp_path / "photo.png"), text="5") == "Text guidance must be a number, not '5'."
+    # a layer of another shape: refused by zeroft's rule for masks (the CLI's), not stretched
+    Image.new("RGBA", (64, 32), (255, 0, 200, 153)).save(tmp_path / "wide-layer.png")
+    assert "shapes differ" in _error(client, checkpoint, editor=_editor(tmp_path / "photo.png", [tmp_path / "wide-layer.png"]))
+
+
+def _api_call(url: str, endpoint: str, data: list) -> str:
+    """A raw queued API call (what any HTTP client can send); returns the stream's last data line."""
+    import httpx
+
+    event = httpx.post(f"{url}gradio_api/call/{endpoint}", json={"data": data}, timeout=60).json()["event_id"]
+    with httpx.stream("GET", f"{url}gradio_api/call/{endpoint}/{event}", timeout=120) as stream:
+        lines = [line for line in stream.iter_lines() if line.startswith("data:")]
+    return lines[-1]
+
+
+def test_a_file_path_never_uploaded_gets_a_message(server):
+    answer = json.loads(_api_call(server[0], "mask", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}])[5:])
+    assert answer["error"] and "not uploaded" in answer["error"]
+
+
+def test_upload_cap_holds_for_data_urls(server, monkeypatch, tmp_path):
+    """A base64 data: URL skips gradio's upload route and its size cap; the app caps what it decodes (tiny cap here)."""
+    square_photo().save(tmp_path / "photo.png")
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    noisy.save(tmp_path / "noisy.png")
+    small, large = ((tmp_path / name).read_bytes() for name in ("photo.png", "noisy.png"))
+    monkeypatch.setattr(app, "MAX_UPLOAD", (len(small) + len(large)) // 2)
+
+    def data_url(data):
+        return {"url": "data:image/png;base64," + base64.b64encode(data).decode(), "meta": {"_type": "gradio.FileData"}}
+
+    assert "larger than" in _api_call(server[0], "mask", [data_url(large)])
+    assert '"path"' in _api_call(server[0], "mask", [data_url(small)])
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A 100-byte PNG that claims width x height pixels: what a decompression bomb looks like to a decoder."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_a_plain_message(client, server, tmp_path, capfd):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(20_000, 20_000))
+    assert "too large to decode" in _error(client, server[1], editor=_editor(tmp_path / "bomb.png"))
+    with pytest.raises(AppError, match="too large to decode"):
+        client.predict(handle_file(str(tmp_path / "bomb.png")), api_name="/mask")
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_sixteen_bit_photo_is_read_as_the_cli_reads_it(client, server, tiny_checkpoint, tmp_path):
+    """A 16-bit gray photo: gradio's own conversion clips it nearly white; the app decodes the file with zeroft."""
+    from gradio_client import handle_file
+
+    gray = np.full((64, 64), 20_000, np.uint16)
+    gray[16:48, 16:48] = 60_000
+    Image.fromarray(gray).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode == "I;16"
+    mask = np.asarray(Image.open(client.predict(handle_file(str(tmp_path / "gray16.png")), api_name="/mask")))
+    assert mask[32, 32] == 255 and mask[2, 2] == 0
+    served = Image.open(_generate(client, server[1], _editor(tmp_path / "gray16.png"), n=1)[0][0]["image"])
+    direct = zeroft.get_pipeline(tiny_checkpoint)("a red square", object_image=tmp_path / "gray16.png", text_guidance=5.0,
+                                                  object_guidance=3.0, num_inference_steps=2, seed=7, height=64,
+                                                  width=64).images[0]
+    assert np.abs(np.asarray(served, np.float32) - np.asarray(direct, np.float32)).max() <= 1
+
+
+def test_cache_cleanup_is_set(server):
+    demo = app.create_app()
+    assert demo.delete_cache == app.CACHE_CLEANUP and 0 < app.CACHE_CLEANUP[1] <= 86400
 
 
 def test_checkpoint_outside_the_allow_list_is_refused(client, tmp_path):
     square_photo().save(tmp_path / "photo.png")
-    message = _error(client, "/etc", editor=_editor(tmp_path / "photo.png"))
-    assert "not offered" in message or "not in the list of choices" in message
+    assert "not offered" in _error(client, "/etc", editor=_editor(tmp_path / "photo.png"))
 
 
 def test_painted_layer_is_the_mask(client, server, tmp_path):
@@ -162,7 +287,7 @@ def test_two_clients_get_their_own_objects(server, tiny_checkpoint, tmp_path):
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
-    pipe = zeroft.get_pipeline(server[1])
+    pipe = zeroft.get_pipeline(tiny_checkpoint)
     for name, photo in photos.items():
         direct = pipe("a red square", object_image=photo.convert("RGBA"), text_guidance=5.0, object_guidance=3.0,
                       num_inference_steps=2, seed=3, height=64, width=64).images[0]
@@ -170,35 +295,77 @@ def test_two_clients_get_their_own_objects(server, tiny_checkpoint, tmp_path):
         assert np.abs(np.asarray(served, np.float32) - np.asarray(direct, np.float32)).max() <= 1, name
 
 
+def _pixels(gallery) -> list[np.ndarray]:
+    return [np.asarray(Image.open(item["image"]), np.float32) for item in gallery]
+
+
+def test_an_example_and_generate_never_share_the_pipeline(client, server, tiny_checkpoint, tmp_path, monkeypatch):
+    """A /generate request is held inside the pipeline while an example is clicked: the example must wait for it
+    (one concurrency group), and both results equal their solo runs. Sharing the scheduler changes them."""
+    from gradio_client import Client, handle_file
+
+    square_photo().save(tmp_path / "photo.png")
+    example_photo, example_prompt = app.load_examples()[0]
+    example = ({"background": handle_file(example_photo), "layers": [], "composite": None}, example_prompt)
+    solo_generate = _pixels(_generate(client, server[1], _editor(tmp_path / "photo.png"), n=1)[0])
+    solo_example = _pixels(client.predict(*example, api_name="/run_example")[0])
+
+    unet = zeroft.get_pipeline(tiny_checkpoint).unet
+    forward, inside, release = unet.forward, threading.Event(), threading.Event()
+
+    def held_first_call(*args, **kwargs):
+        if not inside.is_set():
+            inside.set()
+            release.wait(timeout=60)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", held_first_call)
+    generating = client.submit(*_generate_args(server[1], _editor(tmp_path / "photo.png"), n=1), api_name="/generate")
+    assert inside.wait(timeout=60)
+    clicked = Client(server[0], verbose=False).submit(*example, api_name="/run_example")
+    for _ in range(20):  # give the example 2 s to run alongside, which it may only do without the shared group
+        if clicked.done():
+            break
+        time.sleep(0.1)
+    release.set()
+    overlapped_generate = _pixels(generating.result(timeout=120)[0])
+    overlapped_example = _pixels(clicked.result(timeout=120)[0])
+    for solo, overlapped in ((solo_generate, overlapped_generate), (solo_example, overlapped_example)):
+        assert len(solo) == len(overlapped)
+        assert all(np.abs(a - b).max() <= 1 for a, b in zip(solo, overlapped))
+
+
 def _browser_args():
     return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _open_and_upload(browser, url: str, photo: Path, expect, tries: int = 5):
-    """Open the app, wait for the editor to mount, upload through its file input and wait for the encoder preview;
-    returns the page. In headless chromium (software WebGL) gradio's image editor sometimes draws the photo but
-    never sends it: no upload request reaches the server, and setting the file again on the same page does not
-    help (seen in about 1 run of 4 here, loaded or not; three reloads of one page in a row once all failed in a
-    full CI run), so each try opens a new page."""
-    for attempt in range(tries):
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(url, wait_until="load", timeout=90_000)
-        expect(page.get_by_text("Upload an image")).to_be_visible(timeout=60_000)  # the editor is mounted
-        page.locator("#photo input[type=file]").set_input_files(str(photo))
-        try:
-            expect(page.locator("#preview img")).to_be_visible(timeout=30_000)  # automatic mask → encoder preview
-            return page
-        except AssertionError:
-            if attempt == tries - 1:
-                raise
-            page.close()
+def _upload(page, path: Path) -> None:
+    """Choose a file through the app's "Upload a photo" button, as a user does."""
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload").click()
+    chooser.value.set_files(str(path))
+
+
+def _bad_uploads_are_named_once(page, expect, tmp_path: Path) -> None:
+    """A non-image named .png and a truncated PNG: one message each, saying what is wrong, and no error badges."""
+    good = (app.EXAMPLES / "object-02.png").read_bytes()
+    (tmp_path / "notes.png").write_bytes(b"these are notes, not a picture\n" * 20)
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
+    for name, reason in (("notes.png", "not an image file"), ("cut.png", "corrupt or truncated")):
+        _upload(page, tmp_path / name)
+        expect(page.get_by_test_id("toast-body")).to_contain_text(reason, timeout=30_000)
+        expect(page.get_by_text(reason)).to_have_count(1)
+        for box in ("#photo", "#preview"):
+            expect(page.locator(box)).not_to_contain_text("Error")
+        page.get_by_test_id("toast-body").get_by_role("button").last.click()  # close it, as a user would
 
 
 @pytest.mark.browser
-def test_a_real_browser_generates(embedded_server):
-    """Debian's chromium on the app as shipped: upload a held-out example photo, paint the mask, move both
-    sliders, generate, see N images; save a screenshot and the click-to-first-image time as artifacts."""
+def test_a_real_browser_generates(embedded_server, tmp_path):
+    """Debian's chromium on the app as shipped: two bad files are each named once; then upload a held-out example
+    photo, paint the mask, move both sliders, generate, see N images; save a screenshot and the click-to-first-image
+    time as artifacts."""
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
         if os.environ.get("ZEROFT_REQUIRE_BROWSER"):
@@ -207,12 +374,16 @@ def test_a_real_browser_generates(embedded_server):
     from playwright.sync_api import expect, sync_playwright
 
     url, checkpoint = embedded_server
-    defaults = app.checkpoint_config(checkpoint).defaults
+    defaults = app.Checkpoints().config(checkpoint).defaults
     text, obj = defaults.text_guidance + 0.5, defaults.object_guidance + 0.5
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=_browser_args())
-        page = _open_and_upload(browser, url, app.EXAMPLES / "object-02.png", expect)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url, wait_until="load", timeout=90_000)
+        _bad_uploads_are_named_once(page, expect, tmp_path)
+        _upload(page, app.EXAMPLES / "object-02.png")
+        expect(page.locator("#preview img")).to_be_visible(timeout=30_000)  # automatic mask → encoder preview
         page.get_by_role("button", name="Brush").first.click()
         box = page.locator("#photo canvas").first.bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.45)
