@@ -20,6 +20,8 @@ import binascii
 import json
 import os
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -34,7 +36,9 @@ from zeroft.encoder import object_view
 from zeroft.images import LoadedImage
 from zeroft.masking import fit_mask
 from zeroft.presets import EMBEDDED_CHECKPOINT, PRESET_NAMES
-from zeroft.validation import GUIDANCE_RANGE, NUM_IMAGES_RANGE, STEPS_RANGE
+from zeroft.cli import _native_size_before_loading
+from zeroft.quantization import pick_device
+from zeroft.validation import GUIDANCE_RANGE, NUM_IMAGES_RANGE, STEPS_RANGE, size_limits
 
 try:  # on Hugging Face Spaces (ZeroGPU) this requests a GPU per call; elsewhere spaces.GPU(f) is f
     import spaces
@@ -49,6 +53,9 @@ EXAMPLES = APP_DIR / "assets" / "examples"
 MAX_UPLOAD = 20 * 2**20  # bytes: the cap on every file the app decodes, whatever route it came by
 CACHE_CLEANUP = (1800, 7200)  # gradio's upload/result cache: every 30 min, delete files older than 2 h
 PIPELINE = "pipeline"  # the one concurrency group of every event that runs the shared pipeline
+TIME_BUDGET = 120.0  # seconds one request may take (its estimate, zeroft.validation.check_time_budget), so one
+# user cannot hold the only worker for minutes; --time-budget changes it
+SIZE_FALLBACK = (64, 1024, 64)  # size slider (smallest, largest, step) where no model's limits are known before loading
 QUANTIZATION_CHOICES = ["none", "int8"] + (["bnb-8bit", "bnb-4bit"] if torch.cuda.is_available() else [])
 
 
@@ -122,6 +129,21 @@ class Checkpoints:
 
     def config(self, name: str) -> ZeroFTConfig | None:
         return checkpoint_config(self._where[name]) if name in self._where else None
+
+    def size_range(self, name: str) -> tuple[int, int, int] | None:
+        """(smallest, largest, step) output side for a model on this machine: zeroft.validation.size_limits of its
+        native size, read from its config files (None where they are not at hand without a download)."""
+        where = self._where.get(name)
+        if where is None or not Path(where).is_dir():
+            return None
+        try:
+            native = _native_size_before_loading(where)
+        except (OSError, ValueError, zeroft.InputError):
+            return None  # loading the model reports what is wrong with it
+        if native is None:
+            return None
+        low, high = size_limits(native, pick_device(None))
+        return low, high, max(8, native // 64 * 8)
 
     def public(self, text: str) -> str:
         """``text`` with every server path of an offered model replaced by its name."""
@@ -350,8 +372,22 @@ def _preview(photo: LoadedImage, mask: np.ndarray | None, config: ZeroFTConfig |
     return object_view(photo.rgb, mask, config.encoder if config else EncoderConfig())
 
 
-def make_handlers(offered: Checkpoints):
-    """The functions behind the UI and the API: generate, automatic_mask, clear_mask, on_change, on_upload, display, mask_api."""
+@dataclass(frozen=True)
+class Handlers:
+    """The functions behind the UI and the API; a test builds the layout alone with stubs."""
+
+    generate: Callable
+    automatic_mask: Callable
+    clear_mask: Callable
+    on_change: Callable
+    on_upload: Callable
+    display: Callable
+    size_slider: Callable
+    mask_api: Callable
+
+
+def make_handlers(offered: Checkpoints, time_budget: float = TIME_BUDGET) -> Handlers:
+    """The handlers of the app that offers ``offered``; a request estimated over ``time_budget`` seconds is refused."""
 
     def pipeline(name: str, quantization: str):
         try:
@@ -418,7 +454,7 @@ def make_handlers(offered: Checkpoints):
             out = pipe(
                 prompt, object_image=as_image(photo), object_mask=mask, negative_prompt=negative_prompt,
                 text_guidance=text_guidance, object_guidance=object_guidance, num_images=num_images,
-                num_inference_steps=steps, seed=seed, height=size, width=size,
+                num_inference_steps=steps, seed=seed, height=size, width=size, time_budget=time_budget,
                 callback=lambda step, total: progress((step, total), desc="generating"),
             )
         except zeroft.InputError as error:
@@ -439,18 +475,28 @@ def make_handlers(offered: Checkpoints):
             raise user_error(str(error)) from None
         return Image.fromarray((matte * 255).round().astype(np.uint8), "L")
 
-    return gpu(generate), automatic_mask, clear_mask, on_change, on_upload, display, mask_api
+    def size_slider(checkpoint):
+        """The size slider for a model: its range on this machine, its default size."""
+        low, high, step = offered.size_range(checkpoint) or SIZE_FALLBACK
+        config = offered.config(checkpoint)
+        default = config.defaults.height if config else high
+        return gr.update(minimum=low, maximum=high, step=step, value=min(max(default, low), high))
+
+    return Handlers(gpu(generate), automatic_mask, clear_mask, on_change, on_upload, display, size_slider, mask_api)
 
 
 # ---------------------------------------------------------------------------------------------- layout
 
 
-def build_demo(generate, automatic_mask, clear_mask, on_change, on_upload, display, mask_api, checkpoints: Checkpoints,
-               examples: list[list] | None = None) -> gr.Blocks:
+def build_demo(handlers: Handlers, checkpoints: Checkpoints, examples: list[list] | None = None) -> gr.Blocks:
     """The app's layout; every model call goes through the handler functions passed in."""
     default = checkpoints.names[0] if checkpoints.names else ""
     config = checkpoints.config(default)
     d = config.defaults if config else zeroft.GenerationDefaults()
+    # the size slider spans every offered model's range (API calls are checked by the library, per model);
+    # a page narrows it to the selected model's range on load and on every change of model
+    ranges = [r for r in map(checkpoints.size_range, checkpoints.names) if r] or [SIZE_FALLBACK]
+    size_low, size_high = min(r[0] for r in ranges), max(r[1] for r in ranges)
     with App(title="zeroft", delete_cache=CACHE_CLEANUP) as demo:
         gr.Markdown("# zeroft\nOne photo of an object + a prompt → new images of that same object, "
                     "with no fine-tuning. Upload a photo: the automatic object mask is tinted pink. "
@@ -483,7 +529,8 @@ def build_demo(generate, automatic_mask, clear_mask, on_change, on_upload, displ
                     seed = SeedBox(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
                     random_seed = gr.Checkbox(value=True, label="Random seed", elem_id="random-seed")
                 with gr.Accordion("Advanced", open=False):
-                    size = Setting(64, 1024, value=d.height, step=64, label="Size (pixels)", elem_id="size")
+                    size = Setting(size_low, size_high, value=min(max(d.height, size_low), size_high),
+                                   step=min(r[2] for r in ranges), label="Size (pixels)", elem_id="size")
                     quantization = gr.Dropdown(QUANTIZATION_CHOICES, value="none", label="Quantization",
                                                info="int8 shrinks weights ~3.7x (CPU or GPU); bnb modes need a CUDA GPU.")
                     checkpoint = CheckpointChoice(checkpoints.names, value=default, label="Model", elem_id="checkpoint")
@@ -495,22 +542,25 @@ def build_demo(generate, automatic_mask, clear_mask, on_change, on_upload, displ
         inputs = [editor, prompt, negative, text_guidance, object_guidance, steps, num_images, seed, random_seed,
                   size, quantization, checkpoint]
         session = gr.State(None)  # this user's decoded photo and automatic mask
-        upload.upload(on_upload, [upload, checkpoint], session, show_progress="hidden", api_visibility="private").success(
-            display, [session, checkpoint], [editor, masked], show_progress="hidden", api_visibility="private")
-        auto_button.click(automatic_mask, [editor, checkpoint, session], [editor, masked, session], api_visibility="private")
-        clear_button.click(clear_mask, [editor, checkpoint, session], [editor, masked, session], api_visibility="private")
-        editor.change(on_change, [editor, checkpoint, session], [editor, masked, session], show_progress="hidden",
+        h = handlers
+        upload.upload(h.on_upload, [upload, checkpoint], session, show_progress="hidden", api_visibility="private").success(
+            h.display, [session, checkpoint], [editor, masked], show_progress="hidden", api_visibility="private")
+        auto_button.click(h.automatic_mask, [editor, checkpoint, session], [editor, masked, session], api_visibility="private")
+        clear_button.click(h.clear_mask, [editor, checkpoint, session], [editor, masked, session], api_visibility="private")
+        editor.change(h.on_change, [editor, checkpoint, session], [editor, masked, session], show_progress="hidden",
                       trigger_mode="always_last", api_visibility="private")
-        run.click(generate, inputs + [session], [gallery, used, seed], api_name="generate", concurrency_id=PIPELINE,
+        gr.on([demo.load, checkpoint.change], h.size_slider, checkpoint, size, show_progress="hidden",
+              api_visibility="private")
+        run.click(h.generate, inputs + [session], [gallery, used, seed], api_name="generate", concurrency_id=PIPELINE,
                   concurrency_limit=1)
         with gr.Row(visible=False):  # the /mask API endpoint: photo in, mask out
             mask_photo = PhotoInput(type="pil", image_mode="RGBA", label="photo")
             mask_result = gr.Image(type="pil", format="png", label="mask")
             mask_button = gr.Button("mask")
-        mask_button.click(mask_api, mask_photo, mask_result, api_name="mask", concurrency_limit=2)
+        mask_button.click(h.mask_api, mask_photo, mask_result, api_name="mask", concurrency_limit=2)
         if examples:
             def run_example(photo, example_prompt, progress=gr.Progress()):
-                return generate(photo, example_prompt, d.negative_prompt, d.text_guidance, d.object_guidance,
+                return h.generate(photo, example_prompt, d.negative_prompt, d.text_guidance, d.object_guidance,
                                 d.steps, 2, 0, False, d.height, "none", default, None, progress)
 
             shown = gr.Examples(examples, [editor, prompt], api_visibility="private")
@@ -527,9 +577,9 @@ def load_examples() -> list[list]:
     return [[str(EXAMPLES / e["image"]), e["prompt"]] for e in json.loads(listing.read_text())]
 
 
-def create_app(checkpoint: str | None = None) -> gr.Blocks:
+def create_app(checkpoint: str | None = None, time_budget: float = TIME_BUDGET) -> gr.Blocks:
     offered = Checkpoints(checkpoint)
-    demo = build_demo(*make_handlers(offered), checkpoints=offered, examples=load_examples())
+    demo = build_demo(make_handlers(offered, time_budget), checkpoints=offered, examples=load_examples())
     demo.queue(max_size=16, default_concurrency_limit=1)
     return demo
 
@@ -540,12 +590,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
-    return parser.parse_args(argv)
+    parser.add_argument("--time-budget", type=float, default=TIME_BUDGET, metavar="SECONDS",
+                        help=f"refuse a request estimated to take longer (default {TIME_BUDGET:g})")
+    args = parser.parse_args(argv)
+    if not args.time_budget > 0:
+        parser.error("--time-budget must be a positive number of seconds")
+    return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    create_app(args.checkpoint).launch(server_name=args.host, server_port=args.port, share=args.share,
+    create_app(args.checkpoint, args.time_budget).launch(server_name=args.host, server_port=args.port, share=args.share,
                                        max_file_size=MAX_UPLOAD, allowed_paths=[str(EXAMPLES)])
 
 

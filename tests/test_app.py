@@ -1,6 +1,7 @@
 """The Gradio app: layout without weights, the API through gradio_client, concurrency, a real browser."""
 
 import base64
+import dataclasses
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import app
@@ -63,8 +65,8 @@ def _editor(path, layers=()):
     return {"background": handle_file(str(path)), "layers": [handle_file(str(p)) for p in layers], "composite": None}
 
 
-def _generate_args(checkpoint, editor, prompt="a red square", text=5.0, obj=3.0, steps=2, n=2, seed=7):
-    return editor, prompt, "", text, obj, steps, n, seed, False, 64, "none", checkpoint
+def _generate_args(checkpoint, editor, prompt="a red square", text=5.0, obj=3.0, steps=2, n=2, seed=7, size=64):
+    return editor, prompt, "", text, obj, steps, n, seed, False, size, "none", checkpoint
 
 
 def _generate(client, checkpoint, editor, **kwargs):
@@ -77,7 +79,8 @@ def _stub(*args, **kwargs):
 
 def test_build_demo_loads_no_weights():
     zeroft.pipeline_cache.clear()
-    demo = app.build_demo(_stub, _stub, _stub, _stub, _stub, _stub, _stub, checkpoints=app.Checkpoints("some/checkpoint"))
+    stubs = app.Handlers(*[_stub] * len(dataclasses.fields(app.Handlers)))
+    demo = app.build_demo(stubs, checkpoints=app.Checkpoints("some/checkpoint"))
     assert len(zeroft.pipeline_cache) == 0
     names = {dependency.get("api_name") for dependency in demo.config["dependencies"]}
     assert {"generate", "mask"} <= names
@@ -250,6 +253,33 @@ def test_sixteen_bit_photo_is_read_as_the_cli_reads_it(client, server, tiny_chec
 def test_cache_cleanup_is_set(server):
     demo = app.create_app()
     assert demo.delete_cache == app.CACHE_CLEANUP and 0 < app.CACHE_CLEANUP[1] <= 86400
+
+
+def test_request_over_the_time_budget_is_refused_before_running(client, server, tiny_checkpoint, tmp_path, monkeypatch):
+    """The library's estimate with a cost unit set by hand (as a slow machine would measure it): refused, not run."""
+    pipe = zeroft.get_pipeline(tiny_checkpoint)
+    monkeypatch.setattr(pipe, "unit_seconds", 1000.0)
+    calls = []
+    forward = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs))
+    square_photo().save(tmp_path / "photo.png")
+    message = _error(client, server[1], editor=_editor(tmp_path / "photo.png"), n=1)
+    assert f"over the {app.TIME_BUDGET:g} s limit" in message and "Lower" in message
+    assert calls == []
+
+
+def test_size_slider_follows_the_model(client, server, tiny_checkpoint, tmp_path):
+    """The slider spans zeroft.validation.size_limits of the model's native size on this machine (64 px here)."""
+    import httpx
+
+    low, high = zeroft.validation.size_limits(64, "cuda" if torch.cuda.is_available() else "cpu")
+    config = httpx.get(server[0] + "config", timeout=30).json()
+    size = next(c["props"] for c in config["components"] if c.get("props", {}).get("elem_id") == "size")
+    assert (size["minimum"], size["maximum"]) == (low, high) and size["value"] == 64 and 64 % size["step"] == 0
+    update = app.make_handlers(app.Checkpoints(str(tiny_checkpoint))).size_slider(server[1])
+    assert (update["minimum"], update["maximum"], update["value"]) == (low, high, 64)
+    square_photo().save(tmp_path / "photo.png")
+    assert f"maximum value {high}" in _error(client, server[1], editor=_editor(tmp_path / "photo.png"), size=high + 64)
 
 
 def test_checkpoint_outside_the_allow_list_is_refused(client, tmp_path):
