@@ -74,8 +74,8 @@ class Checkpoints:
     """The models this app offers, by the names users see and send; where each one lives stays on the server.
 
     Names: ``zeroft-toy`` for the embedded model, a preset's name, a local folder's name, a Hub id.
-    Also accepted: the operator's ``--checkpoint`` as written, and a local folder's path relative to the
-    app's folder (``assets/zeroft-toy``, as the README writes it).
+    Also accepted: the operator's ``--checkpoint`` as written unless it is absolute, and a local folder's
+    path relative to the app's folder (``assets/zeroft-toy``).
     """
 
     def __init__(self, extra: str | None = None):
@@ -101,8 +101,9 @@ class Checkpoints:
         else:  # a Hub id: public already
             name, where = spec, spec
         self._where.setdefault(name, where)
+        # an absolute path is no alias: accepting it would confirm a visitor's guess of where the model lives
         for alias in (spec, self._relative(where), "default" if name == "zeroft-toy" else None):
-            if alias and alias != name:
+            if alias and alias != name and not os.path.isabs(alias):
                 self._aliases.setdefault(alias, name)
 
     @staticmethod
@@ -146,11 +147,11 @@ class Checkpoints:
         return low, high, max(8, native // 64 * 8)
 
     def public(self, text: str) -> str:
-        """``text`` with every server path of an offered model replaced by its name."""
+        """``text`` with every server path of an offered model replaced by its name, and no other server folder."""
         for name, where in sorted(self._where.items(), key=lambda item: -len(item[1])):
             if os.path.isabs(where):
                 text = text.replace(where, name)
-        return text.replace(str(APP_DIR), ".")
+        return text.replace(str(APP_DIR), ".").replace(str(Path.home()), "~")
 
 
 # ---------------------------------------------------------------------------------------------- reading uploads
@@ -559,8 +560,8 @@ def build_demo(handlers: Handlers, checkpoints: Checkpoints, examples: list[list
             mask_button = gr.Button("mask")
         mask_button.click(h.mask_api, mask_photo, mask_result, api_name="mask", concurrency_limit=2)
         if examples:
-            def run_example(photo, example_prompt, progress=gr.Progress()):
-                return h.generate(photo, example_prompt, d.negative_prompt, d.text_guidance, d.object_guidance,
+            def run_example(example_editor, example_prompt, progress=gr.Progress()):
+                return h.generate(example_editor, example_prompt, d.negative_prompt, d.text_guidance, d.object_guidance,
                                 d.steps, 2, 0, False, d.height, "none", default, None, progress)
 
             shown = gr.Examples(examples, [editor, prompt], api_visibility="private")

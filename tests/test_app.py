@@ -126,6 +126,7 @@ def test_checkpoint_names_and_aliases():
         assert offered.name(alias) == "zeroft-toy", alias
     assert offered.where("zeroft-toy") == str(zeroft.presets.EMBEDDED_CHECKPOINT)
     assert offered.name("/etc") is None and offered.name(None) is None and offered.name(str(app.APP_DIR)) is None
+    assert offered.name(str(zeroft.presets.EMBEDDED_CHECKPOINT)) is None  # a guessed server path is not confirmed
     assert offered.public(f"missing {offered.where('zeroft-toy')}/unet") == "missing zeroft-toy/unet"
 
 
