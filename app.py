@@ -154,6 +154,12 @@ class Checkpoints:
         return text.replace(str(APP_DIR), ".").replace(str(Path.home()), "~")
 
 
+def allowed_checkpoints(extra: str | None = None) -> list[str]:
+    """Where the offered models live, the default first: for the server's own use (the page shows only names)."""
+    offered = Checkpoints(extra)
+    return [offered.where(name) for name in offered.names]
+
+
 # ---------------------------------------------------------------------------------------------- reading uploads
 
 
