@@ -36,7 +36,7 @@ from zeroft.encoder import object_view
 from zeroft.images import LoadedImage
 from zeroft.masking import fit_mask
 from zeroft.presets import EMBEDDED_CHECKPOINT, PRESET_NAMES
-from zeroft.cli import _native_size_before_loading
+from zeroft.checkpoint import native_size_of
 from zeroft.quantization import pick_device
 from zeroft.validation import GUIDANCE_RANGE, NUM_IMAGES_RANGE, STEPS_RANGE, size_limits
 
@@ -138,7 +138,7 @@ class Checkpoints:
         if where is None or not Path(where).is_dir():
             return None
         try:
-            native = _native_size_before_loading(where)
+            native = native_size_of(where)
         except (OSError, ValueError, zeroft.InputError):
             return None  # loading the model reports what is wrong with it
         if native is None:

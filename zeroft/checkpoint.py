@@ -27,6 +27,7 @@ from .masking import Masker
 from .model_card import write_model_card
 from .quantization import (check_quantization, pick_device, pick_dtype, quantization_configs,
                            quantize_object_attention_)
+from .validation import native_size
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -65,6 +66,39 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, revision: str | None = Non
             f"Could not download checkpoint {name!r} from the Hugging Face Hub ({type(error).__name__}: {error}). "
             "Check the network and the repo name, or pass a local checkpoint folder."
         ) from error
+
+
+def native_size_of(checkpoint: str | os.PathLike) -> int | None:
+    """The checkpoint's native size from its config files alone, or None where they are not at hand.
+
+    Reads the UNet and VAE configs (the checkpoint's own folders, or a base model already in the
+    Hugging Face cache); the loaded pipeline's ``native_size`` gives the same number.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    folder = resolve_checkpoint(checkpoint)
+    config = ZeroFTConfig.load(folder)
+
+    def config_file(part: str) -> Path | None:
+        if part == "unet" and config.unet_tuned:
+            path = folder / "unet" / "config.json"
+        elif (folder / config.base_model).is_dir():
+            path = folder / config.base_model / part / "config.json"
+        else:
+            cached = try_to_load_from_cache(config.base_model, f"{part}/config.json", revision=config.base_revision)
+            path = Path(cached) if isinstance(cached, str) else None
+        return path if path is not None and path.is_file() else None
+
+    unet_file, vae_file = config_file("unet"), config_file("vae")
+    if unet_file is None or vae_file is None:
+        return None
+    try:
+        sample_size = json.loads(unet_file.read_text())["sample_size"]
+        blocks = json.loads(vae_file.read_text())["block_out_channels"]
+    except (ValueError, KeyError, TypeError):
+        return None  # a malformed config: loading the model reports it
+    vae_scale_factor = 2 ** (len(blocks) - 1)  # as diffusers' StableDiffusionPipeline computes it
+    return native_size(sample_size, vae_scale_factor, config.defaults)
 
 
 def _load_base(source: str | Path, config: ZeroFTConfig, dtype: torch.dtype, unet, unet_quant, text_quant):

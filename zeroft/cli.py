@@ -95,45 +95,9 @@ def _check_writable_folder(folder: Path, what: str) -> None:
                          "give a folder you can write to.") from None
 
 
-def _native_size_before_loading(checkpoint: str) -> int | None:
-    """The checkpoint's native size from its config files alone, or None where they are not at hand.
-
-    Reads the UNet and VAE configs (the checkpoint's own folders, or a base model already in the
-    Hugging Face cache); the loaded pipeline's ``native_size`` gives the same number.
-    """
-    from huggingface_hub import try_to_load_from_cache
-
-    from .checkpoint import resolve_checkpoint
-    from .config import ZeroFTConfig
-    from .validation import native_size
-
-    folder = resolve_checkpoint(checkpoint)
-    config = ZeroFTConfig.load(folder)
-
-    def config_file(part: str) -> Path | None:
-        if part == "unet" and config.unet_tuned:
-            path = folder / "unet" / "config.json"
-        elif (folder / config.base_model).is_dir():
-            path = folder / config.base_model / part / "config.json"
-        else:
-            cached = try_to_load_from_cache(config.base_model, f"{part}/config.json", revision=config.base_revision)
-            path = Path(cached) if isinstance(cached, str) else None
-        return path if path is not None and path.is_file() else None
-
-    unet_file, vae_file = config_file("unet"), config_file("vae")
-    if unet_file is None or vae_file is None:
-        return None
-    try:
-        sample_size = json.loads(unet_file.read_text())["sample_size"]
-        blocks = json.loads(vae_file.read_text())["block_out_channels"]
-    except (ValueError, KeyError, TypeError):
-        return None  # a malformed config: loading the model reports it
-    vae_scale_factor = 2 ** (len(blocks) - 1)  # as diffusers' StableDiffusionPipeline computes it
-    return native_size(sample_size, vae_scale_factor, config.defaults)
-
-
 def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> None:
     """Fail on bad files, settings, device, masker or output folder in a second, not after loading the model."""
+    from .checkpoint import native_size_of
     from .images import load_image, load_mask
     from .masking import Masker
     from .quantization import pick_device
@@ -160,7 +124,7 @@ def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> None:
     if args.masker is not None:
         Masker(args.masker)  # parses the spec; a rembg model loads only when a photo needs it
     device = pick_device(args.device)
-    native = _native_size_before_loading(checkpoint)
+    native = native_size_of(checkpoint)
     for name, value in (("height", args.height), ("width", args.width)):
         if value is None:
             continue
