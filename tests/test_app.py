@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import app
+import app_inputs
 import zeroft
 
 from conftest import square_photo
@@ -205,7 +206,7 @@ def test_upload_cap_holds_for_data_urls(server, monkeypatch, tmp_path):
     noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     noisy.save(tmp_path / "noisy.png")
     small, large = ((tmp_path / name).read_bytes() for name in ("photo.png", "noisy.png"))
-    monkeypatch.setattr(app, "MAX_UPLOAD", (len(small) + len(large)) // 2)
+    monkeypatch.setattr(app_inputs, "MAX_UPLOAD", (len(small) + len(large)) // 2)
 
     def data_url(data):
         return {"url": "data:image/png;base64," + base64.b64encode(data).decode(), "meta": {"_type": "gradio.FileData"}}

@@ -19,7 +19,7 @@ def module_name(path: Path) -> str:
 
 
 def project_modules() -> dict[str, Path]:
-    files = [ROOT / "app.py"] + [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]
+    files = sorted(ROOT.glob("app*.py")) + [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]
     return {module_name(p): p for p in files if p.is_file()}
 
 
@@ -101,11 +101,17 @@ def test_library_imports_neither_the_trainer_nor_the_toy_world():
     for name, targets in graph.items():
         layer = name.partition(".")[0]
         if layer == "zeroft":
-            assert not {t for t in targets if t.partition(".")[0] in ("train", "toyworld", "bench", "app")}, name
+            assert not {t for t in targets if t.partition(".")[0] in ("train", "toyworld", "bench", "app", "app_inputs")}, name
         if layer == "train":
-            assert not {t for t in targets if t.partition(".")[0] in ("toyworld", "bench", "app")}, name
+            assert not {t for t in targets if t.partition(".")[0] in ("toyworld", "bench", "app", "app_inputs")}, name
         if layer == "bench":
             assert not {t for t in targets if t.partition(".")[0] == "toyworld"}, name
+
+
+def test_the_apps_parts_import_the_library_only():
+    graph = import_graph()
+    assert "app_inputs" in graph["app"] and "app" not in graph["app_inputs"]
+    assert {t.partition(".")[0] for t in graph["app_inputs"]} == {"zeroft"}
 
 
 def test_checkpoint_module_knows_no_pipeline_class():
