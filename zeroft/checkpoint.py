@@ -160,30 +160,6 @@ def _locate_base(folder: Path, config: ZeroFTConfig) -> str | Path:
     return config.base_model
 
 
-def _check_masker_model(masker: Masker) -> None:
-    """Fail before building when the rembg model is not on disk and downloads are off (HF_HUB_OFFLINE=1).
-
-    rembg would otherwise try its download at the first automatic mask, after the whole pipeline loaded.
-    Where to look is rembg's own rule (its session class's ``resolve_existing``).
-    """
-    from huggingface_hub import is_offline_mode
-
-    if masker.kind != "rembg" or not is_offline_mode():
-        return
-    try:
-        from rembg.sessions import sessions_class
-    except ImportError:
-        return  # the masker names the missing package on first use
-    session = next((c for c in sessions_class if c.name() == masker.model), None)
-    if session is None or session.resolve_existing(f"{masker.model}.onnx") is not None:
-        return
-    home = os.environ.get("U2NET_HOME", os.path.expanduser("~/.u2net"))
-    raise ModelUnavailableError(
-        f"The rembg model {masker.model!r} is not on this machine and downloads are off (HF_HUB_OFFLINE=1). "
-        f"Place {masker.model}.onnx in {home}, or draw the mask yourself, or use the 'border' masker."
-    )
-
-
 def load_pipeline(
     checkpoint: str | os.PathLike,
     *,
@@ -232,7 +208,7 @@ def load_pipeline(
     base_source = _locate_base(folder, config)
     encoder_source = locate_encoder(config.encoder, folder)
     pipe_masker = Masker(masker or config.masker)
-    _check_masker_model(pipe_masker)
+    pipe_masker.check_available()
 
     # 2. Build.
     unet = None

@@ -254,6 +254,29 @@ class Masker:
         self._session = None
         self._lock = threading.Lock()
 
+    def check_available(self) -> None:
+        """Fail now, not at the first automatic mask, when the rembg model is not on disk and downloads
+        are off (HF_HUB_OFFLINE=1); ``load_pipeline`` calls it before building any model.
+
+        Where to look is rembg's own rule (its session class's ``resolve_existing``).
+        """
+        from huggingface_hub import is_offline_mode
+
+        if self.kind != "rembg" or not is_offline_mode():
+            return
+        try:
+            from rembg.sessions import sessions_class
+        except ImportError:
+            return  # the first mask names the missing package
+        session = next((c for c in sessions_class if c.name() == self.model), None)
+        if session is None or session.resolve_existing(f"{self.model}.onnx") is not None:
+            return
+        home = os.environ.get("U2NET_HOME", os.path.expanduser("~/.u2net"))
+        raise ModelUnavailableError(
+            f"The rembg model {self.model!r} is not on this machine and downloads are off (HF_HUB_OFFLINE=1). "
+            f"Place {self.model}.onnx in {home}, or draw the mask yourself, or use the 'border' masker."
+        )
+
     def _rembg_session(self):
         with self._lock:
             if self._session is None:
