@@ -16,6 +16,7 @@ is bypassed, so 16-bit, palette and EXIF-rotated photos, bombs and broken files 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 from collections.abc import Callable
@@ -120,10 +121,19 @@ def photo_and_mask(editor: dict | None, session: dict | None = None) -> tuple[Lo
 # ---------------------------------------------------------------------------------------------- handlers
 
 
+@functools.lru_cache(maxsize=4)
+def _masker(spec: str) -> zeroft.Masker:
+    """One masker per spec for the whole app: a rembg masker loads its ONNX session once, not per upload."""
+    return zeroft.Masker(spec)
+
+
+_automatic_masks = zeroft.cache.LRUCache(64)  # (photo digest, masker spec) -> mask, shared by uploads, buttons, /mask
+
+
 def _automatic(photo: LoadedImage, config: ZeroFTConfig | None) -> np.ndarray:
     try:
-        masker = zeroft.Masker(config.masker if config else zeroft.masking.DEFAULT_MASKER)
-        return zeroft.choose_mask(photo, masker=masker)
+        masker = _masker(config.masker if config else zeroft.masking.DEFAULT_MASKER)
+        return zeroft.choose_mask(photo, masker=masker, cache=_automatic_masks)
     except zeroft.InputError as error:
         raise user_error(str(error)) from None
     except zeroft.ModelUnavailableError as error:
@@ -223,6 +233,8 @@ def make_handlers(offered: Checkpoints, time_budget: float = TIME_BUDGET) -> Han
             )
         except zeroft.InputError as error:
             raise user_error(offered.public(str(error))) from None
+        except zeroft.ModelUnavailableError as error:  # the automatic masker's model, when nothing was painted
+            raise user_error(offered.public(f"A model could not be loaded: {error}")) from None
         settings = json.loads(offered.public(json.dumps({"checkpoint": checkpoint, **out.settings.to_dict()})))
         gallery = [(image, f"seed {s} · text {text_guidance:g} · object {object_guidance:g} · {steps} steps")
                    for image, s in zip(out.images, out.seeds)]

@@ -438,3 +438,27 @@ def test_a_real_browser_generates(embedded_server, tmp_path):
                                                                "images": 4, "steps": defaults.steps,
                                                                "checkpoint": checkpoint}) + "\n")
         browser.close()
+
+
+def test_a_masker_model_missing_at_generation_is_a_plain_message(tiny_checkpoint, monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise zeroft.ModelUnavailableError(f"no rembg model in {app.APP_DIR}")
+
+    monkeypatch.setattr(zeroft, "get_pipeline", lambda *args, **kwargs: unavailable)
+    handlers = app.make_handlers(app.Checkpoints(str(tiny_checkpoint)))
+    editor = {"background": zeroft.load_image(square_photo()), "layers": [], "composite": None}
+    with pytest.raises(app.gr.Error) as caught:
+        handlers.generate(editor, "one object", "", 5.0, 3.0, 2, 1, 0, False, 64, "none", Path(tiny_checkpoint).name,
+                          progress=lambda *args, **kwargs: None)
+    assert "could not be loaded" in caught.value.message and str(app.APP_DIR) not in caught.value.message
+
+
+def test_automatic_masks_reuse_one_masker_and_its_cache(tiny_checkpoint):
+    offered = app.Checkpoints(str(tiny_checkpoint))
+    config = offered.config(offered.names[0])
+    photo = zeroft.load_image(square_photo())
+    first = app._automatic(photo, config)
+    masker = app._masker(config.masker)
+    calls = masker.calls
+    assert np.array_equal(app._automatic(photo, config), first) and app._masker(config.masker) is masker
+    assert masker.calls == calls  # the same photo was not masked again

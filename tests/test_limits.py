@@ -73,6 +73,9 @@ def test_time_budget_refuses_with_what_to_lower():
     assert "size (about 360x360 fits)" in message
     with pytest.raises(InputError, match="steps, the number of images and the size together"):
         check_time_budget(0.01, **request)
+    for budget in (0, -5, float("nan")):
+        with pytest.raises(InputError, match="time budget must be a positive number of seconds"):
+            check_time_budget(budget, **request)
 
 
 def test_the_pipeline_refuses_a_request_over_its_time_budget_before_denoising(tiny_pipe, photo, monkeypatch):

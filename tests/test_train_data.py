@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from train.data import MixedTrainingData, Regularization, global_indices, open_streams
 from train.sources import Columns, open_source
@@ -88,6 +89,16 @@ def test_background_masking_of_the_condition(streams):
     corners = a[:, 0, 0]
     assert torch.allclose(corners, fill, atol=0.02)  # x ⊗ m: the background became the fill colour
     assert not torch.allclose(b[:, 0, 0], fill, atol=0.02)  # unmasked: the blue/gray photo background
+
+
+def test_a_record_mask_drawn_on_another_photo_falls_back_to_the_whole_photo(streams):
+    encoder = tiny_encoder()
+    reg = Regularization(mix_ratio=1.0, cross_reference=0.0, drop_object=0, drop_both=0, drop_text=0)
+    data = MixedTrainingData(*streams, encoder, 16, reg, 0)
+    raw = MixedTrainingData(*streams, encoder, 16, Regularization(**{**reg.__dict__, "mask_condition": False}), 0)
+    record = data.domain.table.record(data[5]["condition_record"])
+    wrong = {**record, "mask": Image.new("L", (40, 10), 255)}  # 4:1, the photos are square
+    assert torch.equal(data._condition(wrong), raw._condition(wrong))  # training goes on, with the unmasked photo
 
 
 def test_samples_are_a_pure_function_of_the_index(streams):

@@ -173,7 +173,10 @@ class MixedTrainingData(torch.utils.data.Dataset):
         if not self.reg.mask_condition:
             mask = np.ones((image.height, image.width), np.float32)
         else:  # zeroft's one rule: the record's mask, else the automatic one (training photos carry no alpha)
-            mask = choose_mask(LoadedImage(image, alpha=None), record.get("mask"), self.masker)
+            try:
+                mask = choose_mask(LoadedImage(image, alpha=None), record.get("mask"), self.masker)
+            except InputError:  # a mask drawn on another photo: one bad record must not stop a long run
+                mask = np.zeros((image.height, image.width), np.float32)
         if float((mask >= 0.5).mean()) < MIN_MASK_AREA:
             mask = np.ones_like(mask)  # an empty mask would hide the whole object: fall back to the photo
         return self.encoder.preprocess(image, mask)

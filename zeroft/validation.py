@@ -201,7 +201,7 @@ def check_time_budget(budget_seconds: float, *, steps: int, num_images: int, hei
         zeroft.errors.InputError: This request would take about 120 s ... Lower the steps (at most 10 fit), ...
     """
     if not budget_seconds > 0:
-        raise ValueError(f"budget_seconds must be positive, not {budget_seconds!r}")
+        raise InputError(f"The time budget must be a positive number of seconds, not {budget_seconds!r}.")
     seconds = estimate_seconds(steps=steps, num_images=num_images, height=height, width=width,
                                native_size=native_size, unit_seconds=unit_seconds, branches=branches)
     if seconds <= budget_seconds:
