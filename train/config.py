@@ -33,7 +33,7 @@ from zeroft.errors import InputError
 from zeroft.masking import BACKGROUND_FILLS, DEFAULT_MASKER, Masker
 from zeroft.validation import check_guidance, check_steps
 
-from .data import Regularization
+from .data import Regularization, check_streams
 from .sources import Columns
 
 # zeroft.masking.apply_mask also takes "none": the photo is encoded with its background kept.
@@ -161,18 +161,9 @@ class TrainConfig:
             raise InputError("use_8bit_adam needs bitsandbytes on a CUDA GPU, but cpu=True trains on the CPU.")
 
     def _check_data(self) -> None:
-        if self.domain_data is None and self.general_data is None:
-            raise InputError("Give domain_data and/or general_data (--domain_data, --general_data): "
-                             "training needs at least one dataset.")
         if not isinstance(self.regularization, Regularization):
             raise InputError(f"regularization must be a train.data.Regularization, not {self.regularization!r}.")
-        mix_ratio = self.regularization.mix_ratio
-        if self.domain_data is None and mix_ratio > 0:
-            raise InputError(f"mix_ratio {mix_ratio:g} draws domain-specific samples, but no domain_data is given: "
-                             "give --domain_data or set --mix_ratio 0.")
-        if self.general_data is None and mix_ratio < 1:
-            raise InputError(f"mix_ratio {mix_ratio:g} draws general-domain samples, but no general_data is given: "
-                             "give --general_data or set --mix_ratio 1.")
+        check_streams(self.domain_data is not None, self.general_data is not None, self.regularization.mix_ratio)
 
     @property
     def final_dir(self) -> Path:

@@ -67,6 +67,19 @@ class Regularization:
                              "of three cases that exclude each other.")
 
 
+def check_streams(has_domain: bool, has_general: bool, mix_ratio: float) -> None:
+    """The datasets a mix ratio r draws from must be given: r > 0 needs domain-specific data, r < 1 general data."""
+    if not has_domain and not has_general:
+        raise InputError("Give domain_data and/or general_data (--domain_data, --general_data): "
+                         "training needs at least one dataset.")
+    if not has_domain and mix_ratio > 0:
+        raise InputError(f"mix_ratio {mix_ratio:g} draws domain-specific samples, but no domain_data is given: "
+                         "give --domain_data or set --mix_ratio 0.")
+    if not has_general and mix_ratio < 1:
+        raise InputError(f"mix_ratio {mix_ratio:g} draws general-domain samples, but no general_data is given: "
+                         "give --general_data or set --mix_ratio 1.")
+
+
 class DomainStream:
     """Domain-specific records grouped by identity, checked for cross-reference."""
 
@@ -153,13 +166,8 @@ class MixedTrainingData(torch.utils.data.Dataset):
 
     def __init__(self, domain: DomainStream | None, general: RecordTable | None, encoder, resolution: int,
                  regularization: Regularization, seed: int, masker: str = "rembg:u2net", length: int = 2**62):
-        if domain is None and general is None:
-            raise InputError("give at least one of the domain-specific and general-domain datasets")
+        check_streams(domain is not None, general is not None, regularization.mix_ratio)
         reg = regularization
-        if domain is None and reg.mix_ratio > 0:
-            raise InputError("mix_ratio > 0 needs a domain-specific dataset")
-        if general is None and reg.mix_ratio < 1:
-            raise InputError("mix_ratio < 1 needs a general-domain dataset")
         self.domain, self.general, self.encoder = domain, general, encoder
         self.resolution, self.reg, self.seed = resolution, reg, seed
         self.masker = Masker(masker) if reg.mask_condition else None

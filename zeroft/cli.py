@@ -95,9 +95,12 @@ def _check_writable_folder(folder: Path, what: str) -> None:
                          "give a folder you can write to.") from None
 
 
-def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> None:
-    """Fail on bad files, settings, device, masker or output folder in a second, not after loading the model."""
-    from .checkpoint import native_size_of
+def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> Path:
+    """Fail on bad files, settings, device, masker or output folder in a second, not after loading the model.
+
+    Returns the checkpoint's local folder (a Hub checkpoint is downloaded here, once).
+    """
+    from .checkpoint import native_size_of, resolve_checkpoint
     from .images import load_image, load_mask
     from .masking import Masker
     from .quantization import pick_device
@@ -124,7 +127,8 @@ def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> None:
     if args.masker is not None:
         Masker(args.masker)  # parses the spec; a rembg model loads only when a photo needs it
     device = pick_device(args.device)
-    native = native_size_of(checkpoint)
+    folder = resolve_checkpoint(checkpoint)
+    native = native_size_of(folder)
     for name, value in (("height", args.height), ("width", args.width)):
         if value is None:
             continue
@@ -133,6 +137,7 @@ def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> None:
         else:
             check_size_for(name, value, native, device)
     _check_writable_folder(Path(args.out), "output folder")
+    return folder
 
 
 def generate(args: argparse.Namespace) -> Path:
@@ -142,9 +147,9 @@ def generate(args: argparse.Namespace) -> Path:
     from .loading import load_pipeline
 
     checkpoint = _checkpoint(args.checkpoint)
-    _check_before_loading(args, checkpoint)
+    folder = _check_before_loading(args, checkpoint)
     seed = random.randrange(2**31) if args.seed is None else args.seed
-    pipe = load_pipeline(checkpoint, device=args.device, quantization=args.quantization, offload=args.offload,
+    pipe = load_pipeline(folder, device=args.device, quantization=args.quantization, offload=args.offload,
                          masker=args.masker)
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()

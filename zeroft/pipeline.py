@@ -240,6 +240,11 @@ class ZeroFTPipeline(StableDiffusionPipeline):
     # ------------------------------------------------------------------ limits of one request
 
     @property
+    def image_embed_dim(self) -> int:
+        """D, the width of the object embedding o (and of the null embedding ϕ)."""
+        return self.zeroft_config.image_embed_dim if self.zeroft_config else self.object_encoder.embed_dim
+
+    @property
     def native_size(self) -> int:
         """The output side the backbone was made for, in pixels (zeroft.validation.native_size)."""
         defaults = self.zeroft_config.defaults if self.zeroft_config else None
@@ -266,8 +271,7 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         latents = torch.zeros(1, self.unet.config.in_channels, side, side, device=device, dtype=dtype)  # (1, C, h, w)
         text = torch.zeros(1, self.tokenizer.model_max_length, self.unet.config.cross_attention_dim,
                            device=device, dtype=dtype)  # (1, T, C)
-        width_d = self.zeroft_config.image_embed_dim if self.zeroft_config else self.object_encoder.embed_dim
-        added_cond_kwargs = {"image_embeds": [torch.zeros(1, 1, width_d, device=device, dtype=dtype)]}  # (1, 1, D)
+        added_cond_kwargs = {"image_embeds": [torch.zeros(1, 1, self.image_embed_dim, device=device, dtype=dtype)]}  # (1, 1, D)
         timestep = torch.tensor(500, device=device)
 
         def one_call():
@@ -366,8 +370,7 @@ class ZeroFTPipeline(StableDiffusionPipeline):
         if object_image is not None:
             image_embeds, chosen = self._encode_object(object_image, object_mask)
         if image_embeds is None:
-            width_d = self.zeroft_config.image_embed_dim if self.zeroft_config else self.object_encoder.embed_dim
-            image_embeds = torch.zeros(1, width_d)
+            image_embeds = torch.zeros(1, self.image_embed_dim)
         image_embeds = image_embeds.to(device).reshape(-1, image_embeds.shape[-1])  # (1 or P, D)
         if image_embeds.shape[0] not in (1, len(prompts)):
             raise InputError(f"Got {image_embeds.shape[0]} object embeddings for {len(prompts)} prompts.")
