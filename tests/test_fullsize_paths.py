@@ -5,7 +5,6 @@ The Hugging Face cache is laid out as huggingface_hub writes it (``hub/models--O
 checkpoint code run exactly as they do for ViT-H/14 and SD1.5, at toy size.
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -14,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from hubcache import fake_hub_repo, hub, tiny_clip_vision  # noqa: F401 (hub: a fixture, used by name)
 from safetensors.torch import load_file, save_file
 
 import zeroft.checkpoint
@@ -26,34 +26,6 @@ IMAGE_ENCODER_FILE = "models/image_encoder/model.safetensors"
 # h94/IP-Adapter models/image_encoder/config.json, as published (see zeroft.presets)
 IP_ADAPTER_VISION = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
                          image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5)
-
-
-def fake_hub_repo(hub, repo_id: str, files: dict) -> None:
-    """Put ``files`` ({path in repo: local file}) into a Hub-layout cache under ``hub``."""
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    root = hub / f"models--{repo_id.replace('/', '--')}"
-    (root / "blobs").mkdir(parents=True, exist_ok=True)
-    (root / "refs").mkdir(exist_ok=True)
-    (root / "refs" / "main").write_text(commit)
-    for name, source in files.items():
-        data = source.read_bytes()
-        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        link = root / "snapshots" / commit / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    folder = tmp_path / "hf-home" / "hub"
-    folder.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(folder.parent))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(folder))
-    assert constants.HF_HUB_OFFLINE  # conftest: never the network
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -75,22 +47,6 @@ def tiny_tag(monkeypatch, tiny_architecture):
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda model, tag: {"hf_hub": "zeroft-test/tiny-clip/"}
                         if (model, tag) == (tiny_architecture, TINY_TAG) else real(model, tag))
     return TINY_TAG
-
-
-def tiny_clip_vision(seed=0):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    vision = TINY_OPEN_CLIP["vision_cfg"]
-    torch.manual_seed(seed)
-    config = CLIPVisionConfig(hidden_size=vision["width"], intermediate_size=4 * vision["width"],
-                              num_hidden_layers=vision["layers"],
-                              num_attention_heads=vision["width"] // vision["head_width"],
-                              image_size=vision["image_size"], patch_size=vision["patch_size"],
-                              projection_dim=TINY_OPEN_CLIP["embed_dim"], hidden_act="gelu", layer_norm_eps=1e-5)
-    model = CLIPVisionModelWithProjection(config).eval()
-    for parameter in model.parameters():  # random LayerNorm weights and biases too, so a swapped one shows
-        parameter.data.normal_(0, 0.2)
-    return model
 
 
 def _false_warnings(caplog, caught):
@@ -122,7 +78,7 @@ def test_tag_encoder_loads_without_a_false_random_init_warning(tmp_path, hub, ti
 
 def test_ip_adapter_vision_file_gives_the_transformers_image_embeds(tmp_path, hub, tiny_architecture, caplog):
     folder = tmp_path / "image_encoder"
-    vision = tiny_clip_vision()
+    vision = tiny_clip_vision(TINY_OPEN_CLIP)
     vision.save_pretrained(folder, safe_serialization=True)
     fake_hub_repo(hub, "h94/IP-Adapter", {IMAGE_ENCODER_FILE: folder / "model.safetensors",
                                           "models/image_encoder/config.json": folder / "config.json"})
@@ -181,7 +137,10 @@ class NotToBeBuilt:
 
 @pytest.fixture
 def no_build(monkeypatch):
-    monkeypatch.setattr(zeroft.checkpoint, "StableDiffusionPipeline", NotToBeBuilt)
+    import diffusers
+
+    for name in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):  # what each backbone's base loads as
+        monkeypatch.setattr(diffusers, name, NotToBeBuilt)
     monkeypatch.setattr(zeroft.checkpoint, "UNet2DConditionModel", NotToBeBuilt)
 
 

@@ -1,0 +1,216 @@
+"""A fabricated Hugging Face cache: tiny weights under the public repositories' real file names.
+
+The cache is laid out as huggingface_hub writes it (``hub/models--ORG--NAME/`` with ``blobs/``,
+``snapshots/<commit>/`` links and ``refs/main``) and read offline, so the Hub, diffusers and
+open_clip resolution code runs exactly as for the real weights. Three repositories are built:
+
+- ``stable-diffusion-v1-5/stable-diffusion-v1-5`` and ``stabilityai/stable-diffusion-xl-base-1.0``:
+  ``model_index.json`` plus one folder per part (``unet/``, ``vae/``, ``text_encoder/``,
+  ``tokenizer/``, ``scheduler/``; SDXL also ``text_encoder_2/``, ``tokenizer_2/``) with
+  ``config.json`` and ``diffusion_pytorch_model.safetensors`` / ``model.safetensors``, the
+  schedulers the real repos name (PNDM, Euler) and a VAE that downsamples 8 times like theirs;
+- ``h94/IP-Adapter``: ``models/ip-adapter_sd15.safetensors``, ``models/image_encoder/``,
+  ``sdxl_models/ip-adapter_sdxl.safetensors``, ``sdxl_models/ip-adapter_sdxl_vit-h.safetensors``,
+  ``sdxl_models/image_encoder/``, the encoders as transformers ``CLIPVisionModelWithProjection``.
+
+open_clip's names ``ViT-H-14`` and ``ViT-bigG-14`` are pointed to tiny configs of the same shape
+family while a test runs (:func:`tiny_open_clip_names`), so every name in a preset is the real one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+IP_ADAPTER_REPO = "h94/IP-Adapter"
+
+# ViT-H/14 and ViT-bigG/14 at 1/32 of their widths: the same head widths relative to the width, bigG's
+# odd MLP ratio (int(52 · 4.9231) = 256, as int(1664 · 4.9231) = 8192), patch 14, 2 layers, 28 px.
+TINY_VIT_H = {"embed_dim": 32, "vision_cfg": {"image_size": 28, "layers": 2, "width": 40, "head_width": 10,
+                                              "patch_size": 14},
+              "text_cfg": {"context_length": 16, "vocab_size": 512, "width": 32, "heads": 2, "layers": 1}}
+TINY_VIT_BIGG = {"embed_dim": 40, "vision_cfg": {"image_size": 28, "layers": 2, "width": 52, "head_width": 13,
+                                                 "mlp_ratio": 4.9231, "patch_size": 14},
+                 "text_cfg": {"context_length": 16, "vocab_size": 512, "width": 40, "heads": 2, "layers": 1}}
+TINY_OPEN_CLIP_NAMES = {"ViT-H-14": TINY_VIT_H, "ViT-bigG-14": TINY_VIT_BIGG}
+
+
+def fake_hub_repo(hub: Path, repo_id: str, files: dict[str, Path]) -> Path:
+    """Put ``files`` ({path in repo: local file}) into a Hub-layout cache under ``hub``; the snapshot folder."""
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    root = hub / f"models--{repo_id.replace('/', '--')}"
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    for name, source in files.items():
+        data = Path(source).read_bytes()
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = root / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return root / "snapshots" / commit
+
+
+def fake_hub_folder(hub: Path, repo_id: str, folder: Path) -> Path:
+    """Every file under ``folder`` into the cache as repo ``repo_id``, at its path relative to ``folder``."""
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    return fake_hub_repo(hub, repo_id, files)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty Hub cache that huggingface_hub reads (offline: conftest never allows the network)."""
+    from huggingface_hub import constants
+
+    folder = tmp_path / "hf-home" / "hub"
+    folder.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(folder.parent))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(folder))
+    assert constants.HF_HUB_OFFLINE
+    return folder
+
+
+@pytest.fixture
+def tiny_open_clip_names(monkeypatch):
+    """open_clip's ``ViT-H-14`` and ``ViT-bigG-14`` resolve to the tiny configs until the test ends."""
+    from open_clip import factory
+
+    for name, config in TINY_OPEN_CLIP_NAMES.items():
+        monkeypatch.setitem(factory._MODEL_CONFIGS, name, config)
+    return TINY_OPEN_CLIP_NAMES
+
+
+def tiny_clip_vision(model_cfg: dict, seed: int = 0):
+    """A transformers ``CLIPVisionModelWithProjection`` of the open_clip config's shape, random weights.
+
+    The MLP width follows open_clip's rule, ``int(width · mlp_ratio)``, which is how h94's bigG file
+    (intermediate_size 8192) matches open_clip's ViT-bigG-14 (mlp_ratio 4.9231).
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    vision = model_cfg["vision_cfg"]
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(
+        hidden_size=vision["width"], intermediate_size=int(vision["width"] * vision.get("mlp_ratio", 4.0)),
+        num_hidden_layers=vision["layers"], num_attention_heads=vision["width"] // vision["head_width"],
+        image_size=vision["image_size"], patch_size=vision["patch_size"], projection_dim=model_cfg["embed_dim"],
+        hidden_act="gelu", layer_norm_eps=1e-5)
+    model = CLIPVisionModelWithProjection(config).eval()
+    for parameter in model.parameters():  # random LayerNorm weights and biases too, so a swapped one shows
+        parameter.data.normal_(0, 0.2)
+    return model
+
+
+def tiny_vae_f8(seed: int = 0, **config):
+    """A VAE that downsamples 8 times, like SD's: a 256 px SDXL image is 32x32 latents, cheap to denoise."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(block_out_channels=[8, 8, 8, 8], in_channels=3, out_channels=3, latent_channels=4,
+                         norm_num_groups=4, down_block_types=["DownEncoderBlock2D"] * 4,
+                         up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, **config)
+
+
+SPECIAL_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+                  "pad_token": "<|endoftext|>"}
+
+
+def _write_tokenizers(folder: Path, max_length: int = 32) -> None:
+    """Each tokenizer folder in the files the real repos hold (vocab.json, merges.txt, two configs)
+    instead of the tokenizer.json transformers 5 writes, so the slow path that reads them is the one run."""
+    from zeroft.tiny import byte_level_vocab
+
+    for tokenizer in sorted(folder.glob("tokenizer*/")):
+        for stale in tokenizer.iterdir():
+            stale.unlink()
+        (tokenizer / "vocab.json").write_text(json.dumps(byte_level_vocab()))
+        (tokenizer / "merges.txt").write_text("#version: 0.2\n")  # no merges: one token per byte
+        (tokenizer / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS))
+        (tokenizer / "tokenizer_config.json").write_text(json.dumps(
+            {**SPECIAL_TOKENS, "tokenizer_class": "CLIPTokenizer", "model_max_length": max_length}))
+
+
+def _write_sd15(folder: Path, seed: int):
+    """SD1.5's layout: model_index.json names the safety checker and feature extractor, as the real
+    one does, but their folders are left out: zeroft never reads them, and a test fails if it tries."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    from zeroft.tiny import tiny_text_encoder, tiny_tokenizer, tiny_unet
+
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)  # the real repo's
+    pipe = StableDiffusionPipeline(
+        vae=tiny_vae_f8(seed), text_encoder=tiny_text_encoder(seed), tokenizer=tiny_tokenizer(),
+        unet=tiny_unet(seed, sample_size=64), scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        image_encoder=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+                 feature_extractor=["transformers", "CLIPImageProcessor"], requires_safety_checker=True)
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    _write_tokenizers(folder)
+    return pipe.unet
+
+
+def _write_sdxl(folder: Path, seed: int):
+    from diffusers import StableDiffusionXLPipeline
+
+    from zeroft.tiny import tiny_sdxl_base_pipeline
+
+    parts = tiny_sdxl_base_pipeline(seed).components
+    parts["vae"] = tiny_vae_f8(seed, scaling_factor=0.13025, force_upcast=True)  # SDXL's VAE settings
+    pipe = StableDiffusionXLPipeline(**{k: v for k, v in parts.items() if v is not None}, add_watermarker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    _write_tokenizers(folder)
+    return pipe.unet
+
+
+def _adapter_file(path: Path, unet, image_embed_dim: int, seed: int) -> None:
+    from zeroft.adapter import initial_adapter_state_dict
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(initial_adapter_state_dict(unet, image_embed_dim, num_tokens=4, seed=seed), str(path),
+              metadata={"format": "pt"})
+
+
+def write_public_repos(folder: str | Path, seed: int = 0) -> dict[str, Path]:
+    """The three public repositories at toy size, as plain folders: {repo id: folder}.
+
+    h94/IP-Adapter's SDXL adapters are made for the SDXL UNet, the SD1.5 one for the SD1.5 UNet, each
+    for its encoder's embedding width (ViT-H: 32, bigG: 40 here; 1024 and 1280 in the real files).
+    """
+    folder = Path(folder)
+    repos = {SD15_REPO: folder / "sd15", SDXL_REPO: folder / "sdxl", IP_ADAPTER_REPO: folder / "ip-adapter"}
+    sd_unet = _write_sd15(repos[SD15_REPO], seed)
+    xl_unet = _write_sdxl(repos[SDXL_REPO], seed)
+    h94 = repos[IP_ADAPTER_REPO]
+    _adapter_file(h94 / "models" / "ip-adapter_sd15.safetensors", sd_unet, TINY_VIT_H["embed_dim"], seed)
+    _adapter_file(h94 / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors", xl_unet, TINY_VIT_H["embed_dim"], seed + 1)
+    _adapter_file(h94 / "sdxl_models" / "ip-adapter_sdxl.safetensors", xl_unet, TINY_VIT_BIGG["embed_dim"], seed + 2)
+    tiny_clip_vision(TINY_VIT_H, seed).save_pretrained(h94 / "models" / "image_encoder", safe_serialization=True)
+    tiny_clip_vision(TINY_VIT_BIGG, seed + 1).save_pretrained(h94 / "sdxl_models" / "image_encoder",
+                                                              safe_serialization=True)
+    return repos
+
+
+def fill_hub(hub: Path, repos: dict[str, Path], leave_out: tuple[str, ...] = ()) -> None:
+    """Put the folders of :func:`write_public_repos` into the cache, but for the repos in ``leave_out``."""
+    for repo_id, folder in repos.items():
+        if repo_id not in leave_out:
+            fake_hub_folder(hub, repo_id, folder)
+
+
+def copy_repo_file(repos: dict[str, Path], repo_id: str, path: str, destination: Path) -> Path:
+    """A local copy of one file of a fabricated repo (what a user passes as a local file)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(repos[repo_id] / path, destination))
