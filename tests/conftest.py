@@ -53,6 +53,22 @@ def tiny_pipe(tiny_checkpoint):
     return pipe
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_checkpoint(tmp_path_factory):
+    from zeroft.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-sdxl-checkpoint"), backbone="sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_pipe(tiny_sdxl_checkpoint):
+    from zeroft import load_pipeline
+
+    pipe = load_pipeline(tiny_sdxl_checkpoint, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture
 def photo():
     return square_photo()

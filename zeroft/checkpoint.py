@@ -16,10 +16,11 @@ import re
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from .adapter import adapter_state_dict, load_object_attention
+from .backbones import Backbone, backbone_of_index, get_backbone
 from .config import ADAPTER_NAME, CONFIG_NAME, ZeroFTConfig
 from .encoder import ObjectEncoder, locate_encoder
 from .errors import HubUnavailableError, InputError, ModelUnavailableError
@@ -33,8 +34,6 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 # The safetensors weight file of a pipeline part, by the library its model_index.json entry names.
 WEIGHT_FILES = {"diffusers": UNET_WEIGHTS, "transformers": "model.safetensors"}
-# Parts of an SD pipeline zeroft never loads (its encoder is its own; no safety checker).
-PASSED_AS_NONE = ("safety_checker", "feature_extractor", "image_encoder")
 
 
 def is_hub_id(name: str) -> bool:
@@ -102,16 +101,19 @@ def native_size_of(checkpoint: str | os.PathLike) -> int | None:
 
 
 def _load_base(source: str | Path, config: ZeroFTConfig, dtype: torch.dtype, unet, unet_quant, text_quant):
-    kwargs = dict({part: None for part in PASSED_AS_NONE}, requires_safety_checker=False, use_safetensors=True)
+    backbone = get_backbone(config.backbone)
+    kwargs = dict({part: None for part in backbone.passed_as_none}, **dict(backbone.base_kwargs), use_safetensors=True)
     if unet is not None:
         kwargs["unet"] = unet
     if unet_quant is not None:
         from diffusers import PipelineQuantizationConfig
 
-        mapping = {"text_encoder": text_quant} if unet is not None else {"unet": unet_quant, "text_encoder": text_quant}
+        mapping = {part: text_quant for part in backbone.text_encoders}
+        if unet is None:
+            mapping["unet"] = unet_quant
         kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping=mapping)
     try:
-        return StableDiffusionPipeline.from_pretrained(str(source), dtype=dtype, revision=config.base_revision, **kwargs)
+        return backbone.base_class().from_pretrained(str(source), dtype=dtype, revision=config.base_revision, **kwargs)
     except OSError as error:
         if isinstance(source, Path):
             raise
@@ -126,37 +128,50 @@ def _require_file(folder: Path, relative: str, why: str) -> None:
         raise ModelUnavailableError(f"The checkpoint {folder} is incomplete: it has no {relative} ({why}).")
 
 
+def _check_base_family(index: dict, config: ZeroFTConfig, where: str) -> None:
+    """The base model's pipeline class is the family the checkpoint records (zeroft.backbones)."""
+    found = backbone_of_index(index)
+    if found.name != config.backbone:
+        raise ModelUnavailableError(
+            f"The base model {where} is {found.label} ({index.get('_class_name')}), but the checkpoint records "
+            f"backbone {config.backbone!r} ({get_backbone(config.backbone).label}).")
+
+
 def _locate_base(folder: Path, config: ZeroFTConfig) -> str | Path:
     """The base model's source, checked to exist: a sub-folder of the checkpoint, or a Hub repo.
 
-    A local base must hold model_index.json and a folder for each part it lists, with safetensors
-    weights for the networks; a Hub base must be in the Hugging Face cache or downloadable.
+    A local base must hold model_index.json naming the checkpoint's family and a folder for each
+    part it lists, with safetensors weights for the networks; a Hub base must be in the Hugging
+    Face cache or downloadable.
     """
+    backbone = get_backbone(config.backbone)
     local = folder / config.base_model
     if local.is_dir() or not is_hub_id(config.base_model):
         _require_file(folder, f"{config.base_model}/model_index.json", "the base model's index")
         index = json.loads((local / "model_index.json").read_text())
+        _check_base_family(index, config, f"in {config.base_model}/")
         for part, spec in index.items():
             if part.startswith("_") or not isinstance(spec, list) or spec[0] is None:
                 continue
-            if part in PASSED_AS_NONE or (part == "unet" and config.unet_tuned):
+            if part in backbone.passed_as_none or (part == "unet" and config.unet_tuned):
                 continue  # never read: _load_base passes these as None, a tuned UNet comes from unet/
             if not (local / part).is_dir():
                 raise ModelUnavailableError(f"The checkpoint {folder} is incomplete: its base model lists {part!r} "
                                             f"but has no {config.base_model}/{part}/.")
-            weights = WEIGHT_FILES.get(spec[0]) if part in ("unet", "vae", "text_encoder") else None
+            weights = WEIGHT_FILES.get(spec[0]) if part in backbone.weight_parts else None
             if weights and not any((local / part).glob(f"{weights.split('.')[0]}*.safetensors")):  # also sharded
                 _require_file(folder, f"{config.base_model}/{part}/{weights}", f"the base model's {part} weights")
         return local
     from huggingface_hub import hf_hub_download
 
     try:
-        hf_hub_download(config.base_model, "model_index.json", revision=config.base_revision)
+        index_file = hf_hub_download(config.base_model, "model_index.json", revision=config.base_revision)
     except Exception as error:
         raise HubUnavailableError(
             f"Could not get the base model {config.base_model!r} from the Hugging Face Hub ({type(error).__name__}). "
             "It is downloaded once on first use; check the network, or point base_model to a local folder."
         ) from error
+    _check_base_family(json.loads(Path(index_file).read_text()), config, config.base_model)
     return config.base_model
 
 
@@ -193,6 +208,11 @@ def load_pipeline(
     """
     folder = resolve_checkpoint(checkpoint, revision)
     config = ZeroFTConfig.load(folder)
+    served = getattr(pipeline_class, "backbone", "sd")
+    if served != config.backbone:
+        raise InputError(
+            f"{checkpoint} is a {get_backbone(config.backbone).label} checkpoint; {pipeline_class.__name__} serves "
+            f"{get_backbone(served).label}. Load it with zeroft.load_pipeline, which picks the class.")
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
     check_quantization(quantization, device)
@@ -255,17 +275,17 @@ def save_unet_without_adapter(unet: UNet2DConditionModel, folder: str | Path) ->
     save_file(clean, str(folder / UNET_WEIGHTS), metadata={"format": "pt"})
 
 
-def _write_base(pipe, folder: Path, unet_tuned: bool) -> None:
+def _write_base(pipe, folder: Path, unet_tuned: bool, backbone: Backbone) -> None:
     """The base pipeline's parts from memory; its UNet only when untuned (a tuned one lives in unet/)."""
+    parts = {name: getattr(pipe, name) for name in ("vae", *backbone.text_encoders, *backbone.tokenizers, "scheduler")}
     # unet=None is on purpose; diffusers would warn "self.unet=None ... cannot be saved" on every export.
     pipeline_logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
     level = pipeline_logger.level
     pipeline_logger.setLevel(logging.ERROR)
     try:
-        StableDiffusionPipeline(
-            vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=None, scheduler=pipe.scheduler,
-            safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
-        ).save_pretrained(folder, safe_serialization=True)
+        base = backbone.base_class()(**parts, unet=None, **{name: None for name in backbone.passed_as_none},
+                                     **dict(backbone.base_kwargs))
+        base.save_pretrained(folder, safe_serialization=True)
     finally:
         pipeline_logger.setLevel(level)
     if not unet_tuned:
@@ -309,12 +329,13 @@ def save_checkpoint(
     if getattr(pipe, "quantization", "none") != "none":
         raise ValueError("a quantized pipeline cannot be saved as a checkpoint; load it without quantization")
     unet_tuned = config.unet_tuned if unet_tuned is None else unet_tuned
+    backbone = get_backbone(getattr(pipe, "backbone", "sd"))
     config = config.replace(unet_tuned=unet_tuned, image_embed_dim=pipe.object_encoder.embed_dim,
-                            cross_attention_dim=pipe.unet.config.cross_attention_dim)
+                            cross_attention_dim=pipe.unet.config.cross_attention_dim, backbone=backbone.name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not is_hub_id(config.base_model):
-        _write_base(pipe, folder / config.base_model, unet_tuned)
+        _write_base(pipe, folder / config.base_model, unet_tuned, backbone)
     if config.encoder.path is not None:
         pipe.object_encoder.save(folder / config.encoder.path)
     save_file(adapter_state_dict(pipe.unet), str(folder / ADAPTER_NAME), metadata={"format": "pt"})

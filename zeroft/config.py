@@ -7,6 +7,10 @@ A zeroft checkpoint is a folder (local or a Hub repo) with:
   layout (``image_proj.*``, ``ip_adapter.N.to_k_ip/to_v_ip.weight``);
 - ``unet/``: the whole tuned UNet, only when the whole network was trained;
 - ``README.md``: the model card.
+
+``backbone`` says which family the base model is (zeroft.backbones): Stable Diffusion 1.x
+("sd") or SDXL ("sdxl"); SDXL's object tokens have the width of its two text encoders' tokens
+together (``cross_attention_dim`` 2048).
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .backbones import get_backbone
+
 CONFIG_NAME = "zeroft_config.json"
 ADAPTER_NAME = "adapter.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added `backbone`; version-1 files are Stable Diffusion 1.x checkpoints and load unchanged
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class ZeroFTConfig:
     """Everything needed to rebuild a :class:`~zeroft.ZeroFTPipeline` from its folder."""
 
     base_model: str  # diffusers SD-family pipeline: Hub id, or a sub-folder of this checkpoint
+    backbone: str = "sd"  # the base model's family, which picks the pipeline class: "sd" (1.x) | "sdxl" (zeroft.backbones)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     image_embed_dim: int = 1024  # width of the encoder output; checked against the encoder on load
     cross_attention_dim: int = 768  # the UNet's text-token width; object tokens share it
@@ -63,8 +70,13 @@ class ZeroFTConfig:
     licenses: dict[str, str] = field(default_factory=dict)  # licence of each part, shown in the card
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self):
+        get_backbone(self.backbone)  # an unknown family is refused when the config is made or read
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        data = asdict(self)
+        data["format_version"] = FORMAT_VERSION  # what is written is the current format, whatever was read
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ZeroFTConfig":

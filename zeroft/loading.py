@@ -17,17 +17,22 @@ import torch
 from .cache import LRUCache
 from .checkpoint import resolve_checkpoint
 from .config import ZeroFTConfig
+from .generation import ZeroFTMixin
 from .pipeline import ZeroFTPipeline
+from .pipeline_xl import ZeroFTXLPipeline
 from .quantization import pick_device, pick_dtype
 
-
-def pipeline_class_for(config: ZeroFTConfig) -> type[ZeroFTPipeline]:
-    """The pipeline class a checkpoint needs (every checkpoint today is Stable Diffusion 1.x-shaped)."""
-    return ZeroFTPipeline
+PIPELINE_CLASSES = {cls.backbone: cls for cls in (ZeroFTPipeline, ZeroFTXLPipeline)}  # zeroft.backbones names
 
 
-def load_pipeline(checkpoint: str | os.PathLike, revision: str | None = None, **kwargs) -> ZeroFTPipeline:
-    """Load a checkpoint folder, Hub repo id or preset name into the pipeline class it needs.
+def pipeline_class_for(config: ZeroFTConfig) -> type[ZeroFTMixin]:
+    """The pipeline class that serves a checkpoint's backbone (``config.backbone``)."""
+    return PIPELINE_CLASSES[config.backbone]
+
+
+def load_pipeline(checkpoint: str | os.PathLike, revision: str | None = None, **kwargs) -> ZeroFTMixin:
+    """Load a checkpoint folder, Hub repo id or preset name into the pipeline class it needs
+    (:class:`~zeroft.ZeroFTPipeline` for Stable Diffusion 1.x, :class:`~zeroft.ZeroFTXLPipeline` for SDXL).
 
     Args:
         checkpoint: local checkpoint folder, Hub repo id (``org/name``) or preset name.
@@ -45,7 +50,7 @@ _loading = threading.Lock()
 
 
 def get_pipeline(checkpoint: str | os.PathLike, quantization: str = "none", device: str | torch.device | None = None,
-                 dtype: torch.dtype | str | None = None, **kwargs) -> ZeroFTPipeline:
+                 dtype: torch.dtype | str | None = None, **kwargs) -> ZeroFTMixin:
     """:func:`load_pipeline`, cached: the same (checkpoint, quantization, device, dtype) loads once.
 
     Loading is serialised, so that concurrent first requests (an app's queue) load one copy.

@@ -70,6 +70,21 @@ def tiny_unet(seed: int = 0, cross_attention_dim: int = 32, block_out_channels=(
     )
 
 
+def tiny_sdxl_unet(seed: int = 0, cross_attention_dim: int = 64, pooled_dim: int = 32) -> UNet2DConditionModel:
+    """An SDXL-shaped UNet: size conditions and a pooled text embedding added to the time embedding,
+    linear projections, two transformer layers in the cross-attention block (as diffusers' SDXL tests)."""
+    torch.manual_seed(seed)
+    time_embed_dim = 8
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * time_embed_dim + pooled_dim,  # 6 size numbers + pooled text
+        cross_attention_dim=cross_attention_dim, norm_num_groups=8,
+    )
+
+
 def tiny_vae(seed: int = 0) -> AutoencoderKL:
     torch.manual_seed(seed)
     return AutoencoderKL(
@@ -109,8 +124,29 @@ def tiny_base_pipeline(seed: int = 0):
     )
 
 
-def make_tiny_checkpoint(folder: str | Path, seed: int = 0, masker: str = "border", num_tokens: int = 4) -> Path:
+def tiny_sdxl_base_pipeline(seed: int = 0):
+    """A tiny StableDiffusionXLPipeline: two text encoders (the second with a projection, whose
+    pooled output conditions the UNet) whose 32-wide tokens are joined into 64, 64x64 images."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    second = tiny_text_encoder(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(second.config).eval()
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")  # SDXL base's sampler settings
+    return StableDiffusionXLPipeline(
+        vae=tiny_vae(seed), text_encoder=tiny_text_encoder(seed), text_encoder_2=text_encoder_2,
+        tokenizer=tiny_tokenizer(), tokenizer_2=tiny_tokenizer(), unet=tiny_sdxl_unet(seed), scheduler=scheduler,
+        add_watermarker=False,
+    )
+
+
+def make_tiny_checkpoint(folder: str | Path, seed: int = 0, masker: str = "border", num_tokens: int = 4,
+                         backbone: str = "sd") -> Path:
     """Write a complete, self-contained zeroft checkpoint with random tiny weights.
+
+    Args:
+        backbone: "sd" (a tiny Stable Diffusion 1.x) or "sdxl" (a tiny SDXL: :func:`tiny_sdxl_base_pipeline`).
 
     Example:
         >>> import tempfile
@@ -121,13 +157,14 @@ def make_tiny_checkpoint(folder: str | Path, seed: int = 0, masker: str = "borde
         32
     """
     from .adapter import install_object_attention
-    from .pipeline import ZeroFTPipeline
+    from .loading import PIPELINE_CLASSES
 
     folder = Path(folder)
-    base = tiny_base_pipeline(seed)
+    base = tiny_sdxl_base_pipeline(seed) if backbone == "sdxl" else tiny_base_pipeline(seed)
     save_open_clip_folder(tiny_open_clip(seed), TINY_OPEN_CLIP, folder / "encoder", CLIP_MEAN, CLIP_STD)
     config = ZeroFTConfig(
         base_model="base",
+        backbone=backbone,
         encoder=EncoderConfig(model_name="tiny", pretrained=None, path="encoder"),
         image_embed_dim=TINY_OPEN_CLIP["embed_dim"],
         cross_attention_dim=base.unet.config.cross_attention_dim,
@@ -138,6 +175,6 @@ def make_tiny_checkpoint(folder: str | Path, seed: int = 0, masker: str = "borde
     )
     encoder = ObjectEncoder.from_config(config.encoder, folder)
     install_object_attention(base.unet, config.image_embed_dim, num_tokens, seed=seed)
-    pipe = ZeroFTPipeline(**base.components, object_encoder=encoder, zeroft_config=config)
+    pipe = PIPELINE_CLASSES[backbone](**base.components, object_encoder=encoder, zeroft_config=config)
     pipe.save_pretrained(folder)
     return folder

@@ -1,0 +1,82 @@
+"""The backbone families zeroft runs on, and what differs between them when loading and saving.
+
+A checkpoint records its family in ``zeroft_config.json`` (``backbone``); everything that
+depends on it when reading or writing a base model lives in one :class:`Backbone` record, so
+zeroft.checkpoint and train/ never branch on the family's name. The pipeline class of each
+family is chosen in zeroft.loading (this module imports no pipeline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One family of diffusers text-to-image pipelines that zeroft's object attention fits."""
+
+    name: str  # as written in zeroft_config.json's "backbone"
+    label: str  # for messages and model cards
+    base_pipeline: str  # the diffusers pipeline class the base model loads as (model_index.json's _class_name)
+    text_encoders: tuple[str, ...]  # quantized with the UNet; SDXL conditions on two
+    tokenizers: tuple[str, ...]
+    passed_as_none: tuple[str, ...]  # parts of the base zeroft never loads (its encoder is its own; no safety checker)
+    base_kwargs: tuple[tuple[str, object], ...] = ()  # extra constructor/from_pretrained arguments of the base
+    native_size: int = 512  # the side the family's released weights were trained at
+
+    def base_class(self):
+        """The diffusers pipeline class (imported on use: diffusers' lazy module loads it then)."""
+        import diffusers
+
+        return getattr(diffusers, self.base_pipeline)
+
+    @property
+    def weight_parts(self) -> tuple[str, ...]:
+        """The networks whose safetensors weights a local base folder must hold."""
+        return ("unet", "vae", *self.text_encoders)
+
+
+BACKBONES = {
+    "sd": Backbone(
+        name="sd", label="Stable Diffusion 1.x", base_pipeline="StableDiffusionPipeline",
+        text_encoders=("text_encoder",), tokenizers=("tokenizer",),
+        passed_as_none=("safety_checker", "feature_extractor", "image_encoder"),
+        base_kwargs=(("requires_safety_checker", False),), native_size=512,
+    ),
+    "sdxl": Backbone(
+        name="sdxl", label="Stable Diffusion XL", base_pipeline="StableDiffusionXLPipeline",
+        text_encoders=("text_encoder", "text_encoder_2"), tokenizers=("tokenizer", "tokenizer_2"),
+        passed_as_none=("feature_extractor", "image_encoder"), native_size=1024,
+    ),
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    """The :class:`Backbone` called ``name``.
+
+    Raises:
+        InputError: a family zeroft does not support.
+    """
+    if name not in BACKBONES:
+        raise InputError(f"Unknown backbone {name!r}; zeroft supports {', '.join(sorted(BACKBONES))}.")
+    return BACKBONES[name]
+
+
+def backbone_of_index(model_index: dict) -> Backbone:
+    """The backbone of a diffusers base model, from its ``model_index.json`` contents.
+
+    Example:
+        >>> backbone_of_index({"_class_name": "StableDiffusionXLPipeline"}).name
+        'sdxl'
+
+    Raises:
+        InputError: a pipeline class zeroft cannot put object attention into.
+    """
+    class_name = model_index.get("_class_name")
+    for backbone in BACKBONES.values():
+        if class_name == backbone.base_pipeline:
+            return backbone
+    supported = ", ".join(b.base_pipeline for b in BACKBONES.values())
+    raise InputError(f"The base model is a {class_name}; zeroft builds on {supported}.")

@@ -1,0 +1,392 @@
+"""What every zeroft pipeline shares: the object side, the limits of a request, the generation loop.
+
+:class:`ZeroFTMixin` is listed before the diffusers pipeline in each zeroft pipeline's bases
+(``ZeroFTPipeline(ZeroFTMixin, StableDiffusionPipeline)``, ``ZeroFTXLPipeline(ZeroFTMixin,
+StableDiffusionXLPipeline)``). It owns (1) the masked object encoder and its content-hashed
+caches, (2) the three-branch guidance of zeroft.guidance in one batched UNet call, and (3) the
+numbered steps of ``__call__``. A family supplies three small hooks:
+
+- ``_text_conditions(prompt, negative_prompt)``: the (1, ...) tensors the UNet takes for each
+  text, as a dict holding ``encoder_hidden_states`` and any other added condition that goes with
+  a text (SDXL's pooled ``text_embeds``);
+- ``_size_conditions(height, width, batch)``: added conditions that depend on the output size
+  only (SDXL's ``time_ids``), or {};
+- ``_decode(latents, output_type)``: latents to images, as the family's diffusers pipeline does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .adapter import set_object_scale
+from .cache import LRUCache, image_digest, mask_digest
+from .checkpoint import load_pipeline, save_checkpoint
+from .config import ZeroFTConfig
+from .encoder import ObjectEncoder, check_views
+from .errors import InputError
+from .guidance import batch_branches, combine_guidance, needed_branches
+from .images import ImageInput, load_image
+from .masking import ChosenMask, Masker, choose_mask_with_source, prepare_mask
+from .validation import (check_guidance, check_num_images, check_prompt, check_seed, check_size_for, check_steps,
+                         check_time_budget, native_size, size_limits)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Every setting one generation ran with, the checkpoint's defaults filled in: what reproduces it."""
+
+    prompt: str | list[str]  # a list when several prompts were generated in one batch
+    negative_prompt: str
+    text_guidance: float  # w_text
+    object_guidance: float  # w_obj as applied: 0 when no photo or embedding was given
+    steps: int
+    num_images: int  # per prompt
+    height: int
+    width: int
+    seed: int | None  # None when the caller passed generators or latents instead
+    seeds: list[int]  # image i is reproduced by seed=seeds[i], num_images=1
+    masks: list[str]  # where each reference photo's mask came from: "given", "alpha" or "automatic:<masker>"
+    quantization: str
+    device: str
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict (the CLI's settings file, the app's "Settings used")."""
+        return asdict(self)
+
+
+@dataclass
+class ZeroFTOutput:
+    images: list  # PIL images, or a tensor/array for output_type "pt"/"np"/"latent"
+    masks: list[np.ndarray] = field(default_factory=list)  # the object mask used for each reference photo
+    image_embeds: torch.Tensor | None = None  # (1, D) or (P, D) object embedding(s) o, reusable as `image_embeds=`
+    seeds: list[int] = field(default_factory=list)  # per-image seeds: image i is reproduced by seed=seeds[i], num_images=1
+    settings: GenerationSettings | None = None  # every setting used, defaults filled in
+
+
+class ZeroFTMixin:
+    """The object path and the generation loop of a zeroft pipeline (see the module docstring)."""
+
+    backbone = "sd"  # the zeroft_config.json "backbone" this class serves (zeroft.backbones)
+
+    def _init_zeroft(self, object_encoder: ObjectEncoder | None, zeroft_config: ZeroFTConfig | None,
+                     masker: Masker | None, cache_size: int) -> None:
+        """Register the object encoder and set up the caches; called by each family's ``__init__``."""
+        self.register_modules(object_encoder=object_encoder)
+        self.zeroft_config = zeroft_config
+        self.masker = masker or Masker(zeroft_config.masker if zeroft_config else "border")
+        self.mask_cache = LRUCache(cache_size)  # (photo digest, masker) -> auto mask
+        self.embedding_cache = LRUCache(cache_size)  # (photo, mask, encoder) digests -> (1, D) embedding
+        self.prompt_cache = LRUCache(cache_size)  # (prompt, negative prompt) -> text conditions
+        self.encoder_calls = 0
+        self.unit_seconds: float | None = None  # s per UNet call, one image at native size (measure_unit_seconds)
+
+    # ------------------------------------------------------------------ object side
+
+    def object_mask(self, image: ImageInput, mask: ImageInput | np.ndarray | None = None, binary: bool = False):
+        """Load a reference photo and decide its mask: the user's, else its alpha, else automatic.
+
+        Returns:
+            (RGB PIL image, (H, W) float32 mask in [0, 1]).
+        """
+        rgb, chosen = self._object_mask_with_source(image, mask, binary)
+        return rgb, chosen.mask
+
+    def _object_mask_with_source(self, image: ImageInput, mask, binary: bool = False):
+        """(RGB PIL image, :class:`ChosenMask` with the mask checked and fitted to the photo)."""
+        loaded = load_image(image, "reference photo")
+        chosen = choose_mask_with_source(loaded, mask, self.masker, self.mask_cache)
+        prepared = prepare_mask(chosen.mask, loaded.rgb.size, binary=binary, source=chosen.source)
+        return loaded.rgb, ChosenMask(mask=prepared, source=chosen.source)
+
+    def set_encoder_views(self, views: str) -> None:
+        """Average the object embedding over these views of each photo (see zeroft.encoder.VIEWS).
+
+        Recorded in ``zeroft_config`` so :meth:`save_pretrained` keeps it; cached embeddings of the
+        old setting are never reused (the cache keys on the encoder's settings).
+        """
+        encoder_config = replace(self.object_encoder.config, views=check_views(views))
+        self.object_encoder.config = encoder_config
+        if self.zeroft_config is not None:
+            self.zeroft_config = self.zeroft_config.replace(encoder=encoder_config)
+
+    @torch.no_grad()
+    def encode_object(
+        self, images: ImageInput | Sequence[ImageInput], masks=None
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """The object embedding o = f_o(x ⊗ m), averaged over several reference photos.
+
+        Args:
+            images: one reference photo or a list of photos of the same object.
+            masks: matching masks (None entries: automatic); None for all automatic.
+
+        Returns:
+            ((1, D) embedding on the pipeline's device, list of the masks used).
+        """
+        embedding, chosen = self._encode_object(images, masks)
+        return embedding, [c.mask for c in chosen]
+
+    def _encode_object(self, images, masks=None) -> tuple[torch.Tensor, list[ChosenMask]]:
+        """:meth:`encode_object`, with where each mask came from."""
+        if self.object_encoder is None:
+            raise ValueError("this pipeline has no object encoder; pass image_embeds instead")
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise InputError("Give at least one reference photo.")
+            photos = list(images)
+        else:
+            photos = [images]
+        masks = list(masks) if isinstance(masks, (list, tuple)) else [masks] * len(photos)
+        if len(masks) != len(photos):
+            raise InputError(f"Got {len(photos)} reference photos but {len(masks)} masks.")
+        embeddings, used_masks = [], []
+        for photo, mask in zip(photos, masks):
+            rgb, chosen = self._object_mask_with_source(photo, mask)
+            mask = chosen.mask
+            key = (image_digest(rgb), mask_digest(mask), self.object_encoder.identity)
+
+            def encode(rgb=rgb, mask=mask):
+                self.encoder_calls += 1
+                pixels = self.object_encoder.preprocess(rgb, mask)[None]
+                return self.object_encoder(pixels).float().cpu()
+
+            embeddings.append(self.embedding_cache.get_or_create(key, encode))
+            used_masks.append(chosen)
+        embedding = torch.cat(embeddings).mean(0, keepdim=True)
+        return embedding.to(self._execution_device), used_masks
+
+    def set_object_scale(self, scale: float) -> None:
+        """Scale of the object attention in every layer; 0 turns the object branch off entirely."""
+        set_object_scale(self.unet, scale)
+
+    # ------------------------------------------------------------------ text side
+
+    def encode_prompt_cached(self, prompt: str, negative_prompt: str) -> tuple[dict, dict]:
+        """The UNet conditions of the prompt and of the negative prompt, (1, ...) tensors each, cached.
+
+        Each is a dict holding ``encoder_hidden_states`` (1, T, C) and the family's other
+        text conditions (SDXL: ``text_embeds`` (1, P)); see the module docstring.
+        """
+        device = self._execution_device
+        positive, negative = self.prompt_cache.get_or_create(
+            (prompt, negative_prompt), lambda: self._text_conditions(prompt, negative_prompt))
+        return ({k: v.to(device) for k, v in positive.items()}, {k: v.to(device) for k, v in negative.items()})
+
+    def _size_conditions(self, height: int, width: int, batch: int) -> dict[str, torch.Tensor]:
+        """Added UNet conditions that depend only on the output size; none for Stable Diffusion 1.x."""
+        return {}
+
+    # ------------------------------------------------------------------ limits of one request
+
+    @property
+    def image_embed_dim(self) -> int:
+        """D, the width of the object embedding o (and of the null embedding ϕ)."""
+        return self.zeroft_config.image_embed_dim if self.zeroft_config else self.object_encoder.embed_dim
+
+    @property
+    def native_size(self) -> int:
+        """The output side the backbone was made for, in pixels (zeroft.validation.native_size)."""
+        defaults = self.zeroft_config.defaults if self.zeroft_config else None
+        return native_size(self.unet.config.sample_size, self.vae_scale_factor, defaults)
+
+    def size_limits(self) -> tuple[int, int]:
+        """(smallest, largest) output side on this pipeline's device: zeroft.validation.size_limits."""
+        return size_limits(self.native_size, self._execution_device)
+
+    @torch.no_grad()
+    def measure_unit_seconds(self, clock: Callable[[], float] = time.perf_counter) -> float:
+        """Time one UNet call on one image at the native size (after a warm-up call) and keep it.
+
+        The result, ``self.unit_seconds``, is the cost unit of zeroft.validation.estimate_seconds;
+        ``__call__(time_budget=...)`` measures it on first use. Set ``unit_seconds`` by hand to
+        skip the measurement (a known device, a test).
+
+        Args:
+            clock: seconds as a float; a fake clock makes the measurement deterministic.
+        """
+        device = self._execution_device
+        native = self.native_size
+        side = native // self.vae_scale_factor
+        latents = torch.zeros(1, self.unet.config.in_channels, side, side, device=device, dtype=self.unet.dtype)  # (1, C, h, w)
+        positive, _ = self.encode_prompt_cached("", "")
+        null = torch.zeros(1, self.image_embed_dim, device=device)  # (1, D)
+        text, added_cond_kwargs = batch_branches(["text"], positive, positive, null, null,
+                                                 self._size_conditions(native, native, 1))
+        timestep = torch.tensor(500, device=device)
+
+        def one_call():
+            self.unet(latents, timestep, encoder_hidden_states=text, added_cond_kwargs=added_cond_kwargs,
+                      return_dict=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        one_call()  # the first call allocates and picks kernels; it is not what a step costs
+        start = clock()
+        one_call()
+        self.unit_seconds = max(clock() - start, 1e-9)
+        return self.unit_seconds
+
+    # ------------------------------------------------------------------ generation
+
+    def _default(self, name: str, value, fallback):
+        """``value``, else the checkpoint's default ``name``, else ``fallback``."""
+        if value is not None:
+            return value
+        defaults = self.zeroft_config.defaults if self.zeroft_config else None
+        return getattr(defaults, name) if defaults is not None else fallback
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        object_image: ImageInput | Sequence[ImageInput] | None = None,
+        object_mask=None,
+        image_embeds: torch.Tensor | None = None,
+        negative_prompt: str | None = None,
+        text_guidance: float | None = None,
+        object_guidance: float | None = None,
+        num_images: int = 1,
+        num_inference_steps: int | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        latents: torch.Tensor | None = None,
+        callback: Callable[[int, int], None] | None = None,
+        output_type: str = "pil",
+        time_budget: float | None = None,
+    ) -> ZeroFTOutput:
+        r"""Generate ``num_images`` images of the reference object in the scene of ``prompt``.
+
+        Args:
+            prompt: text c describing the scene; a list of P prompts generates them in one batch
+                (then ``image_embeds`` may hold one embedding per prompt, shape (P, D)).
+            object_image: reference photo (path, bytes, PIL, array) or a list of photos of one object.
+            object_mask: mask(s) for the photo(s); None = the photo's alpha, else automatic.
+            image_embeds: precomputed object embedding(s), (1, D) or (P, D), instead of ``object_image``.
+            negative_prompt: text ∅ for the unconditional branch; default from the checkpoint.
+            text_guidance: w_text in [0, 30]; default from the checkpoint.
+            object_guidance: w_obj in [0, 30]; default from the checkpoint. 0 ignores the object.
+            num_images: 1..8 images per prompt.
+            num_inference_steps: 1..150 sampler steps; default from the checkpoint.
+            seed: image i (in prompt-major order) uses seed + i, so any image can be regenerated alone.
+            generator: torch generator(s), instead of ``seed``.
+            height, width: output size, multiples of 8 within :meth:`size_limits`; default from the checkpoint.
+            latents: initial noise (P·num_images, C, h, w), instead of drawing it.
+            callback: called as ``callback(step, total)`` after every UNet step; ``total`` is the
+                number of steps the scheduler takes, which may exceed ``num_inference_steps`` (PNDM).
+            output_type: "pil", "np", "pt" or "latent".
+            time_budget: seconds this request may take; one estimated to take longer
+                (zeroft.validation.check_time_budget, with ``unit_seconds``, measured on first use)
+                is refused with an :class:`InputError` before any denoising.
+
+        Raises:
+            InputError: a setting out of range, a size outside :meth:`size_limits`, an empty mask,
+                or a request over ``time_budget``.
+        """
+        # 1. Check inputs and fill defaults from the checkpoint
+        prompts = [prompt] if isinstance(prompt, str) or prompt is None else list(prompt)
+        if not prompts:
+            raise InputError("Give at least one prompt.")
+        prompts = [check_prompt("prompt", p) for p in prompts]
+        negative_prompt = check_prompt("negative prompt", self._default("negative_prompt", negative_prompt, ""))
+        text_guidance = check_guidance("text guidance", self._default("text_guidance", text_guidance, 7.5))
+        object_guidance = check_guidance("object guidance", self._default("object_guidance", object_guidance, 5.0))
+        num_images = check_num_images(num_images)
+        steps = check_steps(self._default("steps", num_inference_steps, 30))
+        native = self.native_size
+        device = self._execution_device
+        height = check_size_for("height", self._default("height", height, native), native, device)
+        width = check_size_for("width", self._default("width", width, native), native, device)
+        seed = check_seed(seed)
+        if object_image is not None and image_embeds is not None:
+            raise InputError("Give either a reference photo or precomputed image_embeds, not both.")
+        if object_image is None and image_embeds is None:
+            object_guidance = 0.0  # no object: plain text-to-image with guidance w_text
+        batch = len(prompts) * num_images
+
+        # 2. Object embedding o (mask + encoder, both cached) and the null embedding ϕ
+        chosen: list[ChosenMask] = []
+        if object_image is not None:
+            image_embeds, chosen = self._encode_object(object_image, object_mask)
+        if image_embeds is None:
+            image_embeds = torch.zeros(1, self.image_embed_dim)
+        image_embeds = image_embeds.to(device).reshape(-1, image_embeds.shape[-1])  # (1 or P, D)
+        if image_embeds.shape[0] not in (1, len(prompts)):
+            raise InputError(f"Got {image_embeds.shape[0]} object embeddings for {len(prompts)} prompts.")
+        object_embeds = image_embeds.expand(len(prompts), -1).repeat_interleave(num_images, 0)  # (N, D)
+        null_embeds = torch.zeros_like(object_embeds)
+
+        # 3. Encode the prompts and the negative prompt (cached), and the size conditions
+        encoded = [self.encode_prompt_cached(p, negative_prompt) for p in prompts]
+        positive = {key: torch.cat([e[0][key] for e in encoded]).repeat_interleave(num_images, 0)
+                    for key in encoded[0][0]}  # (N, ...) each
+        negative = {key: value.expand(batch, *value.shape[1:]) for key, value in encoded[0][1].items()}  # (N, ...)
+        size_conditions = self._size_conditions(height, width, batch)
+
+        # 4. Prepare timesteps, and refuse a request that would take longer than the budget
+        self.scheduler.set_timesteps(steps, device=device)
+        timesteps = self.scheduler.timesteps
+        branches = needed_branches(text_guidance, object_guidance)
+        if time_budget is not None:
+            unit_seconds = self.unit_seconds if self.unit_seconds is not None else self.measure_unit_seconds()
+            check_time_budget(time_budget, steps=len(timesteps), num_images=batch, height=height, width=width,
+                              native_size=native, unit_seconds=unit_seconds, branches=len(branches))
+
+        # 5. Prepare latent variables; one generator per image so image i depends on seed + i only
+        seeds: list[int] = []
+        if generator is None and seed is not None:
+            seeds = [seed + i for i in range(batch)]
+            generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        text_dtype = positive["encoder_hidden_states"].dtype
+        latents = self.prepare_latents(
+            batch, self.unet.config.in_channels, height, width, text_dtype, device, generator, latents
+        )
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
+
+        # 6. Batch the guidance branches: (∅,ϕ), (c,ϕ), (c,o), only those with non-zero weight
+        text_batch, added_cond_kwargs = batch_branches(branches, positive, negative, object_embeds, null_embeds,
+                                                       size_conditions)  # (k·N, T, C), added conditions
+
+        # 7. Denoising loop
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * len(branches))
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                noise_pred = self.unet(
+                    model_input, t, encoder_hidden_states=text_batch, added_cond_kwargs=added_cond_kwargs, return_dict=False
+                )[0]
+                eps = dict(zip(branches, noise_pred.chunk(len(branches))))
+                noise_pred = combine_guidance(eps, text_guidance, object_guidance)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                progress_bar.update()
+                if callback is not None:
+                    callback(i + 1, len(timesteps))
+
+        # 8. Decode
+        images = latents if output_type == "latent" else self._decode(latents, output_type)
+        self.maybe_free_model_hooks()
+        settings = GenerationSettings(
+            prompt=prompt if isinstance(prompt, str) else prompts, negative_prompt=negative_prompt,
+            text_guidance=text_guidance, object_guidance=object_guidance, steps=steps, num_images=num_images,
+            height=height, width=width, seed=seed if seeds else None, seeds=seeds, masks=[c.source for c in chosen],
+            quantization=getattr(self, "quantization", "none"), device=str(device),
+        )
+        return ZeroFTOutput(images=images, masks=[c.mask for c in chosen], image_embeds=image_embeds.cpu(), seeds=seeds,
+                            settings=settings)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @classmethod
+    def from_pretrained(cls, checkpoint, **kwargs):
+        """Load a zeroft checkpoint folder, Hub repo or preset as this class; see :func:`zeroft.checkpoint.load_pipeline`."""
+        return load_pipeline(checkpoint, pipeline_class=cls, **kwargs)
+
+    def save_pretrained(self, folder, unet_tuned: bool | None = None, **kwargs) -> None:
+        """Write a zeroft checkpoint folder; see :func:`zeroft.checkpoint.save_checkpoint`."""
+        save_checkpoint(self, folder, unet_tuned=unet_tuned, **kwargs)
