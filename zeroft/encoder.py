@@ -131,7 +131,10 @@ def _transformers_to_open_clip(state: dict[str, torch.Tensor]) -> dict[str, torc
     """transformers ``CLIPVisionModelWithProjection`` keys → open_clip ``VisionTransformer`` keys.
 
     The two compute the same function (pre-LN ViT, class token, projection without bias); open_clip
-    fuses q, k, v into one ``in_proj`` and stores the projection transposed.
+    fuses q, k, v into one ``in_proj`` and stores the projection transposed. Nothing here depends on
+    the widths: h94's ViT-H/14 file (``models/image_encoder``) and its ViT-bigG/14 file
+    (``sdxl_models/image_encoder``: width 1664, 48 layers, head width 104, MLP 8192, stored in fp16,
+    cast on loading) both convert tensor for tensor (tests/test_fullsize_paths.py, tests/test_presets.py).
     """
     p = "vision_model."
     out = {

@@ -1,36 +1,59 @@
 """Named checkpoints: the embedded toy model and real-scale presets built from public weights.
 
-``ip-adapter-sd15`` turns the public IP-Adapter SD1.5 weights into a zeroft checkpoint. What it
-downloads on first use, about 6.8 GB in all:
+Each IP-Adapter preset turns one public adapter file from h94/IP-Adapter (Apache-2.0; Ye et al.,
+2023) into a zeroft checkpoint under ``$ZEROFT_HOME/<name>`` on first use; the base model and the
+encoder are referenced by name and downloaded when the checkpoint is first loaded.
 
-- the adapter, h94/IP-Adapter ``models/ip-adapter_sd15.safetensors`` (Apache-2.0; 22.3M
-  parameters in fp16, about 45 MB), already in the layout zeroft writes;
-- the base, Stable Diffusion 1.5 (CreativeML OpenRAIL-M): UNet, VAE and text encoder as fp32
-  safetensors, 4.27 GB;
-- the image encoder, OpenCLIP ViT-H/14 trained on LAION-2B (open_clip ``ViT-H-14`` /
-  ``laion2b_s32b_b79k``, MIT), from the vision-only copy h94/IP-Adapter ships with the adapter,
-  ``models/image_encoder/model.safetensors``: a transformers ``CLIPVisionModelWithProjection``
-  (hidden 1280, 32 layers, 16 heads, patch 14, projection 1024; 632M parameters in fp32),
-  2,528,373,448 bytes, sha256 6ca9667d…7b030. Seen in the copies of that folder at h94 commits
-  0859e809 and 5c2eae7d (Hub repos RyanJDick/ and InvokeAI/ip_adapter_sd_image_encoder).
-  zeroft converts its keys into open_clip's image tower (zeroft.encoder.visual_state_dict).
-  open_clip's own file for the tag (laion/CLIP-ViT-H-14-laion2B-s32B-b79K,
-  ``open_clip_model.safetensors``) holds the text tower too, about 3.9 GB, which made the
-  first download 8.3 GB. No fp16 copy of either encoder file was found.
+``ip-adapter-sd15`` (about 6.8 GB in all): ``models/ip-adapter_sd15.safetensors`` (22.3M
+parameters in fp16, about 45 MB), already in the layout zeroft writes; the base, Stable Diffusion
+1.5 (CreativeML OpenRAIL-M): UNet, VAE and text encoder as fp32 safetensors, 4.27 GB; the image
+encoder, OpenCLIP ViT-H/14 trained on LAION-2B (open_clip ``ViT-H-14`` / ``laion2b_s32b_b79k``,
+MIT), from the vision-only copy h94 ships with the adapter, ``models/image_encoder/model.safetensors``:
+a transformers ``CLIPVisionModelWithProjection`` (hidden 1280, 32 layers, 16 heads, patch 14,
+projection 1024; 632M parameters in fp32), 2,528,373,448 bytes, sha256 6ca9667d…7b030. Seen in
+the copies of that folder at h94 commits 0859e809 and 5c2eae7d (Hub repos RyanJDick/ and
+InvokeAI/ip_adapter_sd_image_encoder). zeroft converts its keys into open_clip's image tower
+(zeroft.encoder.visual_state_dict). open_clip's own file for the tag
+(laion/CLIP-ViT-H-14-laion2B-s32B-b79K, ``open_clip_model.safetensors``) holds the text tower
+too, about 3.9 GB, which made the first download 8.3 GB.
 
-It needs a GPU to be pleasant.
+``ip-adapter-sdxl-vit-h``: ``sdxl_models/ip-adapter_sdxl_vit-h.safetensors`` on Stable Diffusion
+XL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0, CreativeML Open RAIL++-M; fp32 UNet
+10.3 GB, both text encoders 3.3 GB, VAE 0.3 GB), with the same ViT-H/14 encoder file as above.
+
+``ip-adapter-sdxl``: ``sdxl_models/ip-adapter_sdxl.safetensors`` on the same base, with OpenCLIP
+ViT-bigG/14 trained on LAION-2B (open_clip ``ViT-bigG-14`` / ``laion2b_s39b_b160k``, MIT), from
+h94's vision-only copy ``sdxl_models/image_encoder/model.safetensors``, about 3.69 GB, i.e. its
+1,844.9M parameters in fp16. Sources: the h94/IP-Adapter model card ("OpenCLIP-ViT-bigG-14 with
+1844.9M parameter", linking laion/CLIP-ViT-bigG-14-laion2B-39B-b160k); the maintainer in
+tencent-ailab/IP-Adapter issue #25 (SD1.5 used ViT-H-14, SDXL ViT-bigG-14 laion2B-39B-b160k) and
+the file sizes listed in issue #265; the folder's config.json as other loaders reproduce it
+(InvokeAI's CLIP-vision loader, ComfyUI's clip_vision_config_g.json): hidden 1664, intermediate
+8192, 48 layers, 16 heads (head width 104), patch 14, image 224, projection 1280, gelu. That is
+open_clip's ViT-bigG-14 (width 1664, head_width 104, mlp_ratio 4.9231: int(1664·4.9231) = 8192,
+embed_dim 1280), tensor for tensor (tests/test_presets.py checks the shapes at full size).
+
+Pairing an adapter file with the wrong encoder is the commonest IP-Adapter error users report:
+:func:`check_adapter_encoder` catches it from the adapter's projection shape before any model
+is downloaded. All of them need a GPU to be pleasant.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from .backbones import get_backbone
 from .config import ADAPTER_NAME, CONFIG_NAME, EncoderConfig, GenerationDefaults, ZeroFTConfig
-from .errors import HubUnavailableError
+from .errors import HubUnavailableError, InputError
 from .model_card import write_model_card
 
+NEGATIVE_PROMPT = "lowres, bad anatomy, worst quality, low quality"
 
 
 def _embedded_checkpoint() -> Path:
@@ -48,34 +71,139 @@ EMBEDDED_CHECKPOINT = _embedded_checkpoint()
 
 @dataclass(frozen=True)
 class IPAdapterPreset:
-    """Where the public IP-Adapter weights live and what they were made for."""
+    """Where the public IP-Adapter weights of one preset live and what they were made for.
 
-    base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the SD1.5 repo IP-Adapter was trained on
+    The defaults are the SD1.5 preset; the SDXL ones change the fields below (module docstring).
+    """
+
+    base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the base the adapter was trained on
     adapter_repo: str = "h94/IP-Adapter"
     adapter_file: str = "models/ip-adapter_sd15.safetensors"  # plain IP-Adapter: 4 tokens, 1024-d embeddings
-    encoder_model: str = "ViT-H-14"  # open_clip name of IP-Adapter's image encoder
+    encoder_model: str = "ViT-H-14"  # open_clip name of the adapter's image encoder
     # open_clip's laion2b_s32b_b79k weights, vision tower only (2.53 GB instead of 3.94 GB; module docstring)
     encoder_pretrained: str = "hf-hub:h94/IP-Adapter/models/image_encoder/model.safetensors"
+    encoder_title: str = "OpenCLIP ViT-H/14 LAION-2B"  # how messages and the model card name the encoder
+    backbone: str = "sd"  # ZeroFTConfig.backbone: "sd" (SD1.x) or "sdxl"; its native size is the default size
+    text_guidance: float = 7.5  # the base pipeline's usual value (diffusers: 7.5 for SD1.5, 5.0 for SDXL)
+    negative_prompt: str = NEGATIVE_PROMPT
+    base_license: str = "CreativeML OpenRAIL-M (Stable Diffusion 1.5)"
+
+    @property
+    def native_size(self) -> int:
+        return get_backbone(self.backbone).native_size
 
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(model_name=self.encoder_model, pretrained=self.encoder_pretrained,
                              background_fill="white", crop_to_object=True)
 
+    def zeroft_config(self, image_embed_dim: int, cross_attention_dim: int, num_tokens: int) -> ZeroFTConfig:
+        """The checkpoint config for an adapter file of these dimensions."""
+        return ZeroFTConfig(
+            base_model=self.base_model,
+            backbone=self.backbone,
+            encoder=self.encoder_config(),
+            image_embed_dim=image_embed_dim,
+            cross_attention_dim=cross_attention_dim,
+            num_tokens=num_tokens,
+            masker="rembg:u2net",
+            defaults=GenerationDefaults(text_guidance=self.text_guidance, object_guidance=5.0, steps=30,
+                                        height=self.native_size, width=self.native_size,
+                                        negative_prompt=self.negative_prompt),
+            training={"source": f"{self.adapter_repo}/{self.adapter_file} (IP-Adapter, Ye et al. 2023); "
+                                "not trained by zeroft"},
+            licenses={"adapter": f"Apache-2.0 ({self.adapter_repo})", "encoder": f"MIT ({self.encoder_title})",
+                      "base_model": self.base_license},
+        )
+
 
 IP_ADAPTER_SD15 = IPAdapterPreset()
+_SDXL = dict(base_model="stabilityai/stable-diffusion-xl-base-1.0", backbone="sdxl", text_guidance=5.0,
+             base_license="CreativeML Open RAIL++-M (Stable Diffusion XL base 1.0)")
+IP_ADAPTER_SDXL_VIT_H = IPAdapterPreset(adapter_file="sdxl_models/ip-adapter_sdxl_vit-h.safetensors", **_SDXL)
+IP_ADAPTER_SDXL = IPAdapterPreset(
+    adapter_file="sdxl_models/ip-adapter_sdxl.safetensors", encoder_model="ViT-bigG-14",
+    encoder_pretrained="hf-hub:h94/IP-Adapter/sdxl_models/image_encoder/model.safetensors",
+    encoder_title="OpenCLIP ViT-bigG/14 LAION-2B", **_SDXL)
+IP_ADAPTER_PRESETS = {"ip-adapter-sd15": IP_ADAPTER_SD15, "ip-adapter-sdxl-vit-h": IP_ADAPTER_SDXL_VIT_H,
+                      "ip-adapter-sdxl": IP_ADAPTER_SDXL}
+PRESET_NAMES = ("zeroft-toy", *IP_ADAPTER_PRESETS)
+
+
+def adapter_embed_dim(adapter: Mapping[str, torch.Tensor] | str | Path) -> int:
+    """The image-embedding width an IP-Adapter state dict or safetensors file was trained on.
+
+    ``image_proj.proj.weight`` is (num_tokens · cross_attention_dim, image_embed_dim); a file is
+    read for that one shape only, not its tensors.
+    """
+    if isinstance(adapter, Mapping):
+        shape = tuple(adapter["image_proj.proj.weight"].shape) if "image_proj.proj.weight" in adapter else None
+    else:
+        from safetensors import safe_open
+
+        with safe_open(str(adapter), framework="pt") as f:
+            shape = tuple(f.get_slice("image_proj.proj.weight").get_shape()) if "image_proj.proj.weight" in f.keys() else None
+    if shape is None or len(shape) != 2:
+        raise InputError(f"{_label(adapter)} is not a plain IP-Adapter weight file: it has no image_proj.proj.weight.")
+    return int(shape[1])
+
+
+def encoder_embed_dim(encoder: EncoderConfig, root: str | Path | None = None) -> int | None:
+    """The embedding width ``encoder`` gives, from configs alone; None where that needs a download."""
+    if encoder.path is not None:
+        config_file = (Path(encoder.path) if root is None else Path(root) / encoder.path) / "open_clip_config.json"
+        return json.loads(config_file.read_text())["model_cfg"]["embed_dim"] if config_file.is_file() else None
+    if encoder.model_name.startswith("hf-hub:"):
+        return None
+    import open_clip
+
+    model_cfg = open_clip.get_model_config(encoder.model_name)
+    return None if model_cfg is None else int(model_cfg["embed_dim"])
+
+
+def _label(adapter) -> str:
+    return "The adapter state dict" if isinstance(adapter, Mapping) else f"The adapter file {Path(adapter).name}"
+
+
+def check_adapter_encoder(adapter: Mapping[str, torch.Tensor] | str | Path, encoder: EncoderConfig,
+                          root: str | Path | None = None) -> None:
+    """Refuse an adapter paired with an encoder of another embedding width, naming the one it needs.
+
+    Reads shapes and configs only, so it runs before any model is downloaded or built.
+
+    Args:
+        adapter: IP-Adapter state dict, or its safetensors file.
+        encoder: the encoder it is to be used with; ``root`` resolves ``encoder.path``.
+
+    Raises:
+        InputError: the widths differ (e.g. ``ip-adapter_sdxl.safetensors``, 1280-d, with ViT-H/14,
+            1024-d); the message names the encoders of the presets that fit.
+    """
+    need, have = adapter_embed_dim(adapter), encoder_embed_dim(encoder, root)
+    if have is None or have == need:
+        return
+    fits: dict[tuple[str, str, str], list[str]] = {}  # encoder → the presets that use it
+    for name, p in IP_ADAPTER_PRESETS.items():
+        if encoder_embed_dim(p.encoder_config()) == need:
+            fits.setdefault((p.encoder_title, p.encoder_model, p.encoder_pretrained), []).append(name)
+    hint = "; or ".join(f"{title} (open_clip {model}, weights {pretrained.removeprefix('hf-hub:')}, as in "
+                        f"{' and '.join(names)})" for (title, model, pretrained), names in fits.items())
+    raise InputError(
+        f"{_label(adapter)} was made for {need}-d image embeddings, but the encoder {encoder.model_name} gives "
+        f"{have}-d. " + (f"It needs {hint}." if hint else f"Use an image encoder with {need}-d embeddings.")
+    )
 
 
 def import_ip_adapter(folder: str | Path, adapter_file: str | Path | None = None,
                       preset: IPAdapterPreset = IP_ADAPTER_SD15) -> Path:
-    """Write a zeroft checkpoint folder that uses the public IP-Adapter SD1.5 weights.
+    """Write a zeroft checkpoint folder that uses public IP-Adapter weights.
 
     Args:
         folder: destination folder.
-        adapter_file: a local copy of ``ip-adapter_sd15.safetensors``; default: download it.
+        adapter_file: a local copy of the preset's adapter file; default: download it.
         preset: which weights (see :class:`IPAdapterPreset`).
 
-    The base model and the encoder are referenced by name and downloaded when the
-    checkpoint is first loaded.
+    Raises:
+        InputError: the file is no plain IP-Adapter, or does not fit the preset's encoder.
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -90,28 +218,17 @@ def import_ip_adapter(folder: str | Path, adapter_file: str | Path | None = None
                 f"Could not download {preset.adapter_file} from {preset.adapter_repo} ({type(error).__name__}). "
                 "Check the network, or pass a local copy of the file."
             ) from error
+    check_adapter_encoder(adapter_file, preset.encoder_config())
     with safe_open(str(adapter_file), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
-    if "image_proj.proj.weight" not in state or not any(k.startswith("ip_adapter.") for k in state):
-        raise ValueError(f"{adapter_file} is not a plain IP-Adapter weight file (image_proj.proj.*, ip_adapter.*)")
-    proj = state["image_proj.proj.weight"]
+    if not any(k.startswith("ip_adapter.") for k in state) or "image_proj.norm.weight" not in state:
+        raise InputError(f"{adapter_file} is not a plain IP-Adapter weight file (image_proj.proj.*, ip_adapter.*)")
+    proj = state["image_proj.proj.weight"]  # (num_tokens · cross_dim, image_embed_dim)
     cross_dim = state["image_proj.norm.weight"].shape[0]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / ADAPTER_NAME), metadata={"format": "pt"})
-    config = ZeroFTConfig(
-        base_model=preset.base_model,
-        encoder=preset.encoder_config(),
-        image_embed_dim=proj.shape[1],
-        cross_attention_dim=cross_dim,
-        num_tokens=proj.shape[0] // cross_dim,
-        masker="rembg:u2net",
-        defaults=GenerationDefaults(text_guidance=7.5, object_guidance=5.0, steps=30, height=512, width=512,
-                                    negative_prompt="lowres, bad anatomy, worst quality, low quality"),
-        training={"source": f"{preset.adapter_repo}/{preset.adapter_file} (IP-Adapter, Ye et al. 2023); not trained by zeroft"},
-        licenses={"adapter": "Apache-2.0 (h94/IP-Adapter)", "encoder": "MIT (OpenCLIP ViT-H/14 LAION-2B)",
-                  "base_model": "CreativeML OpenRAIL-M (Stable Diffusion 1.5)"},
-    )
+    config = preset.zeroft_config(proj.shape[1], cross_dim, proj.shape[0] // cross_dim)
     config.save(folder)
     write_model_card(folder, config)
     return folder
@@ -121,19 +238,17 @@ def preset_folder(name: str) -> Path | None:
     """The local folder for a preset name, building it on first use; None if not a preset."""
     if name in ("zeroft-toy", "default"):
         return EMBEDDED_CHECKPOINT
-    if name == "ip-adapter-sd15":
-        cache = Path(os.environ.get("ZEROFT_HOME", Path.home() / ".cache" / "zeroft")) / name
-        if not (cache / ADAPTER_NAME).is_file():
-            import_ip_adapter(cache)
-        else:
-            config = ZeroFTConfig.load(cache)
-            if config.encoder != IP_ADAPTER_SD15.encoder_config():
-                # written by an older zeroft (the whole-CLIP encoder file): point it to the current source
-                config = config.replace(encoder=IP_ADAPTER_SD15.encoder_config())
-                config.save(cache)
-                write_model_card(cache, config)
-        return cache
-    return None
-
-
-PRESET_NAMES = ("zeroft-toy", "ip-adapter-sd15")
+    preset = IP_ADAPTER_PRESETS.get(name)
+    if preset is None:
+        return None
+    cache = Path(os.environ.get("ZEROFT_HOME", Path.home() / ".cache" / "zeroft")) / name
+    if not (cache / ADAPTER_NAME).is_file():
+        import_ip_adapter(cache, preset=preset)
+    else:
+        config = ZeroFTConfig.load(cache)
+        if config.encoder != preset.encoder_config():
+            # written by an older zeroft (the whole-CLIP encoder file): point it to the current source
+            config = config.replace(encoder=preset.encoder_config())
+            config.save(cache)
+            write_model_card(cache, config)
+    return cache
