@@ -147,3 +147,33 @@ def test_the_cli_generates_with_an_sdxl_checkpoint(tiny_sdxl_checkpoint, tmp_pat
     settings = json.loads((out / "zeroft_001.json").read_text())
     assert settings["seeds"] == [7, 8] and len(settings["outputs"]) == 2
     assert Image.open(out / settings["outputs"][0]).size == (64, 64)  # the checkpoint's native size
+
+
+def test_the_time_budget_measures_an_sdxl_unet_call(tiny_sdxl_pipe, monkeypatch):
+    """One UNet call at the native size with SDXL's added conditions (pooled text, time ids)."""
+    seen = []
+    hook = tiny_sdxl_pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(sorted(kwargs["added_cond_kwargs"])), with_kwargs=True)
+    monkeypatch.setattr(tiny_sdxl_pipe, "unit_seconds", None)
+    ticks = iter([10.0, 10.5])
+    try:
+        assert tiny_sdxl_pipe.measure_unit_seconds(clock=lambda: next(ticks)) == 0.5
+    finally:
+        hook.remove()
+    assert seen == [["image_embeds", "text_embeds", "time_ids"]] * 2
+    with pytest.raises(InputError, match="about 10 s"):  # 10 steps x 2 branches (no photo) x 0.5 s
+        tiny_sdxl_pipe("x", num_inference_steps=10, time_budget=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["bnb-8bit", "bnb-4bit"])
+def test_bitsandbytes_and_offload_on_gpu(tiny_sdxl_checkpoint, photo, mode):
+    from zeroft.quantization import linear_weight_bytes
+
+    reference = load_pipeline(tiny_sdxl_checkpoint, device="cuda")
+    pipe = load_pipeline(tiny_sdxl_checkpoint, device="cuda", quantization=mode)
+    assert linear_weight_bytes(pipe.text_encoder_2) < linear_weight_bytes(reference.text_encoder_2)
+    offloaded = load_pipeline(tiny_sdxl_checkpoint, device="cuda", offload=True)
+    for each in (pipe, offloaded):
+        out = each("a red square", object_image=photo, seed=0, num_inference_steps=2, output_type="np").images
+        assert np.isfinite(out).all()
