@@ -22,11 +22,12 @@ import zeroft
 from zeroft.checkpoint import native_size_of
 from zeroft.config import ZeroFTConfig
 from zeroft.images import LoadedImage
-from zeroft.presets import EMBEDDED_CHECKPOINT, PRESET_NAMES
+from zeroft.presets import EMBEDDED_CHECKPOINT, IP_ADAPTER_PRESETS, PRESET_NAMES
 from zeroft.quantization import pick_device
 from zeroft.validation import size_limits
 
 APP_DIR = Path(__file__).resolve().parent
+GPU_PRESETS = tuple(IP_ADAPTER_PRESETS)  # offered where a CUDA GPU is: ip-adapter-sd15, -sdxl-vit-h, -sdxl
 MAX_UPLOAD = 20 * 2**20  # bytes: the cap on every file the app decodes, whatever route it came by
 
 
@@ -57,7 +58,8 @@ class Checkpoints:
         if EMBEDDED_CHECKPOINT.is_dir():
             self._add("zeroft-toy")
         if torch.cuda.is_available() and os.environ.get("HF_HUB_OFFLINE") != "1":
-            self._add("ip-adapter-sd15")
+            for preset in GPU_PRESETS:  # real-scale models: minutes per image on a CPU, seconds on a GPU
+                self._add(preset)
 
     def _add(self, spec: str) -> None:
         path = Path(spec).expanduser()

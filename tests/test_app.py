@@ -131,6 +131,16 @@ def test_checkpoint_names_and_aliases():
     assert offered.public(f"missing {offered.where('zeroft-toy')}/unet") == "missing zeroft-toy/unet"
 
 
+def test_real_presets_are_offered_where_a_gpu_is(monkeypatch):
+    """The SD1.5 and both SDXL presets with CUDA present (simulated) and the Hub reachable; the toy model alone on a CPU."""
+    assert app.Checkpoints().names == ["zeroft-toy"]  # this machine: no GPU (and the tests run offline)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    offered = app.Checkpoints()
+    assert offered.names == ["zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl-vit-h", "ip-adapter-sdxl"]
+    assert offered.where("ip-adapter-sdxl") == "ip-adapter-sdxl"  # a name, loaded (and downloaded) on first use
+
+
 def _readme_client_example() -> str:
     text = (Path(app.__file__).parent / "README.md").read_text()
     section = text[text.index("## The app"):]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from zeroft.cli import main
@@ -233,3 +234,20 @@ def test_progress_bar_follows_the_schedulers_total(tiny_checkpoint, tmp_path, ca
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "3/3" in err and not re.search(r"\b\d+/2\b", err), err
+
+
+def test_import_ip_adapter_names_the_encoder_a_mismatched_file_needs(tmp_path, capsys):
+    """A 1024-d (ViT-H/14) adapter file given as the bigG preset: one line saying which encoder it needs."""
+    from safetensors.torch import save_file
+
+    cross = 2048
+    state = {"image_proj.proj.weight": torch.zeros(4 * cross, 1024), "image_proj.proj.bias": torch.zeros(4 * cross),
+             "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross),
+             "ip_adapter.1.to_k_ip.weight": torch.zeros(8, cross), "ip_adapter.1.to_v_ip.weight": torch.zeros(8, cross)}
+    save_file(state, str(tmp_path / "ip-adapter_sdxl_vit-h.safetensors"))
+    code = main(["import-ip-adapter", "--preset", "ip-adapter-sdxl", "--out", str(tmp_path / "out"),
+                 "--adapter-file", str(tmp_path / "ip-adapter_sdxl_vit-h.safetensors")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "ViT-H/14" in err and "1024-d" in err
+    assert not (tmp_path / "out").exists()

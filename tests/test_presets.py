@@ -146,8 +146,6 @@ def test_a_preset_folder_builds_once(public_hub, monkeypatch):
     assert zeroft.ZeroFTConfig.load(first).backbone == "sdxl"
 
 
-@pytest.mark.xfail(strict=True, reason="zeroft.checkpoint.load_pipeline does not call presets.check_adapter_encoder "
-                   "before _locate_base yet; remove this mark in the commit that adds the call")
 def test_load_pipeline_refuses_a_mismatched_checkpoint_before_the_base_is_touched(
         hub, public_repos, tiny_open_clip_names, tmp_path):
     """A checkpoint pairing ip-adapter_sdxl.safetensors with ViT-H/14: the loader names the encoder it

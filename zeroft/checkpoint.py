@@ -26,6 +26,7 @@ from .encoder import ObjectEncoder, locate_encoder
 from .errors import HubUnavailableError, InputError, ModelUnavailableError
 from .masking import Masker
 from .model_card import write_model_card
+from .presets import check_adapter_encoder
 from .quantization import (check_quantization, pick_device, pick_dtype, quantization_configs,
                            quantize_object_attention_)
 from .validation import native_size
@@ -222,6 +223,7 @@ def load_pipeline(
 
     # 1. Find every file before building anything: at full size the builds take minutes.
     _require_file(folder, ADAPTER_NAME, "the object attention weights")
+    check_adapter_encoder(folder / ADAPTER_NAME, config.encoder, folder)  # the commonest pairing error, before downloads
     if config.unet_tuned:
         _require_file(folder, "unet/config.json", "the tuned UNet")
         _require_file(folder, f"unet/{UNET_WEIGHTS}", "the tuned UNet")

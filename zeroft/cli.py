@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from .errors import InputError, ModelUnavailableError
-from .presets import EMBEDDED_CHECKPOINT, PRESET_NAMES
+from .presets import EMBEDDED_CHECKPOINT, IP_ADAPTER_PRESETS, PRESET_NAMES
 
 logger = logging.getLogger("zeroft")
 
@@ -31,8 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     gen = commands.add_parser("generate", help="images of the object in a photo, in the scene a prompt describes")
     gen.add_argument("--checkpoint", default=None,
-                     help=f"checkpoint folder, Hub repo id or preset ({', '.join(PRESET_NAMES)}); "
-                          f"default: the embedded {EMBEDDED_CHECKPOINT.name}")
+                     help=f"checkpoint folder, Hub repo id or preset ({', '.join(PRESET_NAMES)}; the real-scale "
+                          f"presets want a CUDA GPU); default: the embedded {EMBEDDED_CHECKPOINT.name}")
     gen.add_argument("--image", required=True, nargs="+", help="reference photo(s) of ONE object")
     gen.add_argument("--mask", nargs="+", default=None, help="mask(s) for the photo(s); white marks the object")
     gen.add_argument("--prompt", required=True, help="the scene to put the object in")
@@ -58,9 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     mask.add_argument("--masker", default=None, help="border | rembg:<model> (default: the checkpoint's)")
     mask.add_argument("--checkpoint", default=None, help="take the masker from this checkpoint")
 
-    imp = commands.add_parser("import-ip-adapter", help="make a checkpoint from public IP-Adapter SD1.5 weights")
+    imp = commands.add_parser("import-ip-adapter", help="make a checkpoint from public IP-Adapter weights")
     imp.add_argument("--out", required=True)
-    imp.add_argument("--adapter-file", default=None, help="local ip-adapter_sd15.safetensors (default: download)")
+    imp.add_argument("--preset", default="ip-adapter-sd15", choices=list(IP_ADAPTER_PRESETS),
+                     help="which public weights (the SDXL ones want a CUDA GPU: minutes per step on a CPU)")
+    imp.add_argument("--adapter-file", default=None,
+                     help="a local copy of the preset's adapter file, e.g. ip-adapter_sd15.safetensors (default: download)")
     return parser.parse_args(argv)
 
 
@@ -220,7 +223,7 @@ def main(argv=None) -> int:
         else:
             from .presets import import_ip_adapter
 
-            print(f"wrote {import_ip_adapter(args.out, args.adapter_file)}")
+            print(f"wrote {import_ip_adapter(args.out, args.adapter_file, IP_ADAPTER_PRESETS[args.preset])}")
     except (InputError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
