@@ -1,15 +1,18 @@
-"""GPU benchmark at Stable Diffusion 1.5 size: images/s and peak VRAM, zeroft vs diffusers' IP-Adapter.
+"""GPU benchmark at SD1.5 and SDXL size: images/s and peak VRAM, zeroft vs diffusers' IP-Adapter.
 
     bash bench/gpu.sh            # on a CUDA machine; writes $OUT/gpu.json (or bench/results/gpu.json)
     python -m bench.gpu_bench --dry-run   # the same code path at toy size on a CPU
 
-The models are built from SD1.5's configurations with random weights (speed does not depend on
-the weights, so nothing is downloaded): UNet 860M, VAE 84M, CLIP ViT-L/14 text encoder 123M,
-IP-Adapter projection + key/value layers for 1024-d image embeddings (random embeddings stand
-in for the encoder output, which zeroft caches per photo anyway). For fp16, bnb-8bit and
-bnb-4bit (UNet and text encoder quantized at load, as zeroft.load_pipeline does), each row
-times diffusers' StableDiffusionPipeline with ip_adapter_image_embeds at guidance w, zeroft
-with w_text = w_obj = w, and zeroft with two weights (three branches), at 512×512.
+The models are built from the real configurations with random weights (speed does not depend on
+the weights, so nothing is downloaded): SD1.5 (UNet 860M, VAE 84M, CLIP ViT-L/14 text encoder
+123M) at 512 px, and SDXL base 1.0 (UNet 2.6B, VAE, CLIP ViT-L/14 text + OpenCLIP bigG/14 text
+695M; the configurations of bench.full_size) at 1024 px, with IP-Adapter projection + key/value
+layers for 1024-d (SD1.5, ViT-H/14) or 1280-d (SDXL, ViT-bigG/14) image embeddings; random
+embeddings stand in for the encoder output, which zeroft caches per photo anyway. For fp16,
+bnb-8bit and bnb-4bit (UNet and text encoder(s) quantized at load, as zeroft.load_pipeline does),
+each row times diffusers' pipeline with ip_adapter_image_embeds at guidance w, zeroft with
+w_text = w_obj = w, and zeroft with two weights (three branches). Peak VRAM is over the timed
+calls (latents out) and, separately, one call that decodes an image.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 import torch
 
 from .common import interleaved, machine
+
+IMAGES = {"sd15": 4, "sdxl": 1}  # images per call: SDXL's targets are for one 1024 px image
 
 
 def sd15_parts(dry_run: bool):
@@ -47,43 +52,78 @@ def sd15_parts(dry_run: bool):
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(77), scheduler=scheduler), 512
 
 
-def build(folder: Path, mode: str, size: int, image_embed_dim: int):
+def sdxl_parts(dry_run: bool):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from zeroft.tiny import tiny_tokenizer
+
+    torch.manual_seed(0)
+    if dry_run:
+        from zeroft.tiny import tiny_sdxl_base_pipeline
+
+        components = tiny_sdxl_base_pipeline().components
+        return {k: v for k, v in components.items() if k not in ("image_encoder", "feature_extractor")}, 64
+    from .full_size import BIGG_TEXT, CLIP_L_TEXT, SDXL_UNET, SDXL_VAE
+
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")  # SDXL base 1.0's sampler
+    return dict(unet=UNet2DConditionModel(**SDXL_UNET), vae=AutoencoderKL(**SDXL_VAE),
+                text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT)),
+                text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**BIGG_TEXT)),
+                tokenizer=tiny_tokenizer(77), tokenizer_2=tiny_tokenizer(77), scheduler=scheduler), 1024
+
+
+def save_base(backbone: str, parts: dict, folder: str, dtype: torch.dtype) -> None:
+    """The random-weight base as a diffusers folder, in the dtype it will run in (half the bytes to write)."""
+    from zeroft.backbones import get_backbone
+
+    spec = get_backbone("sd" if backbone == "sd15" else backbone)
+    for part in parts.values():
+        if isinstance(part, torch.nn.Module):
+            part.to(dtype)
+    pipe = spec.base_class()(**parts, **{name: None for name in spec.passed_as_none}, **dict(spec.base_kwargs))
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def build(folder: Path, backbone: str, mode: str, size: int, image_embed_dim: int):
     """(diffusers pipeline, zeroft pipeline) sharing one UNet with the object attention installed."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import PipelineQuantizationConfig
 
     from zeroft.adapter import initial_adapter_state_dict, load_object_attention
+    from zeroft.backbones import get_backbone
     from zeroft.config import GenerationDefaults, ZeroFTConfig
-    from zeroft.pipeline import ZeroFTPipeline
+    from zeroft.loading import PIPELINE_CLASSES
     from zeroft.quantization import quantization_configs
 
+    spec = get_backbone("sd" if backbone == "sd15" else backbone)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-    kwargs = dict(safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
-    if mode == "fp16":
-        stock = StableDiffusionPipeline.from_pretrained(folder, dtype=dtype, **kwargs)
-    else:
-        from diffusers import PipelineQuantizationConfig
-
+    kwargs = dict({name: None for name in spec.passed_as_none}, **dict(spec.base_kwargs))
+    if mode != "fp16":
         unet_config, text_config = quantization_configs(mode, dtype)
-        stock = StableDiffusionPipeline.from_pretrained(
-            folder, dtype=dtype, quantization_config=PipelineQuantizationConfig(
-                quant_mapping={"unet": unet_config, "text_encoder": text_config}), **kwargs)
+        kwargs["quantization_config"] = PipelineQuantizationConfig(
+            quant_mapping={"unet": unet_config, **{name: text_config for name in spec.text_encoders}})
+    stock = spec.base_class().from_pretrained(folder, dtype=dtype, **kwargs)
     load_object_attention(stock.unet, initial_adapter_state_dict(stock.unet, image_embed_dim))
     stock.to(device)
-    config = ZeroFTConfig(base_model="base", image_embed_dim=image_embed_dim,
+    config = ZeroFTConfig(base_model="base", backbone=spec.name, image_embed_dim=image_embed_dim,
                           cross_attention_dim=stock.unet.config.cross_attention_dim,
                           defaults=GenerationDefaults(height=size, width=size), masker="border")
-    ours = ZeroFTPipeline(**{k: v for k, v in stock.components.items() if k != "image_encoder"}, zeroft_config=config)
+    ours = PIPELINE_CLASSES[spec.name](**{k: v for k, v in stock.components.items() if k != "image_encoder"},
+                                       zeroft_config=config)
     for pipe in (stock, ours):
         pipe.set_progress_bar_config(disable=True)
     return stock, ours
 
 
-def measure(folder: Path, mode: str, size: int, steps: int, images: int, repeats: int, image_embed_dim: int) -> dict:
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    if torch.cuda.is_available():
+def measure(folder: Path, backbone: str, mode: str, size: int, steps: int, images: int, repeats: int,
+            image_embed_dim: int) -> dict:
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    stock, ours = build(folder, mode, size, image_embed_dim)
+    stock, ours = build(folder, backbone, mode, size, image_embed_dim)
     device = stock._execution_device
     embeds = torch.randn(1, image_embed_dim, device=device, dtype=stock.unet.dtype)
     ip = [torch.cat([torch.zeros_like(embeds), embeds]).repeat_interleave(images, 0)[:, None]]
@@ -98,49 +138,59 @@ def measure(folder: Path, mode: str, size: int, steps: int, images: int, repeats
                                               num_images=images, num_inference_steps=steps, output_type="latent"),
     }
     seconds = interleaved(calls, repeats)
-    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    ours(prompt, image_embeds=embeds, text_guidance=7.5, object_guidance=7.5, num_images=1, num_inference_steps=2,
+         output_type="pil")  # one decoded image: the VAE's peak at full size
+    peak_decode = torch.cuda.max_memory_allocated() if cuda else None
     del stock, ours
     return {
         "images_per_second": {k: round(images / v, 3) for k, v in seconds.items()},
         "ratio_equal_weights": round(seconds["zeroft_equal_weights"] / seconds["diffusers_ip_adapter"], 3),
         "ratio_three_branches": round(seconds["zeroft_three_branches"] / seconds["diffusers_ip_adapter"], 3),
         "peak_vram_gib": None if peak is None else round(peak / 2**30, 2),
-        "note": "latents out (VAE decode excluded); UNet + text encoder quantized for bnb modes",
+        "peak_vram_gib_one_decoded_image": None if peak_decode is None else round(peak_decode / 2**30, 2),
+        "note": "timed calls return latents (VAE decode excluded); UNet + text encoder(s) quantized for bnb modes",
     }
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="toy sizes on a CPU, fp16 row only")
+    parser.add_argument("--backbone", choices=["sd15", "sdxl", "all"], default="all")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--images", type=int, default=4, help="images per call")
+    parser.add_argument("--images", type=int, default=None, help=f"images per call (default {IMAGES})")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() and not args.dry_run:
         raise SystemExit("bench.gpu_bench needs a CUDA GPU (use --dry-run to check the code path on a CPU)")
     started = time.perf_counter()
-    parts, size = sd15_parts(args.dry_run)
-    image_embed_dim = 16 if args.dry_run else 1024
-    with tempfile.TemporaryDirectory() as temp:
-        from diffusers import StableDiffusionPipeline
-
-        StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, image_encoder=None,
-                                requires_safety_checker=False).save_pretrained(temp, safe_serialization=True)
-        del parts
-        modes = ["fp16"] if args.dry_run else ["fp16", "bnb-8bit", "bnb-4bit"]
-        rows = {mode: measure(Path(temp), mode, size, args.steps, args.images, args.repeats, image_embed_dim)
-                for mode in modes}
-    result = {"benchmark": "gpu", "size": size, "steps": args.steps, "images_per_call": args.images,
-              "dry_run": args.dry_run, **machine(), "rows": rows, "seconds": round(time.perf_counter() - started, 1)}
+    backbones = ["sd15", "sdxl"] if args.backbone == "all" else [args.backbone]
+    dtype = torch.float16 if torch.cuda.is_available() else torch.float32
+    result = {"benchmark": "gpu", "steps": args.steps, "dry_run": args.dry_run, **machine(), "backbones": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    for backbone in backbones:
+        parts, size = (sd15_parts if backbone == "sd15" else sdxl_parts)(args.dry_run)
+        image_embed_dim = 16 if args.dry_run else {"sd15": 1024, "sdxl": 1280}[backbone]
+        images = args.images or IMAGES[backbone]
+        with tempfile.TemporaryDirectory() as temp:
+            save_base(backbone, parts, temp, dtype)
+            del parts
+            modes = ["fp16"] if args.dry_run else ["fp16", "bnb-8bit", "bnb-4bit"]
+            rows = {mode: measure(Path(temp), backbone, mode, size, args.steps, images, args.repeats, image_embed_dim)
+                    for mode in modes}
+        result["backbones"][backbone] = {"size": size, "images_per_call": images, "rows": rows}
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        (out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")  # after each backbone: a cut run keeps it
+        for mode, row in rows.items():
+            print(f"{backbone} {size}px {mode}: zeroft {row['images_per_second']['zeroft_equal_weights']} img/s (equal "
+                  f"weights, {row['ratio_equal_weights']}x diffusers), {row['images_per_second']['zeroft_three_branches']} "
+                  f"(three branches), diffusers {row['images_per_second']['diffusers_ip_adapter']}; peak "
+                  f"{row['peak_vram_gib']} GiB, {row['peak_vram_gib_one_decoded_image']} GiB with a decode", flush=True)
     print(json.dumps(result, indent=2))
-    for mode, row in rows.items():
-        print(f"{mode}: zeroft {row['images_per_second']['zeroft_equal_weights']} img/s (equal weights), "
-              f"{row['images_per_second']['zeroft_three_branches']} (three branches), diffusers "
-              f"{row['images_per_second']['diffusers_ip_adapter']}; peak {row['peak_vram_gib']} GiB")
     return result
 
 
