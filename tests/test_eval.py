@@ -42,3 +42,13 @@ def test_dreambench_end_to_end(tmp_path, tiny_checkpoint):
     assert [r["subject"] for r in rows] == ["backpack", "dog", "teapot"] and rows[0]["reference"] == "00.jpg"
     assert (tmp_path / "out" / "samples.png").is_file()
     assert json.loads((tmp_path / "out" / "overall.json").read_text())["reference_rule"].startswith("first image")
+
+
+def test_dreambench_runs_on_an_sdxl_checkpoint(tmp_path, tiny_sdxl_checkpoint):
+    data = write_tiny_dreambench(tmp_path / "dreambench")
+    clip, dino = write_tiny_zero_shot_clip(tmp_path / "clip"), write_tiny_dino(tmp_path / "dino")
+    report = main(["dreambench", "--data", str(data), "--checkpoint", str(tiny_sdxl_checkpoint), "--out",
+                   str(tmp_path / "out"), "--subjects", "dog", "teapot", "--prompts", "1", "--samples", "2",
+                   "--steps", "2", "--clip", str(clip), "--dino", str(dino), "--kid-features", "dino", "--device", "cpu"])
+    assert report["subjects"] == 2 and report["images"] == 2 * 1 * 2
+    assert all(-1.0 <= report["overall"][m] <= 1.0 for m in ("dino", "clip_i", "clip_t"))

@@ -68,8 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--data", required=True, help="folder with one sub-folder per subject and prompts_and_classes.txt")
     source = d.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="zeroft checkpoint folder, Hub id or preset")
-    source.add_argument("--ip-adapter-file", help="a plain IP-Adapter SD1.5 .safetensors file")
-    d.add_argument("--base-model", default=None, help="with --ip-adapter-file: the base model (default SD1.5)")
+    source.add_argument("--ip-adapter-file", help="a plain IP-Adapter .safetensors file (SD1.5 or SDXL)")
+    d.add_argument("--ip-adapter-preset", default="ip-adapter-sd15",
+                   help="with --ip-adapter-file: which preset the file belongs to (its base and encoder); "
+                        "ip-adapter-sd15, ip-adapter-sdxl-vit-h or ip-adapter-sdxl")
+    d.add_argument("--base-model", default=None, help="with --ip-adapter-file: another base model of the preset's family")
     d.add_argument("--out", required=True)
     d.add_argument("--samples", type=int, default=4, help="images per (subject, prompt)")
     d.add_argument("--subjects", nargs="*", default=None, help="only these subjects")
@@ -90,9 +93,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _checkpoint(args) -> str:
     if args.checkpoint:
         return args.checkpoint
-    from .presets import IPAdapterPreset, import_ip_adapter
+    from dataclasses import replace
 
-    preset = IPAdapterPreset(base_model=args.base_model) if args.base_model else IPAdapterPreset()
+    from .presets import IP_ADAPTER_PRESETS, import_ip_adapter
+
+    if args.ip_adapter_preset not in IP_ADAPTER_PRESETS:
+        raise InputError(f"Unknown --ip-adapter-preset {args.ip_adapter_preset!r}; use one of "
+                         f"{', '.join(IP_ADAPTER_PRESETS)}.")
+    preset = IP_ADAPTER_PRESETS[args.ip_adapter_preset]
+    if args.base_model:
+        preset = replace(preset, base_model=args.base_model)
     return str(import_ip_adapter(tempfile.mkdtemp(prefix="ip-adapter-"), args.ip_adapter_file, preset))
 
 
