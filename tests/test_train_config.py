@@ -196,7 +196,8 @@ def test_the_flag_table_lists_every_flag_under_its_group():
     titles = ["*models*", "*data*", "*the paper's regularizers (sec. 3.4)*", "*optimisation*", "*run*"]
     assert [table.index(title) for title in titles] == sorted(table.index(title) for title in titles)
     assert table.index("`--drop_text`") > table.index(titles[2]) > table.index("`--masker`")
-    assert "| `--base_model` | required | diffusers SD-family pipeline: local folder or Hub id |" in table
+    assert ("| `--base_model` | required | diffusers Stable Diffusion 1.x or SDXL pipeline, local folder or Hub id "
+            "(the family is read from its model_index.json) |") in table
     assert ("| `--background_fill` | gray | colour replacing the masked-out background of the condition photo "
             "(gray, white, black, none) |") in table
     assert "| `--crop_to_object` / `--no-crop_to_object` | True |" in table

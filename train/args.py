@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a zeroft checkpoint with the paper's regularized joint training (Jia et al., 2023).",
     )
     models = p.add_argument_group("models")
-    models.add_argument("--base_model", required=True, help="diffusers SD-family pipeline: local folder or Hub id")
+    models.add_argument("--base_model", required=True,
+                        help="diffusers Stable Diffusion 1.x or SDXL pipeline, local folder or Hub id (the family is read "
+                             "from its model_index.json)")
     _flag(models, "encoder", help="object encoder: open_clip model name, hf-hub:org/name, or a local open_clip folder")
     _flag(models, "encoder_pretrained", help="open_clip pretrained tag")
     _flag(models, "background_fill", choices=BACKGROUND_FILL_CHOICES,
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         _flag(data, f"{stream}_caption_column", help=f"{stream} records: column with the caption")
     _flag(data, "domain_identity_column", help="domain records: column naming the object")
     _flag(data, "domain_mask_column", help="domain records: optional column with the object mask")
-    _flag(data, "resolution", type=int, help="training image size (short side, centre crop)")
+    _flag(data, "resolution", type=int, help="training image size (short side, centre crop); SD 1.x: 512, SDXL: 1024")
     _flag(data, "masker", help="automatic mask for domain records without a mask column: border | rembg:<model>")
     _flag(data, "dataloader_num_workers", type=int, help="worker processes decoding samples")
 

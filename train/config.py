@@ -61,7 +61,7 @@ class TrainConfig:
     """Everything one training run of ``train.train.run`` takes; see the module docstring."""
 
     # models
-    base_model: str | Path  # diffusers SD-family pipeline: local folder or Hub id
+    base_model: str | Path  # diffusers SD 1.x or SDXL pipeline, local folder or Hub id (family from model_index.json)
     encoder: str | Path = EncoderConfig.model_name  # open_clip model name, hf-hub:org/name, or a local open_clip folder
     encoder_pretrained: str | None = EncoderConfig.pretrained  # open_clip tag; ignored for a local encoder folder
     background_fill: str = EncoderConfig.background_fill  # replaces the masked-out background (BACKGROUND_FILL_CHOICES)
@@ -81,7 +81,7 @@ class TrainConfig:
     general_caption_column: str = Columns.caption
     domain_identity_column: str = Columns.identity  # names the object; cross-reference needs two photos per identity
     domain_mask_column: str = Columns.mask  # optional; records without it get the automatic mask
-    resolution: int = 512  # training image size (short side, centre crop); the SD 1.x native size
+    resolution: int = 512  # training image size (short side, centre crop); the SD 1.x native size (SDXL: 1024)
     masker: str = DEFAULT_MASKER  # automatic mask: "border" | "rembg:<model>" (see zeroft.masking)
     dataloader_num_workers: int = 0  # worker processes decoding samples; 0 decodes in the training process
 

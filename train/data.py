@@ -21,6 +21,11 @@ permutation indexed by g). The regularizers, each a setting of :class:`Regulariz
 - object-embedding dropping (eq. 4): general-domain samples use the null embedding ϕ;
 - condition dropout for classifier-free guidance: text, object, or both dropped;
 - background masking: the condition photo is x ⊗ m (mask column, else the automatic masker).
+
+A dropped caption is :data:`DROPPED_CAPTION`; what a text encoder makes of it is decided once, in
+train.losses.TextEncoderCache (SDXL's unconditional text is all zeros). Each sample also records
+how its photo was resized and cropped (``original_size``, ``crop_top_left``), from which
+:func:`time_ids` builds SDXL's size conditions.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from zeroft.images import LoadedImage
 from zeroft.masking import MIN_MASK_AREA, Masker, choose_mask
 
 from .sources import Columns, RecordTable, open_source
+
+DROPPED_CAPTION = ""  # the caption of a text-dropped sample: the empty prompt of classifier-free guidance
 
 
 @dataclass(frozen=True)
@@ -144,24 +151,32 @@ def _permuted(seed: int, stream: int, position: int, size: int) -> int:
     return int(_permutation(seed, stream, epoch, size)[offset])
 
 
-def _to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
-    """Resize the short side, centre-crop, scale to [-1, 1]: (3, R, R)."""
+def _to_tensor(image: Image.Image, resolution: int) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """Resize the short side, centre-crop, scale to [-1, 1].
+
+    Returns:
+        (3, R, R) pixels; the photo's (height, width) as read; the crop's (top, left) corner in the
+        resized photo (what diffusers' SDXL text-to-image example records as ``crop_top_left``).
+    """
     image = image.convert("RGB")
+    original_size = (image.height, image.width)
     scale = resolution / min(image.size)
     image = image.resize((max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))),
                          Image.Resampling.BICUBIC)
     left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
     image = image.crop((left, top, left + resolution, top + resolution))
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
+    return torch.from_numpy(array).permute(2, 0, 1), original_size, (top, left)
 
 
 class MixedTrainingData(torch.utils.data.Dataset):
     """``dataset[g]`` is the g-th training sample (see the module docstring).
 
-    Each sample: ``pixel_values`` (3, R, R) in [-1, 1]; ``caption`` (after text dropout);
-    ``condition`` (3, S, S) encoder input or zeros; ``use_object`` (bool: False means ϕ);
-    and bookkeeping for tests and logs: ``stream``, ``record``, ``condition_record``.
+    Each sample: ``pixel_values`` (3, R, R) in [-1, 1]; ``caption`` (:data:`DROPPED_CAPTION` after text
+    dropout); ``condition`` (3, S, S) encoder input or zeros; ``use_object`` (bool: False means ϕ);
+    ``original_size`` (height, width) of the photo as read and ``crop_top_left`` (top, left) of the
+    R×R crop in the resized photo (SDXL's size conditions, :func:`time_ids`); and bookkeeping for
+    tests and logs: ``stream``, ``record``, ``condition_record``.
     """
 
     def __init__(self, domain: DomainStream | None, general: RecordTable | None, encoder, resolution: int,
@@ -217,9 +232,12 @@ class MixedTrainingData(torch.utils.data.Dataset):
             condition_index, condition_record = index, record
             use_object = not reg.drop_general_object and not drop_object  # eq. 4: ϕ for general images
         size = self.encoder.image_size
+        pixel_values, original_size, crop_top_left = _to_tensor(record["image"], self.resolution)
         return {
-            "pixel_values": _to_tensor(record["image"], self.resolution),
-            "caption": "" if drop_text else record["caption"],
+            "pixel_values": pixel_values,
+            "original_size": original_size,
+            "crop_top_left": crop_top_left,
+            "caption": DROPPED_CAPTION if drop_text else record["caption"],
             "condition": self._condition(condition_record) if use_object else torch.zeros(3, size, size),
             "use_object": use_object,
             "stream": "domain" if is_domain else "general",
@@ -229,8 +247,11 @@ class MixedTrainingData(torch.utils.data.Dataset):
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of samples; a sample without size records (another data source) counts as uncropped at its pixel size."""
     return {
         "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        "original_size": torch.tensor([s.get("original_size", tuple(s["pixel_values"].shape[-2:])) for s in samples]),
+        "crop_top_left": torch.tensor([s.get("crop_top_left", (0, 0)) for s in samples]),  # (B, 2) each
         "condition": torch.stack([s["condition"] for s in samples]),
         "use_object": torch.tensor([s["use_object"] for s in samples]),
         "caption": [s["caption"] for s in samples],
@@ -238,6 +259,14 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "record": [s["record"] for s in samples],
         "condition_record": [s["condition_record"] for s in samples],
     }
+
+
+def time_ids(batch: dict[str, Any]) -> torch.Tensor:
+    """SDXL's size conditions of a batch, (B, 6): original size, crop top-left, target size
+    (Podell et al., 2023, sec. 2.2), laid out as diffusers' SDXL text-to-image example lays them out."""
+    original = batch["original_size"]  # (B, 2): height, width
+    target = torch.tensor(batch["pixel_values"].shape[-2:]).expand_as(original)  # (B, 2)
+    return torch.cat([original, batch["crop_top_left"], target], dim=1).float()
 
 
 def global_indices(step: int, micro: int, accumulation: int, rank: int, world: int, batch: int) -> list[int]:

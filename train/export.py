@@ -1,4 +1,8 @@
-"""Turning the trained models into a ZeroFTPipeline (validation) and a checkpoint folder (export)."""
+"""Turning the trained models into a zeroft pipeline (validation) and a checkpoint folder (export).
+
+The pipeline class is the base model's family's (``zeroft.loading.PIPELINE_CLASSES``): ZeroFTPipeline
+for Stable Diffusion 1.x, ZeroFTXLPipeline for SDXL, built from that family's text encoders and tokenizers.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from pathlib import Path
 
 from zeroft.checkpoint import push_to_hub, save_checkpoint
 from zeroft.config import EncoderConfig, GenerationDefaults, ZeroFTConfig
-from zeroft.pipeline import ZeroFTPipeline
+from zeroft.generation import ZeroFTMixin
+from zeroft.loading import PIPELINE_CLASSES
 
 from .config import RECIPE, TrainConfig
 
@@ -25,6 +30,7 @@ def zeroft_config(config: TrainConfig, models, training: dict | None = None) -> 
     size = config.resolution
     return ZeroFTConfig(
         base_model="base" if models.base_source is not None else str(config.base_model),
+        backbone=models.backbone.name,
         encoder=encoder,
         image_embed_dim=models.encoder.embed_dim,
         cross_attention_dim=models.unet.config.cross_attention_dim,
@@ -38,13 +44,16 @@ def zeroft_config(config: TrainConfig, models, training: dict | None = None) -> 
     )
 
 
-def validation_pipeline(models, unet, config: TrainConfig) -> ZeroFTPipeline:
-    """A pipeline over the models being trained (shared, not copied)."""
-    return ZeroFTPipeline(
-        vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=unet,
-        scheduler=copy.deepcopy(models.scheduler), object_encoder=models.encoder,
-        zeroft_config=zeroft_config(config, models),
-    )
+def training_pipeline(models, unet, scheduler, config: ZeroFTConfig) -> ZeroFTMixin:
+    """The zeroft pipeline of the base model's family over the models being trained (shared, not copied)."""
+    return PIPELINE_CLASSES[models.backbone.name](vae=models.vae, unet=unet, scheduler=scheduler,
+                                                  object_encoder=models.encoder, zeroft_config=config,
+                                                  **models.text_parts)
+
+
+def validation_pipeline(models, unet, config: TrainConfig) -> ZeroFTMixin:
+    """A pipeline over the models being trained, with its own copy of the sampler."""
+    return training_pipeline(models, unet, copy.deepcopy(models.scheduler), zeroft_config(config, models))
 
 
 def trainable_parameters(module) -> list:
@@ -84,9 +93,7 @@ def export_checkpoint(config: TrainConfig, accelerator, models, unet, ema, grid:
     unwrapped = accelerator.unwrap_model(unet)
     training = training_record(config, accelerator.num_processes, throughput, seconds, grid)
     folder = config.final_dir
-    pipe = ZeroFTPipeline(vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
-                          unet=unwrapped, scheduler=models.scheduler, object_encoder=models.encoder,
-                          zeroft_config=zeroft_config(config, models, training))
+    pipe = training_pipeline(models, unwrapped, models.scheduler, zeroft_config(config, models, training))
     with ema_weights(ema, unwrapped):
         save_checkpoint(pipe, folder, unet_tuned=config.train == "whole")
     if grid is not None:

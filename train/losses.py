@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from zeroft.cache import LRUCache
 
+from .data import DROPPED_CAPTION
+
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     """A CPU generator determined by (seed, step, micro-batch, rank) alone."""
@@ -20,23 +22,57 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
     return torch.Generator("cpu").manual_seed(int(state) & (2**63 - 1))
 
 
-class TextEncoderCache:
-    """Frozen text-encoder outputs per caption (toy and class-name captions repeat a lot)."""
+def conditions_on_text_time(unet) -> bool:
+    """Whether the UNet adds a pooled text embedding and size conditions to its time embedding (SDXL's
+    ``addition_embed_type="text_time"``): then it needs ``text_embeds`` and ``time_ids`` with every call."""
+    return getattr(unet.config, "addition_embed_type", None) == "text_time"
 
-    def __init__(self, tokenizer, text_encoder, maxsize: int = 4096):
-        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+
+class TextEncoderCache:
+    """Frozen text conditions per caption (toy and class-name captions repeat a lot).
+
+    A call returns ``{"encoder_hidden_states": (B, T, C)}``, and with ``pooled`` (an SDXL UNet,
+    :func:`conditions_on_text_time`) also ``{"text_embeds": (B, P)}``: then the tokens are both text
+    encoders' penultimate hidden states joined and the pooled embedding the second encoder's, computed by
+    the base pipeline's own ``encode_prompt``, so training conditions as inference does. Where the base
+    model asks for zeros for an empty prompt (``force_zeros_for_empty_prompt``: SDXL base), a dropped
+    caption (train.data.DROPPED_CAPTION) gives zeros, tokens and pooled alike: that is the unconditional
+    input of its guidance, and what zeroft's inference uses for an empty negative prompt.
+
+    Args:
+        base: the diffusers base pipeline, holding the frozen tokenizers and text encoders.
+        pooled: also return the pooled embedding (SDXL).
+    """
+
+    def __init__(self, base, pooled: bool = False, maxsize: int = 4096):
+        self.base, self.pooled = base, pooled
+        self.zeros_for_dropped = bool(base.config.get("force_zeros_for_empty_prompt", False))
         self.cache = LRUCache(maxsize)
 
+    def _encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        if not self.pooled:
+            tokenizer, text_encoder = self.base.tokenizer, self.base.text_encoder
+            tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                               truncation=True, return_tensors="pt").input_ids
+            return {"encoder_hidden_states": text_encoder(tokens.to(text_encoder.device))[0]}
+        hidden, _, pooled, _ = self.base.encode_prompt(captions, device=self.base.text_encoder_2.device,
+                                                       num_images_per_prompt=1, do_classifier_free_guidance=False)
+        return {"encoder_hidden_states": hidden, "text_embeds": pooled}  # (B, T, C1 + C2), (B, P)
+
     @torch.no_grad()
-    def __call__(self, captions: list[str], device) -> torch.Tensor:
-        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
-        if missing:
-            tokens = self.tokenizer(missing, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                    truncation=True, return_tensors="pt").input_ids
-            hidden = self.text_encoder(tokens.to(self.text_encoder.device))[0].cpu()
-            for caption, row in zip(missing, hidden):
-                self.cache.put(caption, row)
-        return torch.stack([self.cache.get(c) for c in captions]).to(device)  # (B, T, C)
+    def __call__(self, captions: list[str], device) -> dict[str, torch.Tensor]:
+        for caption in dict.fromkeys(captions):
+            if caption in self.cache:
+                continue
+            # One caption per call: batched, a matmul may round differently with what else is in the batch
+            # (the tiny SDXL's pooled projection does), and then a resumed run, whose cache starts empty,
+            # would not condition exactly as an uninterrupted one.
+            conditions = {name: value[0].cpu() for name, value in self._encode([caption]).items()}
+            if self.zeros_for_dropped and caption == DROPPED_CAPTION:
+                conditions = {name: torch.zeros_like(value) for name, value in conditions.items()}
+            self.cache.put(caption, conditions)
+        rows = [self.cache.get(c) for c in captions]
+        return {name: torch.stack([r[name] for r in rows]).to(device) for name in rows[0]}
 
 
 @torch.no_grad()
@@ -49,13 +85,15 @@ def encode_latents(vae, pixel_values: torch.Tensor, generator: torch.Generator) 
 
 
 def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                   image_embeds: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+                   image_embeds: torch.Tensor | None, generator: torch.Generator,
+                   added_cond_kwargs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean squared error of the UNet's ε- or v-prediction on noised latents (Ho et al., 2020, eq. 14).
 
     Args:
         latents: (B, C, h, w) clean latents.
         encoder_hidden_states: (B, T, C_text) text tokens.
         image_embeds: (B, D) object embeddings (zeros = ϕ), or None for a UNet without object attention.
+        added_cond_kwargs: the UNet's other conditions, e.g. SDXL's ``{"text_embeds": (B, P), "time_ids": (B, 6)}``.
     """
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents)
@@ -69,6 +107,9 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-    added = None if image_embeds is None else {"image_embeds": [image_embeds[:, None, :]]}  # (B, 1, D)
-    prediction = unet(noisy, timesteps, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added).sample
+    added = dict(added_cond_kwargs or {})
+    if image_embeds is not None:
+        added["image_embeds"] = [image_embeds[:, None, :]]  # (B, 1, D)
+    prediction = unet(noisy, timesteps, encoder_hidden_states=encoder_hidden_states,
+                      added_cond_kwargs=added or None).sample
     return F.mse_loss(prediction.float(), target.float())

@@ -6,7 +6,8 @@ Runs the same on one CPU, one GPU, several GPUs or machines (``accelerate launch
 Steps of ``run``: build the models, the data and the optimizer; resume; then for each step
 render samples (train.data), compute the denoising loss (train.losses) and update; checkpoint
 atomically (train.checkpointing); render validation grids (train.validation); export a zeroft
-checkpoint (train.export).
+checkpoint (train.export). The base model's family, Stable Diffusion 1.x or SDXL, is read from its
+``model_index.json`` (zeroft.backbones); SDXL adds the pooled text and size conditions to every step.
 
 Example:
     >>> from train.config import TrainConfig
@@ -27,12 +28,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from zeroft.adapter import adapter_parameters, install_object_attention, load_object_attention
+from zeroft.backbones import Backbone, backbone_of_index, get_backbone
 from zeroft.config import ADAPTER_NAME, EncoderConfig, ZeroFTConfig
 from zeroft.encoder import ObjectEncoder
 from zeroft.errors import InputError
@@ -40,9 +42,9 @@ from zeroft.errors import InputError
 from .args import parse_args
 from .checkpointing import checkpoint_step, clean_partial, load_training_state, resolve_resume, save_training_state
 from .config import TrainConfig
-from .data import MixedTrainingData, collate, global_indices, open_streams
+from .data import MixedTrainingData, collate, global_indices, open_streams, time_ids
 from .export import ema_weights, export_checkpoint, trainable_parameters, validation_pipeline
-from .losses import TextEncoderCache, diffusion_loss, encode_latents, step_generator
+from .losses import TextEncoderCache, conditions_on_text_time, diffusion_loss, encode_latents, step_generator
 from .validation import render_validation
 
 logger = get_logger(__name__)
@@ -50,15 +52,31 @@ logger = get_logger(__name__)
 
 @dataclass
 class Models:
-    vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
+    base: DiffusionPipeline  # the diffusers base pipeline: frozen VAE, text encoders, tokenizers (its encode_prompt)
     unet: torch.nn.Module
     encoder: ObjectEncoder
-    scheduler: object  # the base pipeline's sampler, kept for validation and export
     noise_scheduler: DDPMScheduler
     base_source: Path | None  # the local base folder, None for a Hub id (then the export refers to it)
     encoder_config: EncoderConfig
+    backbone: Backbone  # the base model's family (zeroft.backbones), read from its model_index.json
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self.base.vae
+
+    @property
+    def scheduler(self):
+        """The base pipeline's sampler, kept for validation and export."""
+        return self.base.scheduler
+
+    @property
+    def text_parts(self) -> dict:
+        """The family's text encoders and tokenizers by component name (SDXL: two of each)."""
+        return {name: getattr(self.base, name) for name in (*self.backbone.text_encoders, *self.backbone.tokenizers)}
+
+    @property
+    def frozen(self) -> list[torch.nn.Module]:
+        return [self.vae, *(getattr(self.base, name) for name in self.backbone.text_encoders), self.encoder]
 
 
 def build_accelerator(config: TrainConfig) -> Accelerator:
@@ -73,9 +91,12 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
 
 
 def build_models(config: TrainConfig) -> Models:
-    base = StableDiffusionPipeline.from_pretrained(
-        str(config.base_model), safety_checker=None, feature_extractor=None, image_encoder=None,
-        requires_safety_checker=False, use_safetensors=True,
+    """The base model in its family's diffusers class, the object encoder and the UNet with object attention;
+    everything but the trained part frozen."""
+    backbone = backbone_of_index(DiffusionPipeline.load_config(str(config.base_model)))
+    base = backbone.base_class().from_pretrained(
+        str(config.base_model), **{part: None for part in backbone.passed_as_none}, **dict(backbone.base_kwargs),
+        use_safetensors=True,
     )
     scheduler_config = dict(base.scheduler.config)
     if config.prediction_type:
@@ -87,23 +108,29 @@ def build_models(config: TrainConfig) -> Models:
     unet = base.unet
     if config.init_checkpoint:
         init = Path(config.init_checkpoint)
-        if ZeroFTConfig.load(init).unet_tuned:
+        init_config = ZeroFTConfig.load(init)
+        if init_config.backbone != backbone.name:
+            raise InputError(f"--init_checkpoint {init} is a {get_backbone(init_config.backbone).label} checkpoint; "
+                             f"the base model is {backbone.label}.")
+        if init_config.unet_tuned:
             from diffusers import UNet2DConditionModel
 
             unet = UNet2DConditionModel.from_pretrained(init / "unet", use_safetensors=True)
+            base.unet = unet  # the base's own UNet is not kept in memory beside it
         load_object_attention(unet, load_file(str(init / ADAPTER_NAME)))
     else:
         install_object_attention(unet, encoder.embed_dim, config.num_tokens, seed=config.seed)
-    for frozen in (base.vae, base.text_encoder, encoder):
+    base_path = Path(config.base_model)
+    models = Models(base, unet, encoder, noise_scheduler, base_path.resolve() if base_path.is_dir() else None,
+                    encoder_config, backbone)
+    for frozen in models.frozen:
         frozen.requires_grad_(False).eval()
     unet.requires_grad_(config.train == "whole")
     for parameter in adapter_parameters(unet):
         parameter.requires_grad_(True)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    base_path = Path(config.base_model)
-    return Models(base.vae, base.text_encoder, base.tokenizer, unet, encoder, base.scheduler, noise_scheduler,
-                  base_path.resolve() if base_path.is_dir() else None, encoder_config)
+    return models
 
 
 def build_data(config: TrainConfig, encoder: ObjectEncoder) -> MixedTrainingData:
@@ -140,15 +167,21 @@ class RankBatches(torch.utils.data.Sampler):
 
 
 def training_step(models: Models, unet, batch, text_cache: TextEncoderCache, generator, weight_dtype) -> torch.Tensor:
-    """The denoising loss of one micro-batch: text tokens, object embeddings (ϕ where dropped), noise."""
+    """The denoising loss of one micro-batch: text conditions, object embeddings (ϕ where dropped), noise;
+    for SDXL also the pooled text embedding and the size conditions of each sample."""
     device = next(unet.parameters()).device
-    hidden = text_cache(batch["caption"], device).to(weight_dtype)
+    text = text_cache(batch["caption"], device)
+    hidden = text.pop("encoder_hidden_states").to(weight_dtype)
+    added = {name: value.to(weight_dtype) for name, value in text.items()}  # SDXL: text_embeds (B, P)
+    if text_cache.pooled:
+        added["time_ids"] = time_ids(batch).to(device, weight_dtype)  # (B, 6)
     embeds = torch.zeros(len(batch["caption"]), models.encoder.embed_dim, device=device)
     if batch["use_object"].any():
         chosen = batch["use_object"]
         embeds[chosen.to(device)] = models.encoder(batch["condition"][chosen]).float().to(device)
     latents = encode_latents(models.vae, batch["pixel_values"], generator).to(weight_dtype)
-    return diffusion_loss(unet, models.noise_scheduler, latents, hidden, embeds.to(weight_dtype), generator)
+    return diffusion_loss(unet, models.noise_scheduler, latents, hidden, embeds.to(weight_dtype), generator,
+                          added_cond_kwargs=added)
 
 
 def run_validation(config: TrainConfig, accelerator, models, unet, step, ema) -> Path | None:
@@ -196,8 +229,10 @@ def prepare_training(config: TrainConfig, accelerator: Accelerator) -> Training:
     models = build_models(config)
     data = build_data(config, models.encoder)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
-    for frozen in (models.vae, models.text_encoder, models.encoder):
+    for frozen in models.frozen:
         frozen.to(accelerator.device, dtype=weight_dtype)
+    if weight_dtype == torch.float16 and models.backbone.vae_fp32_under_fp16 and models.vae.config.force_upcast:
+        models.vae.to(dtype=torch.float32)  # as diffusers' SDXL training example keeps SDXL's VAE
     parameters = trainable_parameters(models.unet)
     optimizer = build_optimizer(config, parameters)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer,
@@ -247,7 +282,7 @@ def train_steps(config: TrainConfig, accelerator: Accelerator, training: Trainin
                                           config.train_batch_size),
         collate_fn=collate, num_workers=config.dataloader_num_workers,
     )
-    text_cache = TextEncoderCache(training.models.tokenizer, training.models.text_encoder)
+    text_cache = TextEncoderCache(training.models.base, pooled=conditions_on_text_time(training.models.unet))
     progress = tqdm(range(start_step, config.max_train_steps), initial=start_step, total=config.max_train_steps,
                     disable=not accelerator.is_local_main_process, desc="training")
     training.unet.train()

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from zeroft.generation import ZeroFTMixin
 from zeroft.grid import make_grid
-from zeroft.pipeline import ZeroFTPipeline
 
 
 @torch.no_grad()
-def render_validation(pipe: ZeroFTPipeline, images: list, prompts: list[str], seed: int,
+def render_validation(pipe: ZeroFTMixin, images: list, prompts: list[str], seed: int,
                       steps: int, text_guidance: float, object_guidance: float) -> Image.Image:
     """One row per reference photo: the photo, then one image per prompt (seed fixed per cell)."""
     pipe.set_progress_bar_config(disable=True)

@@ -25,6 +25,7 @@ class Backbone:
     passed_as_none: tuple[str, ...]  # parts of the base zeroft never loads (its encoder is its own; no safety checker)
     base_kwargs: tuple[tuple[str, object], ...] = ()  # extra constructor/from_pretrained arguments of the base
     native_size: int = 512  # the side the family's released weights were trained at
+    vae_fp32_under_fp16: bool = False  # its pipelines honour the VAE's force_upcast (SDXL's VAE overflows in fp16)
 
     def base_class(self):
         """The diffusers pipeline class (imported on use: diffusers' lazy module loads it then)."""
@@ -48,7 +49,7 @@ BACKBONES = {
     "sdxl": Backbone(
         name="sdxl", label="Stable Diffusion XL", base_pipeline="StableDiffusionXLPipeline",
         text_encoders=("text_encoder", "text_encoder_2"), tokenizers=("tokenizer", "tokenizer_2"),
-        passed_as_none=("feature_extractor", "image_encoder"), native_size=1024,
+        passed_as_none=("feature_extractor", "image_encoder"), native_size=1024, vae_fp32_under_fp16=True,
     ),
 }
 
