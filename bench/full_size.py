@@ -1,0 +1,403 @@
+"""Full-size CPU benchmark: load time, peak resident memory and seconds per step, none vs int8.
+
+    python -m bench.full_size [--backbone sd15|sdxl|all] [--dtype auto|float32|bfloat16[,...]] [--dry-run]
+
+Random weights at the real configurations (speed and memory do not depend on the values), written
+once into ``--cache`` (default /work/bench-cache, outside git) and reused:
+
+- sd15: SD1.5 UNet (860M), VAE (84M), CLIP ViT-L/14 text encoder (123M), at 512 px, with the
+  OpenCLIP ViT-H/14 image tower (632M) as a transformers ``CLIPVisionModelWithProjection``;
+- sdxl: SDXL base UNet (2.6B), VAE, CLIP ViT-L/14 text and OpenCLIP bigG/14 text encoder
+  (``CLIPTextModelWithProjection``, 695M), at 1024 px, with the ViT-bigG/14 image tower (1.8B).
+
+Each case runs in a fresh process (so its peak, VmHWM, is its own) under a watchdog that stops it
+if the machine runs short of memory (the machine is shared). Loaders: ``from_pretrained`` (int8:
+torchao ``TorchAoConfig`` at load, as zeroft.checkpoint does today), ``streaming``
+(zeroft.streaming: one tensor at a time, each Linear quantized as it is read) and ``zeroft``
+(``load_pipeline`` on a zeroft checkpoint whose base is the random-weight folder, its encoder the
+same image tower in open_clip's layout). int8 quantizes the UNet, the text encoder(s) and the image
+tower (zeroft rows: what load_pipeline quantizes, the UNet and text encoders); the VAE is
+convolutions and stays as it is. Per case: load seconds, RSS right after loading (and its anonymous
+part), the peak during loading and over the whole run (and after each stage), and seconds per UNet
+step with equal guidance weights (two branches: batch 2) and unequal ones (three branches: batch
+3), then one VAE decode; zeroft rows time whole images. Times are from a shared 2-core machine,
+so only their order of magnitude carries over; the memory figures do not depend on the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .common import machine, report
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADERS = ("from_pretrained", "streaming", "zeroft")
+QUANTIZATIONS = ("none", "int8")
+GIB = 1024 ** 3
+
+# SD1.5 (stable-diffusion-v1-5/stable-diffusion-v1-5, unet/ vae/ text_encoder/ config.json): diffusers'
+# UNet2DConditionModel defaults are SD1.5's layout except cross_attention_dim and sample_size.
+SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+SD_VAE = dict(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+              up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=2, latent_channels=4, sample_size=512)
+CLIP_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                   num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+# SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, the values diffusers'
+# SDXL docs and its StableDiffusionXLPipeline tests scale down): 2.6B parameters.
+SDXL_UNET = dict(sample_size=128, block_out_channels=[320, 640, 1280], layers_per_block=2, cross_attention_dim=2048,
+                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                 up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                 attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10], use_linear_projection=True,
+                 addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816)  # 2816 = 1280 pooled text + 6 time ids x 256
+SDXL_VAE = dict(SD_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+# SDXL text_encoder_2: OpenCLIP ViT-bigG/14's text tower as transformers writes it (same repo, text_encoder_2/).
+BIGG_TEXT = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                 num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+# Image towers: h94/IP-Adapter models/image_encoder and sdxl_models/image_encoder (see zeroft.presets).
+VIT_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, image_size=224,
+             patch_size=14, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5)
+VIT_BIGG = dict(VIT_H, hidden_size=1664, intermediate_size=8192, num_hidden_layers=48, projection_dim=1280)
+
+# part -> (class name, config); the order is the order of loading. dtype: of the weight files (SDXL's
+# in fp32 would be 21 GB, most of this machine's memory: bf16, as its published fp16 variant halves it).
+BACKBONES = {
+    "sd15": dict(size=512, dtype="float32", encoder="ViT-H-14", parts={
+        "text_encoder": ("CLIPTextModel", CLIP_L_TEXT), "image_encoder": ("CLIPVisionModelWithProjection", VIT_H),
+        "unet": ("UNet2DConditionModel", SD15_UNET), "vae": ("AutoencoderKL", SD_VAE)}),
+    "sdxl": dict(size=1024, dtype="bfloat16", encoder="ViT-bigG-14", parts={
+        "text_encoder": ("CLIPTextModel", CLIP_L_TEXT), "text_encoder_2": ("CLIPTextModelWithProjection", BIGG_TEXT),
+        "image_encoder": ("CLIPVisionModelWithProjection", VIT_BIGG), "unet": ("UNet2DConditionModel", SDXL_UNET),
+        "vae": ("AutoencoderKL", SDXL_VAE)}),
+}
+QUANTIZED_PARTS = ("unet", "text_encoder", "text_encoder_2", "image_encoder")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def model_class(name: str) -> type:
+    import diffusers
+    import transformers
+
+    return getattr(diffusers, name, None) or getattr(transformers, name)
+
+
+def build_part(class_name: str, config: dict):
+    cls = model_class(class_name)
+    if hasattr(cls, "config_class") and not hasattr(cls, "from_config"):
+        return cls(cls.config_class(**config))
+    return cls(**config)
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {field} (not Linux?)")
+
+
+def rss_bytes() -> int:
+    """Resident memory now (VmRSS), bytes."""
+    return _status("VmRSS")
+
+
+def peak_bytes() -> int:
+    """Peak resident memory of this process (VmHWM), bytes.
+
+    Not ``ru_maxrss``: Linux carries the parent's high-water mark across fork + exec into it (a
+    child of a 4 GB parent reported 4.04 GB before loading anything); VmHWM starts afresh at exec.
+    """
+    return _status("VmHWM")
+
+
+def base_folder(backbone: str, cache: Path) -> Path:
+    return cache / f"{backbone}-{BACKBONES[backbone]['dtype']}"
+
+
+def write_models(backbone: str, cache: Path) -> Path:
+    """The random-weight base folder (a diffusers pipeline layout + image_encoder/), written once."""
+    from zeroft.tiny import tiny_tokenizer
+
+    spec = BACKBONES[backbone]
+    dtype = spec["dtype"]
+    folder = base_folder(backbone, cache)
+    for part, (class_name, config) in spec["parts"].items():
+        if (folder / part / "config.json").is_file():
+            continue
+        torch.manual_seed(0)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(DTYPES[dtype])  # built in the file dtype: a 2.6B UNet never exists in fp32
+        try:
+            model = build_part(class_name, config)
+        finally:
+            torch.set_default_dtype(previous)
+        model.save_pretrained(folder / f"{part}.tmp")
+        (folder / f"{part}.tmp").rename(folder / part)  # a half-written part is never taken as done
+        del model
+    for name in ("tokenizer",) + (("tokenizer_2",) if backbone == "sdxl" else ()):
+        if not (folder / name).is_dir():
+            tiny_tokenizer(77).save_pretrained(folder / name)  # token ids < 514: any vocabulary size does
+    if not (folder / "scheduler").is_dir():
+        from diffusers import EulerDiscreteScheduler
+
+        EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                               steps_offset=1).save_pretrained(folder / "scheduler")
+    pipeline = "StableDiffusionXLPipeline" if backbone == "sdxl" else "StableDiffusionPipeline"
+    index = {"_class_name": pipeline, "scheduler": ["diffusers", "EulerDiscreteScheduler"]}
+    for part, (class_name, _) in spec["parts"].items():
+        if part != "image_encoder":  # zeroft's encoder is its own (checkpoint encoder/ below)
+            index[part] = ["diffusers" if part in ("unet", "vae") else "transformers", class_name]
+    for name in ("tokenizer", "tokenizer_2")[: 2 if backbone == "sdxl" else 1]:
+        index[name] = ["transformers", "CLIPTokenizer"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def write_checkpoint(backbone: str, base: Path) -> Path:
+    """A zeroft checkpoint whose base (a link) is the random-weight folder, with a random adapter."""
+    import open_clip
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from zeroft.adapter import initial_adapter_state_dict
+    from zeroft.config import ADAPTER_NAME, EncoderConfig, GenerationDefaults, ZeroFTConfig
+    from zeroft.streaming import load_streaming
+
+    spec = BACKBONES[backbone]
+    folder = base.parent / f"{base.name}-zeroft"
+    if (folder / "zeroft_config.json").is_file():
+        return folder
+    folder.mkdir(exist_ok=True)
+    if not (folder / "base").exists():
+        (folder / "base").symlink_to(base)
+    encoder = folder / "encoder"
+    encoder.mkdir(exist_ok=True)
+    model_cfg = open_clip.get_model_config(spec["encoder"])
+    (encoder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+    if not (encoder / "open_clip_model.safetensors").exists():  # the transformers layout, which zeroft converts
+        (encoder / "open_clip_model.safetensors").symlink_to(base / "image_encoder" / "model.safetensors")
+    unet = load_streaming(UNet2DConditionModel, base, subfolder="unet", dtype=None)  # in the file dtype
+    save_file(initial_adapter_state_dict(unet, model_cfg["embed_dim"], 4), str(folder / ADAPTER_NAME))
+    config = ZeroFTConfig(
+        base_model="base", backbone="sdxl" if backbone == "sdxl" else "sd",
+        encoder=EncoderConfig(model_name=spec["encoder"], pretrained=None, path="encoder"),
+        image_embed_dim=model_cfg["embed_dim"], cross_attention_dim=unet.config.cross_attention_dim, masker="border",
+        defaults=GenerationDefaults(height=spec["size"], width=spec["size"], steps=1),
+        licenses={"all": "random weights made by bench.full_size"})
+    config.save(folder)
+    return folder
+
+
+def load_parts(backbone: str, base: Path, loader: str, quantization: str, dtype: torch.dtype) -> tuple[dict, dict]:
+    """(models, per-part load seconds and memory) for the plain-library loaders."""
+    from zeroft.quantization import quantization_configs
+    from zeroft.streaming import load_streaming
+
+    diffusers_config, transformers_config = quantization_configs(quantization, dtype)
+    models, parts = {}, {}
+    for part, (class_name, _) in BACKBONES[backbone]["parts"].items():
+        cls = model_class(class_name)
+        started = time.perf_counter()
+        quantized = quantization if part in QUANTIZED_PARTS else "none"
+        if loader == "streaming":
+            models[part] = load_streaming(cls, base, subfolder=part, dtype=dtype, quantization=quantized)
+        else:
+            kwargs = {}
+            if quantized != "none":
+                kwargs["quantization_config"] = diffusers_config if part == "unet" else transformers_config
+            models[part] = cls.from_pretrained(base / part, dtype=dtype, **kwargs)
+        parts[part] = dict(seconds=round(time.perf_counter() - started, 2), quantization=quantized,
+                           rss_gib=round(rss_bytes() / GIB, 2), peak_gib=round(peak_bytes() / GIB, 2))
+    return models, parts
+
+
+@torch.no_grad()
+def run_plain(backbone: str, models: dict, steps: int, dtype: torch.dtype) -> dict:
+    """Encoders once, ``steps`` UNet calls at batch 2 and at batch 3, one VAE decode: seconds each."""
+    size = BACKBONES[backbone]["size"]
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 514, (3, 77), generator=generator)
+    timings = {}
+    started = time.perf_counter()
+    text = models["text_encoder"](tokens, output_hidden_states=True).hidden_states[-2]  # (3, 77, 768)
+    pooled = None
+    if "text_encoder_2" in models:
+        out = models["text_encoder_2"](tokens, output_hidden_states=True)
+        text = torch.cat([text, out.hidden_states[-2]], dim=-1)  # (3, 77, 2048): SDXL's two towers side by side
+        pooled = out.text_embeds  # (3, 1280)
+    timings["text_encoders_s"] = round(time.perf_counter() - started, 2)
+    peaks = timings["peak_after_gib"] = {"text_encoders": round(peak_bytes() / GIB, 2)}  # where the peak is reached
+    started = time.perf_counter()
+    models["image_encoder"](torch.randn(1, 3, 224, 224, generator=generator, dtype=dtype))
+    timings["image_encoder_s"] = round(time.perf_counter() - started, 2)
+    peaks["image_encoder"] = round(peak_bytes() / GIB, 2)
+    latents = torch.randn(1, 4, size // 8, size // 8, generator=generator, dtype=dtype)  # (1, 4, H/8, W/8)
+    for branches, label in ((2, "equal_weights"), (3, "unequal_weights")):
+        kwargs = {}
+        if pooled is not None:
+            time_ids = torch.tensor([[size, size, 0, 0, size, size]] * branches, dtype=dtype)  # original, crop, target
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled[:branches], "time_ids": time_ids}
+        seconds = []
+        for step in range(steps):
+            started = time.perf_counter()
+            models["unet"](latents.expand(branches, -1, -1, -1), 999 - step, encoder_hidden_states=text[:branches],
+                           **kwargs)
+            seconds.append(time.perf_counter() - started)
+        timings[f"{label}_s_per_step"] = round(sum(seconds) / len(seconds), 2)
+        peaks[f"unet_batch_{branches}"] = round(peak_bytes() / GIB, 2)
+    started = time.perf_counter()
+    models["vae"].decode(latents)
+    timings["vae_decode_s"] = round(time.perf_counter() - started, 2)
+    peaks["vae_decode"] = round(peak_bytes() / GIB, 2)
+    return timings
+
+
+def load_zeroft(backbone: str, checkpoint: Path, quantization: str, dtype: torch.dtype):
+    from zeroft import ZeroFTPipeline
+
+    cls = ZeroFTPipeline
+    if backbone == "sdxl":
+        from zeroft import ZeroFTXLPipeline as cls  # noqa: N813
+    pipe = cls.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantization=quantization)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_zeroft(pipe, steps: int) -> dict:
+    """One image with equal weights (two branches) and one with unequal weights (three): seconds each."""
+    from PIL import Image
+
+    photo = Image.new("RGB", (256, 256), (30, 30, 220))
+    photo.paste((220, 30, 30), (64, 64, 192, 192))
+    timings = {}
+    for label, weights in (("equal_weights", (5.0, 5.0)), ("unequal_weights", (5.0, 3.0))):
+        started = time.perf_counter()
+        pipe("an object", object_image=photo, text_guidance=weights[0], object_guidance=weights[1],
+             num_inference_steps=steps, seed=0, output_type="np")
+        timings[f"{label}_s_per_image"] = round(time.perf_counter() - started, 2)  # encoders + steps + decode
+    return timings
+
+
+def run_case(backbone: str, loader: str, quantization: str, steps: int, dtype_name: str, cache: Path, out: Path) -> None:
+    torch.set_num_threads(2)
+    dtype = DTYPES[dtype_name]
+    base = base_folder(backbone, cache)
+    started = time.perf_counter()
+    if loader == "zeroft":
+        pipe, parts = load_zeroft(backbone, base.parent / f"{base.name}-zeroft", quantization, dtype), {}
+    else:
+        models, parts = load_parts(backbone, base, loader, quantization, dtype)
+    after_load = dict(load_s=round(time.perf_counter() - started, 2), rss_after_load_gib=round(rss_bytes() / GIB, 2),
+                      peak_during_load_gib=round(peak_bytes() / GIB, 2),
+                      rss_after_load_anon_gib=round(_status("RssAnon") / GIB, 2))
+    timings = run_zeroft(pipe, steps) if loader == "zeroft" else run_plain(backbone, models, steps, dtype)
+    # Weights mapped from a file (from_pretrained's lazy safetensors tensors) are RssFile: resident, but
+    # clean pages the kernel may drop and read again; loaded or quantized ones are RssAnon.
+    end = {kind: round(_status(f"Rss{kind.capitalize()}") / GIB, 2) for kind in ("anon", "file")}
+    out.write_text(json.dumps(dict(after_load, peak_gib=round(peak_bytes() / GIB, 2), rss_end_gib=end, parts=parts,
+                                   **timings)))
+
+
+def watched(command: list[str], min_available_gib: float) -> str | None:
+    """Run ``command``; stop it (and say why) if the machine's available memory drops too low."""
+    process = subprocess.Popen(command, cwd=ROOT)
+    while process.poll() is None:
+        time.sleep(0.5)
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        available = int(meminfo["MemAvailable"].split()[0]) * 1024 / GIB
+        if available < min_available_gib:
+            process.kill()
+            process.wait()
+            return f"stopped: the machine had {available:.1f} GiB available (under {min_available_gib})"
+    return None if process.returncode == 0 else f"failed with exit code {process.returncode}"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", choices=["sd15", "sdxl", "all"], default="sd15")
+    parser.add_argument("--dtype", default="auto",
+                        help="compute dtype(s), comma-separated; auto: the files' (float32 for sd15, bfloat16 for sdxl)")
+    parser.add_argument("--loaders", default=",".join(LOADERS))
+    parser.add_argument("--quantizations", default=",".join(QUANTIZATIONS))
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--cache", type=Path, default=Path("/work/bench-cache"))
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "full_size.json")
+    parser.add_argument("--min-available-gib", type=float, default=2.0)
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and each model's size; write nothing")
+    parser.add_argument("--_case", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_write", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def plan(backbones: list[str]) -> dict:
+    """Parameter counts at full size, from models built on the meta device (no memory, no files)."""
+    from accelerate import init_empty_weights
+
+    sizes = {}
+    for backbone in backbones:
+        with init_empty_weights():
+            sizes[backbone] = {part: round(sum(p.numel() for p in build_part(*spec).parameters()) / 1e6, 1)
+                               for part, spec in BACKBONES[backbone]["parts"].items()}
+    return sizes
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    backbones = ["sd15", "sdxl"] if args.backbone == "all" else [args.backbone]
+    if args._write:  # in a process of its own, so that the parent stays small (see peak_bytes)
+        backbone, zeroft = args._write.split(",")
+        base = write_models(backbone, args.cache)
+        if zeroft == "1":
+            write_checkpoint(backbone, base)
+        return {}
+    if args._case:
+        backbone, loader, quantization, dtype, out = args._case.split(",", 4)
+        run_case(backbone, loader, quantization, args.steps, dtype, args.cache, Path(out))
+        return {}
+    if args.dry_run:
+        return report({"benchmark": "full_size", "dry_run": True, "million_parameters": plan(backbones)},
+                      "dry run: nothing written or measured")
+    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    results.update({"benchmark": "full_size", **machine(), "steps": args.steps})
+    cases = results.setdefault("cases", {})
+    for backbone in backbones:
+        failure = watched([sys.executable, "-m", "bench.full_size", "--cache", str(args.cache),
+                           "--_write", f"{backbone},{int('zeroft' in args.loaders)}"], args.min_available_gib)
+        if failure:
+            raise RuntimeError(f"writing the {backbone} models {failure}")
+        dtypes = [BACKBONES[backbone]["dtype"] if d == "auto" else d for d in args.dtype.split(",")]
+        for dtype, loader in ((d, loader) for d in dtypes for loader in args.loaders.split(",")):
+            for quantization in args.quantizations.split(","):
+                name = f"{backbone}/{dtype}/{loader}/{quantization}"
+                out = args.cache / f"case-{name.replace('/', '-')}.json"
+                out.unlink(missing_ok=True)
+                failure = watched([sys.executable, "-m", "bench.full_size", "--steps", str(args.steps), "--cache",
+                                   str(args.cache), "--_case", f"{backbone},{loader},{quantization},{dtype},{out}"],
+                                  args.min_available_gib)
+                cases[name] = {"error": failure} if failure or not out.is_file() else json.loads(out.read_text())
+                args.results.parent.mkdir(parents=True, exist_ok=True)
+                args.results.write_text(json.dumps(results, indent=2) + "\n")  # after each case: hours of work
+    return report(results, table(cases))
+
+
+def table(cases: dict) -> str:
+    lines = [f"{'case':40} {'load s':>7} {'RSS after load':>14} {'peak load':>9} {'peak':>6} {'s/step 2br':>10} {'3br':>6}"]
+    for name, case in sorted(cases.items()):
+        if "error" in case:
+            lines.append(f"{name:40} {case['error']}")
+            continue
+        equal = case.get("equal_weights_s_per_step", case.get("equal_weights_s_per_image"))
+        unequal = case.get("unequal_weights_s_per_step", case.get("unequal_weights_s_per_image"))
+        lines.append(f"{name:40} {case['load_s']:7.1f} {case['rss_after_load_gib']:11.2f} GiB {case['peak_during_load_gib']:9.2f} "
+                     f"{case['peak_gib']:6.2f} {equal:10.1f} {unequal:6.1f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
