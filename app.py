@@ -2,10 +2,16 @@
 
     python app.py [--checkpoint DIR_OR_ID] [--host 127.0.0.1] [--port 7860] [--share]
 
+It opens on the best model the machine can run (app_inputs.default_checkpoint: --checkpoint, else
+$ZEROFT_CHECKPOINT, else the real SDXL preset on a CUDA GPU, else the embedded toy model, which the
+page then introduces as the CPU demo); the examples follow the selected model (toy objects, or real
+photos with committed masks).
+
 Layout lives in ``build_demo``; the handlers below turn the photo and the editor's mask layers
-into one call into zeroft. The model loads on the first request (``import app`` loads no weights)
-and is shared by all users, one generation at a time; each request carries its own photo and
-mask, and zeroft's caches are keyed by content, so no request can see another's data.
+(app_editor.py) into one call into zeroft. The model loads on the first request (``import app``
+loads no weights; on ZeroGPU it loads at start-up, app_zerogpu.py) and is shared by all users, one
+generation at a time; each request carries its own photo and mask, and zeroft's caches are keyed
+by content, so no request can see another's data.
 
 Every image the app reads (the uploaded photo, mask layers, the /mask endpoint's photo) is the
 file's own bytes decoded by ``zeroft.load_image``, as the CLI decodes it: gradio's own conversion
@@ -14,6 +20,8 @@ is bypassed, so 16-bit, palette and EXIF-rotated photos, bombs and broken files 
 """
 
 from __future__ import annotations
+
+import app_zerogpu  # first: on ZeroGPU, spaces must be imported before anything initialises CUDA
 
 import argparse
 import functools
@@ -28,94 +36,31 @@ import torch
 from PIL import Image
 
 import zeroft
-from app_inputs import (APP_DIR, MAX_UPLOAD, App, CheckpointChoice, Checkpoints, PhotoEditor, PhotoInput,  # noqa: F401
-                        PhotoUpload, SeedBox, Setting, allowed_checkpoints, as_image, user_error)
+from app_editor import ADD, REMOVE, TINT, photo_and_mask, shown_digest, strokes, tinted  # noqa: F401
+from app_inputs import (APP_DIR, CHECKPOINT_ENV, GPU_PRESETS, MAX_UPLOAD, REAL_DEFAULT, REAL_EXAMPLES, TOY_EXAMPLES, App,  # noqa: F401
+                        CheckpointChoice, Checkpoints, Example, PhotoEditor, PhotoInput, PhotoUpload, SeedBox,
+                        Setting, allowed_checkpoints, as_image, committed_mask, default_checkpoint, load_examples, user_error)
 from zeroft.config import EncoderConfig, ZeroFTConfig
 from zeroft.encoder import object_view
 from zeroft.images import LoadedImage
-from zeroft.masking import fit_mask
 from zeroft.validation import GUIDANCE_RANGE, NUM_IMAGES_RANGE, STEPS_RANGE
 
-try:  # on Hugging Face Spaces (ZeroGPU) this requests a GPU per call; elsewhere spaces.GPU(f) is f
-    import spaces
-
-    gpu = spaces.GPU
-except ImportError:  # spaces is optional off Spaces
-    def gpu(function):
-        return function
-
-EXAMPLES = APP_DIR / "assets" / "examples"
+EXAMPLES = TOY_EXAMPLES  # the toy examples (the gradio_client example in README.md uses one)
+EXAMPLE_FOLDERS = [str(TOY_EXAMPLES), str(REAL_EXAMPLES)]  # the folders launch() may serve files from
 CACHE_CLEANUP = (1800, 7200)  # gradio's upload/result cache: every 30 min, delete files older than 2 h
 PIPELINE = "pipeline"  # the one concurrency group of every event that runs the shared pipeline
 TIME_BUDGET = 120.0  # seconds one request may take (its estimate, zeroft.validation.check_time_budget), so one
 # user cannot hold the only worker for minutes; --time-budget changes it
 SIZE_FALLBACK = (64, 1024, 64)  # size slider (smallest, largest, step) where no model's limits are known before loading
 QUANTIZATION_CHOICES = ["none", "int8"] + (["bnb-8bit", "bnb-4bit"] if torch.cuda.is_available() else [])
-
-
-# ---------------------------------------------------------------------------------------------- editor glue
-#
-# The editor shows the photo with the automatic mask tinted pink on it. Strokes on its layer
-# edit that mask: the pink brush adds, the dark brush removes, the eraser takes strokes back.
-# (gradio 6.31's editor stores layers set from Python but does not draw them, hence the tint
-# on the background instead of a mask layer.) The decoded photo and the automatic mask stay
-# in the session's state; API calls, which have no state, send the plain photo and optional
-# stroke layers, and get the automatic mask when they paint nothing.
-
-ADD = (255, 0, 200)  # brush colour that marks the object
-REMOVE = (40, 40, 40)  # brush colour that marks background
-TINT = 0.45  # opacity of the automatic mask's pink on the photo
-
-
-def tinted(photo: Image.Image, mask: np.ndarray) -> Image.Image:
-    rgba = np.asarray(photo.convert("RGBA"), dtype=np.float32)
-    weight = (TINT * mask)[..., None]
-    rgba[..., :3] = rgba[..., :3] * (1 - weight) + np.array(ADD, np.float32) * weight
-    return Image.fromarray(rgba.round().astype(np.uint8), "RGBA")
-
-
-def strokes(layers: list[LoadedImage], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(added, removed) masks in [0, 1] painted on the layers, fitted to the photo by zeroft's rule.
-
-    Raises:
-        gr.Error: a layer whose aspect ratio differs from the photo's (zeroft.masking.fit_mask).
-    """
-    added = np.zeros((size[1], size[0]), np.float32)
-    removed = np.zeros_like(added)
-    for layer in layers:
-        rgb = np.asarray(layer.rgb, dtype=np.float32) / 255.0
-        opacity = np.ones(rgb.shape[:2], np.float32) if layer.alpha is None else layer.alpha
-        alpha = np.clip(opacity / 0.6, 0, 1)  # the brushes paint at 60 % opacity
-        is_add = rgb[..., 0] > 0.5
-        try:
-            added = np.maximum(added, fit_mask(np.where(is_add, alpha, 0), size))
-            removed = np.maximum(removed, fit_mask(np.where(is_add, 0, alpha), size))
-        except zeroft.InputError as error:
-            raise user_error(str(error)) from None
-    return added, removed
-
-
-def shown_digest(background: Image.Image | LoadedImage) -> str:
-    """Identifies the (opaque) image the editor shows, whether built here or read back from the browser."""
-    rgb = background.rgb if isinstance(background, LoadedImage) else background.convert("RGB")
-    return zeroft.cache.image_digest(rgb)
-
-
-def photo_and_mask(editor: dict | None, session: dict | None = None) -> tuple[LoadedImage, np.ndarray | None]:
-    """The photo and the mask to encode; mask None means 'the photo's alpha, else automatic' (nothing painted, no session)."""
-    if not editor or editor.get("background") is None:
-        raise user_error("Upload a photo first.")
-    shown = editor["background"]
-    if session and session.get("shown") == shown_digest(shown):
-        photo, base = session["photo"], session["auto"] if session["use_auto"] else None
-    else:
-        photo, base = shown, None
-    layers = editor.get("layers") or []
-    if base is None and not layers:
-        return photo, None
-    added, removed = strokes(layers, photo.rgb.size)
-    mask = added if base is None else np.maximum(base, added)
-    return photo, mask * (1 - removed)
+TOY_NOTE = (
+    "**This is the CPU demo.** The model selected, `zeroft-toy`, is a small model trained on coloured shapes "
+    "(circles, squares and triangles, plain, striped or dotted) at 64 × 64 pixels. It understands photos of ONE "
+    "such object on a plain background, like the examples below; a photo of a real object (your dog, a mug) "
+    "comes back as coloured shapes. Real photos need a GPU and one of the real presets ("
+    + ", ".join(f"`{name}`" for name in GPU_PRESETS) + f"): on a CUDA machine `python app.py` opens on "
+    f"`{REAL_DEFAULT}`."
+)
 
 
 # ---------------------------------------------------------------------------------------------- handlers
@@ -131,6 +76,10 @@ _automatic_masks = zeroft.cache.LRUCache(64)  # (photo digest, masker spec) -> m
 
 
 def _automatic(photo: LoadedImage, config: ZeroFTConfig | None) -> np.ndarray:
+    """The photo's automatic mask; an example photo's is its committed mask (no masker model needed)."""
+    committed = committed_mask(photo)
+    if committed is not None:
+        return committed
     try:
         masker = _masker(config.masker if config else zeroft.masking.DEFAULT_MASKER)
         return zeroft.choose_mask(photo, masker=masker, cache=_automatic_masks)
@@ -158,6 +107,8 @@ class Handlers:
     display: Callable
     size_slider: Callable
     mask_api: Callable
+    model_view: Callable
+    gpu_seconds: Callable
 
 
 def make_handlers(offered: Checkpoints, time_budget: float = TIME_BUDGET) -> Handlers:
@@ -220,6 +171,8 @@ def make_handlers(offered: Checkpoints, time_budget: float = TIME_BUDGET) -> Han
     def generate(editor, prompt, negative_prompt, text_guidance, object_guidance, steps, num_images, seed,
                  random_seed, size, quantization, checkpoint, session=None, progress=gr.Progress()):
         photo, mask = photo_and_mask(editor, session)
+        if mask is None:  # nothing painted and no session (an example, an API call): an example's committed mask
+            mask = committed_mask(photo)
         if random_seed or seed is None:
             seed = random.randrange(2**31)
         pipe = pipeline(checkpoint, quantization)
@@ -258,15 +211,40 @@ def make_handlers(offered: Checkpoints, time_budget: float = TIME_BUDGET) -> Han
         default = config.defaults.height if config else high
         return gr.update(minimum=low, maximum=high, step=step, value=min(max(default, low), high))
 
-    return Handlers(gpu(generate), automatic_mask, clear_mask, on_change, on_upload, display, size_slider, mask_api)
+    def model_view(checkpoint):
+        """What follows the selected model: the toy demo's note, and which examples show (toy or real photos)."""
+        toy = offered.is_toy(checkpoint)
+        return gr.update(visible=toy), gr.update(visible=toy), gr.update(visible=not toy)
+
+    def gpu_seconds(editor, prompt, negative_prompt, text_guidance, object_guidance, steps, num_images, seed,
+                    random_seed, size, quantization, checkpoint, session=None, progress=None) -> int:
+        """The GPU time a ZeroGPU call asks for (its duration function, called with generate's arguments)."""
+        config = offered.config(checkpoint)
+        native = offered.native_size(checkpoint) or (config.defaults.height if config else 1024)
+        try:
+            steps, num_images, size = int(steps), int(num_images), int(size)
+        except (TypeError, ValueError):  # generate refuses such a request at once
+            return app_zerogpu.OVERHEAD_SECONDS
+        return app_zerogpu.gpu_seconds(steps=steps, num_images=num_images, size=size,
+                                       backbone=config.backbone if config else "sdxl", native_size=native)
+
+    return Handlers(app_zerogpu.gpu(generate, gpu_seconds), automatic_mask, clear_mask, on_change, on_upload, display,
+                    size_slider, mask_api, model_view, gpu_seconds)
 
 
 # ---------------------------------------------------------------------------------------------- layout
 
 
-def build_demo(handlers: Handlers, checkpoints: Checkpoints, examples: list[list] | None = None) -> gr.Blocks:
-    """The app's layout; every model call goes through the handler functions passed in."""
+def build_demo(handlers: Handlers, checkpoints: Checkpoints, examples: list[Example] | None = None,
+               real_examples: list[Example] | None = None) -> gr.Blocks:
+    """The app's layout; every model call goes through the handler functions passed in.
+
+    ``examples`` (toy objects) show while a toy-scale model is selected, with the note that this is the
+    CPU demo; ``real_examples`` (photos) show for the others.
+    """
     default = checkpoints.names[0] if checkpoints.names else ""
+    toy = checkpoints.is_toy(default) if default else True
+    first = (examples if toy else real_examples) or examples or real_examples or []
     config = checkpoints.config(default)
     d = config.defaults if config else zeroft.GenerationDefaults()
     # the size slider spans every offered model's range (API calls are checked by the library, per model);
@@ -277,6 +255,7 @@ def build_demo(handlers: Handlers, checkpoints: Checkpoints, examples: list[list
         gr.Markdown("# zeroft\nOne photo of an object + a prompt → new images of that same object, "
                     "with no fine-tuning. Upload a photo: the automatic object mask is tinted pink. "
                     "Edit it with the brush: pink adds to the object, dark marks background, the eraser takes strokes back.")
+        note = gr.Markdown(TOY_NOTE, visible=toy, elem_id="toy-note")
         with gr.Row():
             with gr.Column(scale=1):
                 upload = PhotoUpload("Upload a photo", file_types=["image"], variant="primary", size="sm", elem_id="upload")
@@ -290,7 +269,7 @@ def build_demo(handlers: Handlers, checkpoints: Checkpoints, examples: list[list
                     clear_button = gr.Button("Clear mask", size="sm", elem_id="clear-mask")
                 masked = gr.Image(label="What the encoder sees", interactive=False, height=160, elem_id="preview")
             with gr.Column(scale=1):
-                prompt = gr.Textbox(label="Prompt", value=(examples[0][1] if examples else ""), lines=2,
+                prompt = gr.Textbox(label="Prompt", value=(first[0].prompt if first else ""), lines=2,
                                     max_length=zeroft.validation.MAX_PROMPT_CHARS, elem_id="prompt")
                 negative = gr.Textbox(label="Negative prompt", value=d.negative_prompt, elem_id="negative")
                 text_guidance = Setting(*GUIDANCE_RANGE, value=d.text_guidance, step=0.5, label="Text guidance",
@@ -334,35 +313,47 @@ def build_demo(handlers: Handlers, checkpoints: Checkpoints, examples: list[list
             mask_result = gr.Image(type="pil", format="png", label="mask")
             mask_button = gr.Button("mask")
         mask_button.click(h.mask_api, mask_photo, mask_result, api_name="mask", concurrency_limit=2)
-        if examples:
-            def run_example(example_editor, example_prompt, progress=gr.Progress()):
-                return h.generate(example_editor, example_prompt, d.negative_prompt, d.text_guidance, d.object_guidance,
-                                d.steps, 2, 0, False, d.height, "none", default, None, progress)
 
-            shown = gr.Examples(examples, [editor, prompt], api_visibility="private")
-            # run on click, in the pipeline's concurrency group (gr.Examples' own run_on_click has a group of its own)
-            shown.load_input_event.then(run_example, [editor, prompt], [gallery, used, seed], api_name="run_example",
-                                        api_visibility="undocumented", concurrency_id=PIPELINE, concurrency_limit=1)
+        def run_example(example_editor, example_prompt, name, progress=gr.Progress()):
+            """An example at the selected model's own settings."""
+            config = checkpoints.config(name)
+            e = config.defaults if config else zeroft.GenerationDefaults()
+            return h.generate(example_editor, example_prompt, e.negative_prompt, e.text_guidance, e.object_guidance,
+                              e.steps, 2, 0, False, e.height, "none", name, None, progress)
+
+        boxes = []
+        for rows, visible, api_name in ((examples, toy, "run_example"), (real_examples, not toy, "run_real_example")):
+            with gr.Column(visible=visible) as box:
+                if rows:
+                    shown = gr.Examples([[e.image, e.prompt] for e in rows], [editor, prompt], api_visibility="private",
+                                        label="Examples" if rows is examples else "Example photos")
+                    # run on click, in the pipeline's concurrency group (gr.Examples' run_on_click has a group of its own)
+                    shown.load_input_event.then(run_example, [editor, prompt, checkpoint], [gallery, used, seed],
+                                                api_name=api_name, api_visibility="undocumented",
+                                                concurrency_id=PIPELINE, concurrency_limit=1)
+            boxes.append(box)
+        gr.on([demo.load, checkpoint.change], h.model_view, checkpoint, [note, *boxes], show_progress="hidden",
+              api_visibility="private")
     return demo
 
 
-def load_examples() -> list[list]:
-    listing = EXAMPLES / "examples.json"
-    if not listing.is_file():
-        return []
-    return [[str(EXAMPLES / e["image"]), e["prompt"]] for e in json.loads(listing.read_text())]
-
-
 def create_app(checkpoint: str | None = None, time_budget: float = TIME_BUDGET) -> gr.Blocks:
-    offered = Checkpoints(checkpoint)
-    demo = build_demo(make_handlers(offered, time_budget), checkpoints=offered, examples=load_examples())
+    """The app on ``checkpoint``, else on app_inputs.default_checkpoint's choice (the real default where a GPU is).
+
+    On ZeroGPU the default model is loaded, to ``cuda``, now (app_zerogpu); elsewhere on the first request.
+    """
+    offered = Checkpoints(default_checkpoint(checkpoint))
+    app_zerogpu.preload(lambda: zeroft.get_pipeline(offered.where(offered.names[0]), device="cuda"))
+    demo = build_demo(make_handlers(offered, time_budget), checkpoints=offered, examples=load_examples(TOY_EXAMPLES),
+                      real_examples=load_examples(REAL_EXAMPLES))
     demo.queue(max_size=16, default_concurrency_limit=1)
     return demo
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="zeroft's Gradio app")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint folder, Hub id or preset (default: embedded)")
+    parser.add_argument("--checkpoint", default=None, help=f"checkpoint folder, Hub id or preset (default: ${CHECKPOINT_ENV}, else {REAL_DEFAULT} on a "
+                        "CUDA GPU, else the embedded toy model)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
@@ -377,7 +368,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     create_app(args.checkpoint, args.time_budget).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                       max_file_size=MAX_UPLOAD, allowed_paths=[str(EXAMPLES)])
+                                       max_file_size=MAX_UPLOAD, allowed_paths=EXAMPLE_FOLDERS)
 
 
 if __name__ == "__main__":

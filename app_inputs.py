@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -28,12 +31,30 @@ from zeroft.validation import size_limits
 
 APP_DIR = Path(__file__).resolve().parent
 GPU_PRESETS = tuple(IP_ADAPTER_PRESETS)  # offered where a CUDA GPU is: ip-adapter-sd15, -sdxl-vit-h, -sdxl
+# The default where a GPU is: SDXL (1024 px), with the ViT-H/14 image encoder (632M parameters, a 2.5 GB
+# file shared with ip-adapter-sd15) rather than ip-adapter-sdxl's ViT-bigG/14 (1,845M, 3.7 GB in fp16):
+# a smaller download, start-up and memory for the same UNet and adapter layout (zeroft/presets.py). We found
+# no documented quality reason to prefer bigG; ip-adapter-sdxl stays one choice away in the Model list.
+REAL_DEFAULT = "ip-adapter-sdxl-vit-h"
+CHECKPOINT_ENV = "ZEROFT_CHECKPOINT"  # the default model where --checkpoint is not given (a Space's variable)
+REAL_SCALE = 256  # px: a model whose native side is smaller is a toy (the embedded one: 64 px, coloured shapes)
 MAX_UPLOAD = 20 * 2**20  # bytes: the cap on every file the app decodes, whatever route it came by
 
 
 def user_error(message: str) -> gr.Error:
     """A plain message for the user; expected input errors print no traceback in the server's log."""
     return gr.Error(message, print_exception=False)
+
+
+def real_models_here() -> bool:
+    """Whether the real presets are offered: a CUDA GPU (a ZeroGPU Space's included) and the Hub not switched off."""
+    return torch.cuda.is_available() and os.environ.get("HF_HUB_OFFLINE") != "1"
+
+
+def default_checkpoint(checkpoint: str | None = None) -> str | None:
+    """The model the app opens on: ``--checkpoint``, else $ZEROFT_CHECKPOINT, else REAL_DEFAULT where the real
+    presets are offered, else None (the embedded toy model)."""
+    return checkpoint or os.environ.get(CHECKPOINT_ENV) or (REAL_DEFAULT if real_models_here() else None)
 
 
 def checkpoint_config(where: str) -> ZeroFTConfig | None:
@@ -57,7 +78,7 @@ class Checkpoints:
             self._add(extra)
         if EMBEDDED_CHECKPOINT.is_dir():
             self._add("zeroft-toy")
-        if torch.cuda.is_available() and os.environ.get("HF_HUB_OFFLINE") != "1":
+        if real_models_here():
             for preset in GPU_PRESETS:  # real-scale models: minutes per image on a CPU, seconds on a GPU
                 self._add(preset)
 
@@ -102,18 +123,34 @@ class Checkpoints:
         return self._where[name]
 
     def config(self, name: str) -> ZeroFTConfig | None:
-        return checkpoint_config(self._where[name]) if name in self._where else None
-
-    def size_range(self, name: str) -> tuple[int, int, int] | None:
-        """(smallest, largest, step) output side for a model on this machine: zeroft.validation.size_limits of its
-        native size, read from its config files (None where they are not at hand without a download)."""
+        """A model's config without loading weights: a folder's own, or what a preset's will say (its
+        defaults, masker and encoder; the adapter's dimensions, unknown before its file is read, are 0)."""
         where = self._where.get(name)
+        if where in IP_ADAPTER_PRESETS:
+            return IP_ADAPTER_PRESETS[where].zeroft_config(image_embed_dim=0, cross_attention_dim=0, num_tokens=0)
+        return checkpoint_config(where) if where is not None else None
+
+    def native_size(self, name: str) -> int | None:
+        """A model's native output side from its config files or its preset (None where that needs a download)."""
+        where = self._where.get(name)
+        if where in IP_ADAPTER_PRESETS:
+            return IP_ADAPTER_PRESETS[where].native_size
         if where is None or not Path(where).is_dir():
             return None
         try:
-            native = native_size_of(where)
+            return native_size_of(where)
         except (OSError, ValueError, zeroft.InputError):
             return None  # loading the model reports what is wrong with it
+
+    def is_toy(self, name: str) -> bool:
+        """Whether a model is toy-scale: the embedded one (coloured shapes, 64 px) or any under REAL_SCALE."""
+        native = self.native_size(name)
+        return name == "zeroft-toy" or (native is not None and native < REAL_SCALE)
+
+    def size_range(self, name: str) -> tuple[int, int, int] | None:
+        """(smallest, largest, step) output side for a model on this machine: zeroft.validation.size_limits of its
+        native size (None where that is not at hand without a download)."""
+        native = self.native_size(name)
         if native is None:
             return None
         low, high = size_limits(native, pick_device(None))
@@ -131,6 +168,56 @@ def allowed_checkpoints(extra: str | None = None) -> list[str]:
     """Where the offered models live, the default first: for the server's own use (the page shows only names)."""
     offered = Checkpoints(extra)
     return [offered.where(name) for name in offered.names]
+
+
+# ---------------------------------------------------------------------------------------------- examples
+
+TOY_EXAMPLES = APP_DIR / "assets" / "examples"  # held-out toy objects, for toy-scale models
+REAL_EXAMPLES = APP_DIR / "assets" / "examples-real"  # real photos with committed masks (LICENSES.md there)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example row: a photo, its prompt and, for real photos, the object mask made once and committed."""
+
+    image: str  # path of the photo
+    prompt: str
+    mask: str | None = None  # path of an 8-bit mask (white = object) the size of the photo
+
+
+def load_examples(folder: Path = TOY_EXAMPLES) -> list[Example]:
+    """The examples listed in ``folder/examples.json`` (records: image, prompt, optional mask, identity)."""
+    listing = folder / "examples.json"
+    if not listing.is_file():
+        return []
+    return [Example(str(folder / e["image"]), e["prompt"], str(folder / e["mask"]) if e.get("mask") else None)
+            for e in json.loads(listing.read_text())]
+
+
+@functools.lru_cache(maxsize=1)
+def _committed_masks() -> dict[tuple[tuple[int, int], str], str]:
+    """(size, digest) of each example photo as zeroft decodes it → its committed mask file."""
+    masks = {}
+    for example in load_examples(TOY_EXAMPLES) + load_examples(REAL_EXAMPLES):
+        if example.mask:
+            rgb = zeroft.load_image(example.image).rgb
+            masks[(rgb.size, zeroft.cache.image_digest(rgb))] = example.mask
+    return masks
+
+
+def committed_mask(photo: LoadedImage) -> np.ndarray | None:
+    """The committed mask in [0, 1] of an example photo (by content, however it arrived), else None.
+
+    It stands in for the automatic mask, so a real example works where the automatic masker's model
+    has not been downloaded.
+    """
+    masks = _committed_masks()
+    if not any(size == photo.rgb.size for size, _ in masks):  # most photos: no digest to compute
+        return None
+    path = masks.get((photo.rgb.size, zeroft.cache.image_digest(photo.rgb)))
+    if path is None:
+        return None
+    return zeroft.prepare_mask(np.asarray(Image.open(path).convert("L"), np.float32) / 255.0, photo.rgb.size)
 
 
 # ---------------------------------------------------------------------------------------------- reading uploads

@@ -38,7 +38,7 @@ def server(tiny_checkpoint):
     """The app serving the tiny checkpoint: (url, the name it shows for it)."""
     demo = app.create_app(str(tiny_checkpoint))
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-                            max_file_size=app.MAX_UPLOAD, allowed_paths=[str(app.EXAMPLES)])
+                            max_file_size=app.MAX_UPLOAD, allowed_paths=app.EXAMPLE_FOLDERS)
     yield url, tiny_checkpoint.name
     demo.close()
 
@@ -48,7 +48,7 @@ def embedded_server():
     """The app as `python app.py` serves it: the embedded checkpoint, with the examples."""
     demo = app.create_app()
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-                            max_file_size=app.MAX_UPLOAD, allowed_paths=[str(app.EXAMPLES)])
+                            max_file_size=app.MAX_UPLOAD, allowed_paths=app.EXAMPLE_FOLDERS)
     yield url, "zeroft-toy"
     demo.close()
 
@@ -347,8 +347,8 @@ def test_an_example_and_generate_never_share_the_pipeline(client, server, tiny_c
     from gradio_client import Client, handle_file
 
     square_photo().save(tmp_path / "photo.png")
-    example_photo, example_prompt = app.load_examples()[0]
-    example = ({"background": handle_file(example_photo), "layers": [], "composite": None}, example_prompt)
+    shown = app.load_examples()[0]
+    example = ({"background": handle_file(shown.image), "layers": [], "composite": None}, shown.prompt, server[1])
     solo_generate = _pixels(_generate(client, server[1], _editor(tmp_path / "photo.png"), n=1)[0])
     solo_example = _pixels(client.predict(*example, api_name="/run_example")[0])
 
@@ -423,6 +423,11 @@ def test_a_real_browser_generates(embedded_server, tmp_path):
         browser = playwright.chromium.launch(executable_path=str(chromium), args=_browser_args())
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url, wait_until="load", timeout=90_000)
+        # the CPU face of the app: the toy model says what it is, and shows toy examples, not the real photos
+        expect(page.locator("#toy-note")).to_contain_text("CPU demo", timeout=30_000)
+        expect(page.locator("#toy-note")).to_contain_text("coloured shapes")
+        expect(page.get_by_text("Example photos")).to_have_count(0)
+        page.screenshot(path=str(ARTIFACTS / "app-cpu-first-visit.png"))
         _bad_uploads_are_named_once(page, expect, tmp_path)
         _upload(page, app.EXAMPLES / "object-02.png")
         expect(page.locator("#preview img")).to_be_visible(timeout=30_000)  # automatic mask → encoder preview

@@ -1,0 +1,224 @@
+"""The app's GPU face on this CPU: CUDA availability simulated, a stand-in ``spaces`` module, a tiny checkpoint
+standing in for the real preset, and "moving to cuda" simulated by loading on the CPU.
+
+What is checked: the default model on a GPU; ZeroGPU's load-once-at-start path; the duration asked of
+``@spaces.GPU``; that what crosses into the GPU worker pickles and what comes back holds PIL images and no
+tensors; the real example photos and their committed masks.
+"""
+
+import functools
+import pickle
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import app
+import app_inputs
+import app_zerogpu
+import zeroft
+
+from conftest import square_photo
+
+
+def _props(demo, elem_id: str) -> dict:
+    return next(c["props"] for c in demo.config["components"] if c.get("props", {}).get("elem_id") == elem_id)
+
+
+def _column_visibility(demo) -> list[bool]:
+    """Visibility of the columns that hold the two example sets, in layout order (toy, real)."""
+    parents = {}
+
+    def walk(node, parent):
+        parents[node["id"]] = parent
+        for child in node.get("children", []):
+            walk(child, node["id"])
+
+    walk(demo.config["layout"], None)
+    components = {c["id"]: c for c in demo.config["components"]}
+    datasets = [c["id"] for c in demo.config["components"] if c["type"] == "dataset"]
+    return [components[parents[d]]["props"].get("visible", True) for d in datasets]
+
+
+@pytest.fixture
+def gpu_machine(monkeypatch):
+    """CUDA present (simulated) and the Hub reachable, as on a GPU machine; no default set by the operator."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv(app_inputs.CHECKPOINT_ENV, raising=False)
+
+
+def test_the_default_model_follows_the_machine(monkeypatch):
+    """--checkpoint, else $ZEROFT_CHECKPOINT, else the real preset on a GPU, else the toy model."""
+    monkeypatch.delenv(app_inputs.CHECKPOINT_ENV, raising=False)
+    assert app.default_checkpoint() is None  # this CPU: the embedded toy model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert app.default_checkpoint() is None  # a GPU with the Hub switched off (HF_HUB_OFFLINE=1) offers no preset
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert app.default_checkpoint() == app.REAL_DEFAULT == "ip-adapter-sdxl-vit-h"
+    monkeypatch.setenv(app_inputs.CHECKPOINT_ENV, "ip-adapter-sd15")
+    assert app.default_checkpoint() == "ip-adapter-sd15"
+    assert app.default_checkpoint("zeroft-toy") == "zeroft-toy"
+
+
+def test_a_gpu_machine_opens_on_the_real_model_with_real_photos(gpu_machine):
+    """The page a first-time visitor gets on a GPU: SDXL selected (its size and guidance), the real photos as
+    examples, no toy note; nothing is loaded off ZeroGPU (the model loads on the first request)."""
+    zeroft.pipeline_cache.clear()
+    demo = app.create_app()
+    assert len(zeroft.pipeline_cache) == 0
+    model = _props(demo, "checkpoint")
+    assert model["value"] == app.REAL_DEFAULT
+    assert [c[0] for c in model["choices"]] == [app.REAL_DEFAULT, "zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl"]
+    assert _props(demo, "toy-note")["visible"] is False
+    assert _column_visibility(demo) == [False, True]
+    assert _props(demo, "size")["value"] == 1024 and _props(demo, "text-guidance")["value"] == 5.0
+    assert _props(demo, "prompt")["value"] == app.load_examples(app.REAL_EXAMPLES)[0].prompt
+    handlers = app.make_handlers(app.Checkpoints(app.default_checkpoint()))
+    shown = [update["visible"] for update in handlers.model_view("zeroft-toy")]
+    assert shown == [True, True, False]  # choosing the toy model brings its note and examples back
+
+
+def test_a_cpu_machine_says_it_is_the_toy_demo(monkeypatch):
+    monkeypatch.delenv(app_inputs.CHECKPOINT_ENV, raising=False)
+    demo = app.create_app()
+    note = _props(demo, "toy-note")
+    assert note["visible"] is True and "CPU demo" in note["value"] and "coloured shapes" in note["value"]
+    assert all(name in note["value"] for name in app.GPU_PRESETS)
+    assert _column_visibility(demo) == [True, False]
+
+
+def _tensors(value) -> list:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [t for item in value for t in _tensors(item)] if isinstance(value, (list, tuple)) else []
+
+
+class StandInSpaces(types.ModuleType):
+    """Records how ``spaces.GPU`` is applied and called; each call pickles what ZeroGPU would send to its worker."""
+
+    def __init__(self):
+        super().__init__("spaces")
+        self.decorated, self.durations = [], []
+
+    def GPU(self, function=None, *, duration=None, size=None):  # noqa: N802 (spaces' own name)
+        self.decorated.append((function, duration))
+
+        @functools.wraps(function)
+        def on_worker(*args, **kwargs):
+            self.durations.append(duration(*args, **kwargs) if callable(duration) else duration)
+            pickle.loads(pickle.dumps((args, {k: v for k, v in kwargs.items() if k != "progress"})))
+            result = function(*args, **kwargs)
+            assert not _tensors(result)  # a CUDA tensor returned from the worker hangs ZeroGPU
+            pickle.loads(pickle.dumps(result))
+            return result
+
+        return on_worker
+
+
+def test_zerogpu_loads_at_start_once_and_generates_pil_images(monkeypatch, tiny_checkpoint):
+    """On ZeroGPU (simulated): the default model loads to cuda when the app is built, not in the GPU call;
+    generation asks for its computed duration, sends picklable arguments and returns PIL images."""
+    stand_in = StandInSpaces()
+    monkeypatch.setitem(sys.modules, "spaces", stand_in)
+    monkeypatch.setattr(app_zerogpu, "spaces", stand_in)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setenv(app_inputs.CHECKPOINT_ENV, str(tiny_checkpoint))  # the tiny model stands in for the preset
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    loads = []
+    load = zeroft.loading.load_pipeline
+
+    def load_to_cuda(checkpoint, **kwargs):  # "moving to cuda": recorded, then done on the CPU
+        loads.append(str(kwargs["device"]))
+        return load(checkpoint, **{**kwargs, "device": torch.device("cpu"), "dtype": torch.float32})
+
+    monkeypatch.setattr(zeroft.loading, "load_pipeline", load_to_cuda)
+    zeroft.pipeline_cache.clear()
+    try:
+        demo = app.create_app()
+        assert loads == ["cuda"]  # at start-up, before any request
+        (function, duration), = stand_in.decorated
+        assert function.__name__ == "generate" and callable(duration)
+        generate = next(f.fn for f in demo.fns.values() if f.api_name == "generate")
+        name = tiny_checkpoint.name
+        handlers = app.make_handlers(app.Checkpoints(str(tiny_checkpoint)))
+        session = handlers.on_upload(zeroft.load_image(square_photo()), name)
+        editor = {"background": session["background"], "layers": [], "composite": None}
+        gallery, settings, seed = generate(editor, "a red square", "", 5.0, 3.0, 2, 2, 7, False, 64, "none", name,
+                                           session, progress=lambda *args, **kwargs: None)
+        assert loads == ["cuda"]  # the GPU call found the model loaded
+        assert stand_in.durations == [app_zerogpu.gpu_seconds(steps=2, num_images=2, size=64, backbone="sd",
+                                                               native_size=64)]
+        assert len(gallery) == 2 and all(isinstance(image, Image.Image) for image, _ in gallery)
+        assert settings["seeds"] == [7, 8] and seed == 7
+    finally:
+        zeroft.pipeline_cache.clear()
+
+
+def test_off_zerogpu_spaces_changes_nothing():
+    def f():
+        return 1
+
+    assert not app_zerogpu.on_zerogpu() and app_zerogpu.gpu(f, lambda: 5) is f  # the real spaces package
+    assert app_zerogpu.preload(lambda: pytest.fail("loaded off ZeroGPU")) is None
+
+
+def test_gpu_duration_grows_with_steps_images_and_backbone():
+    offered = app.Checkpoints(app.REAL_DEFAULT)
+    offered._add("ip-adapter-sd15")
+    seconds = app.make_handlers(offered).gpu_seconds
+
+    def ask(name, steps=30, n=1, size=None):
+        return seconds(None, "", "", 5.0, 5.0, steps, n, 0, False, size or offered.native_size(name), "none", name)
+
+    sdxl, sd15 = ask(app.REAL_DEFAULT), ask("ip-adapter-sd15")
+    assert app_zerogpu.OVERHEAD_SECONDS < sd15 < sdxl < ask(app.REAL_DEFAULT, n=2) < ask(app.REAL_DEFAULT, n=4)
+    assert ask(app.REAL_DEFAULT, steps=10) < sdxl and ask(app.REAL_DEFAULT, size=512) < sdxl
+    assert ask(app.REAL_DEFAULT, steps=100, n=8) == app_zerogpu.MAX_DURATION
+    assert seconds(None, "", "", 5.0, 5.0, None, 1, 0, False, 1024, "none", app.REAL_DEFAULT) == app_zerogpu.OVERHEAD_SECONDS
+
+
+def test_real_examples_use_their_committed_masks(monkeypatch):
+    """Each real photo (licence recorded) gets its committed mask, even where the masker's model is missing."""
+    examples = app.load_examples(app.REAL_EXAMPLES)
+    licences = (app.REAL_EXAMPLES / "LICENSES.md").read_text()
+    assert len(examples) >= 3
+    monkeypatch.setattr(app, "_masker", lambda spec: pytest.fail("the masker ran on an example photo"))
+    preset = app.Checkpoints(app.REAL_DEFAULT).config(app.REAL_DEFAULT)
+    for example in examples:
+        photo = zeroft.load_image(example.image)
+        assert max(photo.rgb.size) <= 768 and Image.open(example.image).format == "JPEG"
+        assert Path(example.image).name in licences and " it" in example.prompt  # the paper's style of prompt
+        mask = app._automatic(photo, preset)
+        committed = np.asarray(Image.open(example.mask).convert("L"), np.float32) / 255
+        assert mask.shape == committed.shape == (photo.rgb.height, photo.rgb.width)
+        assert np.array_equal(mask >= 0.5, committed >= 0.5) and 0.01 < (mask >= 0.5).mean() < 0.9
+    assert sum(p.stat().st_size for p in app.REAL_EXAMPLES.iterdir()) < 2 * 2**20
+
+
+def test_space_front_matter_names_the_presets_weights():
+    """README's front matter: every preset's Hub repositories under models:, the default's files preloaded."""
+    import yaml
+
+    readme = (Path(app.__file__).parent / "README.md").read_text()
+    front = yaml.safe_load(readme.split("---\n")[1])
+    assert front["app_file"] == "app.py" and front["python_version"] == "3.10.13"  # the one ZeroGPU runs
+    assert front["suggested_hardware"] == "zero-a10g"  # huggingface_hub's SpaceHardware.ZERO_A10G
+    presets = zeroft.presets.IP_ADAPTER_PRESETS
+    assert set(front["models"]) == {p.base_model for p in presets.values()} | {p.adapter_repo for p in presets.values()}
+    preload = {line.split()[0]: line.split()[1].split(",") for line in front["preload_from_hub"]}
+    default = presets[app.REAL_DEFAULT]
+    encoder_repo, _, encoder_file = default.encoder_pretrained.removeprefix("hf-hub:").partition("/models/")
+    assert default.adapter_file in preload[default.adapter_repo]
+    assert "models/" + encoder_file in preload[encoder_repo]
+    base = preload[default.base_model]
+    assert "model_index.json" in base and "unet/diffusion_pytorch_model.safetensors" in base
+    assert all(f"{part}/model.safetensors" in base for part in ("text_encoder", "text_encoder_2"))
