@@ -111,10 +111,16 @@ class Handlers:
     gpu_seconds: Callable
 
 
-def make_handlers(offered: Checkpoints, time_budget: float = TIME_BUDGET) -> Handlers:
-    """The handlers of the app that offers ``offered``; a request estimated over ``time_budget`` seconds is refused."""
+def make_handlers(offered: Checkpoints, time_budget: float = TIME_BUDGET, loaded: dict | None = None) -> Handlers:
+    """The handlers of the app that offers ``offered``; a request estimated over ``time_budget`` seconds is refused.
+
+    ``loaded``: pipelines loaded at start-up, by model name (ZeroGPU's default), used as they are when
+    a request asks for that model unquantized.
+    """
 
     def pipeline(name: str, quantization: str):
+        if loaded and name in loaded and quantization == "none":
+            return loaded[name]
         try:
             return zeroft.get_pipeline(offered.where(name), quantization=quantization)
         except zeroft.InputError as error:
@@ -343,8 +349,11 @@ def create_app(checkpoint: str | None = None, time_budget: float = TIME_BUDGET) 
     On ZeroGPU the default model is loaded, to ``cuda``, now (app_zerogpu); elsewhere on the first request.
     """
     offered = Checkpoints(default_checkpoint(checkpoint))
-    app_zerogpu.preload(lambda: zeroft.get_pipeline(offered.where(offered.names[0]), device="cuda"))
-    demo = build_demo(make_handlers(offered, time_budget), checkpoints=offered, examples=load_examples(TOY_EXAMPLES),
+    default = offered.names[0]
+    pipe = app_zerogpu.preload(lambda: zeroft.get_pipeline(offered.where(default), device="cuda",
+                                                           dtype=app_zerogpu.ZEROGPU_DTYPE))
+    handlers = make_handlers(offered, time_budget, loaded={default: pipe} if pipe is not None else None)
+    demo = build_demo(handlers, checkpoints=offered, examples=load_examples(TOY_EXAMPLES),
                       real_examples=load_examples(REAL_EXAMPLES))
     demo.queue(max_size=16, default_concurrency_limit=1)
     return demo

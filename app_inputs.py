@@ -166,7 +166,7 @@ class Checkpoints:
 
 def allowed_checkpoints(extra: str | None = None) -> list[str]:
     """Where the offered models live, the default first: for the server's own use (the page shows only names)."""
-    offered = Checkpoints(extra)
+    offered = Checkpoints(default_checkpoint(extra))
     return [offered.where(name) for name in offered.names]
 
 

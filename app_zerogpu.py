@@ -32,7 +32,10 @@ from collections.abc import Callable
 UNIT_SECONDS = {"sd": 0.03, "sdxl": 0.10}
 OVERHEAD_SECONDS = 15  # encoding the photo, decoding the images, moving them off the GPU, the first call's warm-up
 SAFETY = 1.5
-MAX_DURATION = 300  # s: a ZeroGPU call asks for at most this; the app's time budget refuses longer requests first
+# ZeroGPU's GPUs are H200 slices (compute capability 9.0), where zeroft.quantization.pick_dtype picks bf16;
+# named here because the main process has no GPU until a call, so it must not ask CUDA for its capability.
+ZEROGPU_DTYPE = "bf16"
+MAX_DURATION = 300  # s: the most one ZeroGPU call asks for
 
 
 def on_zerogpu() -> bool:

@@ -137,14 +137,14 @@ def test_zerogpu_loads_at_start_once_and_generates_pil_images(monkeypatch, tiny_
     load = zeroft.loading.load_pipeline
 
     def load_to_cuda(checkpoint, **kwargs):  # "moving to cuda": recorded, then done on the CPU
-        loads.append(str(kwargs["device"]))
+        loads.append((str(kwargs["device"]), kwargs["dtype"]))
         return load(checkpoint, **{**kwargs, "device": torch.device("cpu"), "dtype": torch.float32})
 
     monkeypatch.setattr(zeroft.loading, "load_pipeline", load_to_cuda)
     zeroft.pipeline_cache.clear()
     try:
         demo = app.create_app()
-        assert loads == ["cuda"]  # at start-up, before any request
+        assert loads == [("cuda", torch.bfloat16)]  # at start-up, before any request
         (function, duration), = stand_in.decorated
         assert function.__name__ == "generate" and callable(duration)
         generate = next(f.fn for f in demo.fns.values() if f.api_name == "generate")
@@ -154,7 +154,7 @@ def test_zerogpu_loads_at_start_once_and_generates_pil_images(monkeypatch, tiny_
         editor = {"background": session["background"], "layers": [], "composite": None}
         gallery, settings, seed = generate(editor, "a red square", "", 5.0, 3.0, 2, 2, 7, False, 64, "none", name,
                                            session, progress=lambda *args, **kwargs: None)
-        assert loads == ["cuda"]  # the GPU call found the model loaded
+        assert loads == [("cuda", torch.bfloat16)]  # the GPU call used the model loaded at start-up
         assert stand_in.durations == [app_zerogpu.gpu_seconds(steps=2, num_images=2, size=64, backbone="sd",
                                                                native_size=64)]
         assert len(gallery) == 2 and all(isinstance(image, Image.Image) for image, _ in gallery)
@@ -211,7 +211,7 @@ def test_space_front_matter_names_the_presets_weights():
     readme = (Path(app.__file__).parent / "README.md").read_text()
     front = yaml.safe_load(readme.split("---\n")[1])
     assert front["app_file"] == "app.py" and front["python_version"] == "3.10.13"  # the one ZeroGPU runs
-    assert front["suggested_hardware"] == "zero-a10g"  # huggingface_hub's SpaceHardware.ZERO_A10G
+    assert front["suggested_hardware"] == "a10g-large"  # a flavour the Spaces config reference lists (24 GB)
     presets = zeroft.presets.IP_ADAPTER_PRESETS
     assert set(front["models"]) == {p.base_model for p in presets.values()} | {p.adapter_repo for p in presets.values()}
     preload = {line.split()[0]: line.split()[1].split(",") for line in front["preload_from_hub"]}
