@@ -79,6 +79,18 @@ BACKBONES = {
 }
 QUANTIZED_PARTS = ("unet", "text_encoder", "text_encoder_2", "image_encoder")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+NOTES = [
+    "peak_gib is VmHWM of the case's own process (ru_maxrss inherits the parent's high-water mark across exec).",
+    "from_pretrained maps safetensors files and its tensors stay file-backed (RssFile) until first used, so its "
+    "RSS right after loading is small and its weights become resident during the first steps.",
+    "sdxl/float32 without quantization is not run: its weights alone are 21.3 GB (19.8 GiB) of this machine's 23 GiB.",
+    "int8 is torchao int8 weight-only on nn.Linear: SD1.5's UNet is 589M of 860M parameters in convolutions, which "
+    "stay in the compute dtype; SDXL's UNet has 2233M of 2567M in Linear layers.",
+    "zeroft rows go through load_pipeline as it is (int8: TorchAoConfig at load, encoder not quantized) and time "
+    "whole 1-step images (encoders, UNet, decode); the table's last two columns are then seconds per image.",
+    "Times come from 2 cores shared with other jobs (one step per case): a 3-branch step faster than a 2-branch "
+    "one is that noise; the memory figures do not depend on it.",
+]
 
 
 def model_class(name: str) -> type:
@@ -330,6 +342,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "full_size.json")
     parser.add_argument("--min-available-gib", type=float, default=2.0)
     parser.add_argument("--dry-run", action="store_true", help="print the plan and each model's size; write nothing")
+    parser.add_argument("--report-only", action="store_true", help="recompute the summary of --results; run nothing")
     parser.add_argument("--_case", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_write", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -364,8 +377,12 @@ def main(argv=None) -> dict:
         return report({"benchmark": "full_size", "dry_run": True, "million_parameters": plan(backbones)},
                       "dry run: nothing written or measured")
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    results.update({"benchmark": "full_size", **machine(), "steps": args.steps})
     cases = results.setdefault("cases", {})
+    if args.report_only:
+        results["peak_ratios"], results["notes"] = peak_ratios(cases), NOTES
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
+        return report(results, table(cases))
+    results.update({"benchmark": "full_size", **machine(), "steps": args.steps})
     for backbone in backbones:
         failure = watched([sys.executable, "-m", "bench.full_size", "--cache", str(args.cache),
                            "--_write", f"{backbone},{int('zeroft' in args.loaders)}"], args.min_available_gib)
@@ -383,7 +400,20 @@ def main(argv=None) -> dict:
                 cases[name] = {"error": failure} if failure or not out.is_file() else json.loads(out.read_text())
                 args.results.parent.mkdir(parents=True, exist_ok=True)
                 args.results.write_text(json.dumps(results, indent=2) + "\n")  # after each case: hours of work
+    results["peak_ratios"], results["notes"] = peak_ratios(cases), NOTES
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
     return report(results, table(cases))
+
+
+def peak_ratios(cases: dict) -> dict:
+    """Each case's peak over the unquantized from_pretrained peak of the same backbone and dtype."""
+    ratios = {}
+    for name, case in sorted(cases.items()):
+        backbone, dtype, loader, quantization = name.split("/")
+        baseline = cases.get(f"{backbone}/{dtype}/from_pretrained/none", {})
+        if "peak_gib" in case and "peak_gib" in baseline and name != f"{backbone}/{dtype}/from_pretrained/none":
+            ratios[name] = round(case["peak_gib"] / baseline["peak_gib"], 2)
+    return ratios
 
 
 def table(cases: dict) -> str:
