@@ -195,7 +195,7 @@ def test_real_examples_use_their_committed_masks(monkeypatch):
     preset = app.Checkpoints(app.REAL_DEFAULT).config(app.REAL_DEFAULT)
     for example in examples:
         photo = zeroft.load_image(example.image)
-        assert max(photo.rgb.size) <= 768 and Image.open(example.image).format == "JPEG"
+        assert max(photo.rgb.size) <= 768 and Image.open(example.image).format == "PNG"
         assert Path(example.image).name in licences and " it" in example.prompt  # the paper's style of prompt
         mask = app._automatic(photo, preset)
         committed = np.asarray(Image.open(example.mask).convert("L"), np.float32) / 255
@@ -222,3 +222,14 @@ def test_space_front_matter_names_the_presets_weights():
     base = preload[default.base_model]
     assert "model_index.json" in base and "unet/diffusion_pytorch_model.safetensors" in base
     assert all(f"{part}/model.safetensors" in base for part in ("text_encoder", "text_encoder_2"))
+
+
+def test_a_real_example_generates_with_its_committed_mask(tiny_checkpoint, monkeypatch):
+    """Clicked (no session, nothing painted), a real example is encoded with its committed mask: no masker runs."""
+    monkeypatch.setattr(app, "_masker", lambda spec: pytest.fail("the masker ran on an example photo"))
+    handlers = app.make_handlers(app.Checkpoints(str(tiny_checkpoint)))
+    example = app.load_examples(app.REAL_EXAMPLES)[0]
+    editor = {"background": zeroft.load_image(example.image), "layers": [], "composite": None}
+    gallery, settings, _ = handlers.generate(editor, example.prompt, "", 5.0, 3.0, 2, 1, 0, False, 64, "none",
+                                             tiny_checkpoint.name, progress=lambda *args, **kwargs: None)
+    assert len(gallery) == 1 and settings["masks"] == ["given"]
