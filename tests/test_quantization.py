@@ -25,6 +25,24 @@ def test_int8_is_close_to_fp32_and_smaller(tiny_checkpoint, tiny_pipe, photo):
     assert deviation.mean() < INT8_MEAN_TOLERANCE and deviation.max() < INT8_MAX_TOLERANCE
 
 
+def test_int8_streams_every_network_it_quantizes(tiny_checkpoint, tiny_pipe, monkeypatch):
+    """int8 reads the UNet, text encoder and object encoder tensor by tensor (zeroft.streaming), each Linear
+    quantized as it arrives; from_pretrained never builds them in full precision first."""
+    from diffusers import UNet2DConditionModel
+
+    import zeroft.streaming
+
+    streamed = []
+    real = zeroft.streaming.load_streaming
+    monkeypatch.setattr(zeroft.streaming, "load_streaming",
+                        lambda cls, *a, **k: streamed.append(k.get("subfolder")) or real(cls, *a, **k))
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("built whole")))
+    int8 = ZeroFTPipeline.from_pretrained(tiny_checkpoint, device="cpu", quantization="int8")
+    assert sorted(streamed) == ["text_encoder", "unet"]
+    for name in ("unet", "text_encoder", "object_encoder"):
+        assert linear_weight_bytes(getattr(tiny_pipe, name)) / linear_weight_bytes(getattr(int8, name)) > 2.5, name
+
+
 def test_int8_cannot_be_saved(tiny_checkpoint, tmp_path):
     int8 = ZeroFTPipeline.from_pretrained(tiny_checkpoint, device="cpu", quantization="int8")
     with pytest.raises(ValueError, match="quantized"):

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from .adapter import adapter_state_dict, load_object_attention
 from .backbones import Backbone, backbone_of_index, get_backbone
 from .config import ADAPTER_NAME, CONFIG_NAME, ZeroFTConfig
-from .encoder import ObjectEncoder, locate_encoder
+from .encoder import ObjectEncoder, build_visual, locate_encoder
 from .errors import HubUnavailableError, InputError, ModelUnavailableError
 from .masking import Masker
 from .model_card import write_model_card
@@ -101,9 +101,11 @@ def native_size_of(checkpoint: str | os.PathLike) -> int | None:
     return native_size(sample_size, vae_scale_factor, config.defaults)
 
 
-def _load_base(source: str | Path, config: ZeroFTConfig, dtype: torch.dtype, unet, unet_quant, text_quant):
+def _load_base(source: str | Path, config: ZeroFTConfig, dtype: torch.dtype, unet, unet_quant, text_quant,
+               loaded: dict | None = None):
     backbone = get_backbone(config.backbone)
     kwargs = dict({part: None for part in backbone.passed_as_none}, **dict(backbone.base_kwargs), use_safetensors=True)
+    kwargs.update(loaded or {})  # parts already built (int8 streaming): from_pretrained loads the rest
     if unet is not None:
         kwargs["unet"] = unet
     if unet_quant is not None:
@@ -122,6 +124,46 @@ def _load_base(source: str | Path, config: ZeroFTConfig, dtype: torch.dtype, une
             f"Could not load the base model {source!r} from the Hugging Face Hub ({error}). "
             "It is downloaded once on first use; check the network, or point base_model to a local folder."
         ) from error
+
+
+def _local_base(source: str | Path, config: ZeroFTConfig, parts: tuple[str, ...]) -> Path:
+    """A local folder holding ``parts`` of the base: the folder itself, or the Hub snapshot of only those files."""
+    if isinstance(source, Path):
+        return source
+    from huggingface_hub import snapshot_download
+
+    from .streaming import WEIGHT_STEMS
+
+    patterns = ["model_index.json"] + [f"{part}/{name}" for part in parts for name in (
+        "config.json", *(f"{stem}{tail}" for stem in WEIGHT_STEMS
+                         for tail in (".safetensors", ".safetensors.index.json", "-*-of-*.safetensors")))]
+    try:
+        return Path(snapshot_download(source, revision=config.base_revision, allow_patterns=patterns))
+    except Exception as error:
+        raise HubUnavailableError(
+            f"Could not get the base model {source!r} from the Hugging Face Hub ({type(error).__name__}). "
+            "It is downloaded once on first use; check the network, or point base_model to a local folder."
+        ) from error
+
+
+def _stream_int8(folder: Path, config: ZeroFTConfig, base_source: str | Path, encoder_source, dtype: torch.dtype):
+    """(UNet and text encoders, object encoder) quantized to int8 as they are read (zeroft.streaming).
+
+    Full-precision weights never sit in memory whole: each Linear is quantized as soon as its weight
+    is in, which keeps int8's peak near its quantized size (bench.full_size measures it).
+    """
+    from .streaming import load_parts_streaming, load_streaming
+    from .streaming_visual import load_visual_streaming
+
+    parts = get_backbone(config.backbone).text_encoders + (() if config.unet_tuned else ("unet",))
+    loaded = load_parts_streaming(_local_base(base_source, config, parts), parts, dtype=dtype, quantization="int8")
+    if config.unet_tuned:
+        loaded["unet"] = load_streaming(UNet2DConditionModel, folder, subfolder="unet", dtype=dtype, quantization="int8")
+    encoder = ObjectEncoder(
+        load_visual_streaming(encoder_source.model_cfg, encoder_source.weights, dtype=dtype, quantization="int8")
+        if encoder_source.weights is not None else build_visual(encoder_source.model_cfg).to(dtype),
+        config.encoder, encoder_source.mean, encoder_source.std, encoder_source.folder)
+    return loaded, encoder
 
 
 def _require_file(folder: Path, relative: str, why: str) -> None:
@@ -232,13 +274,18 @@ def load_pipeline(
     pipe_masker = Masker(masker or config.masker)
     pipe_masker.check_available()
 
-    # 2. Build.
-    unet = None
-    if config.unet_tuned:
+    # 2. Build; int8 quantizes as it reads, the other modes through diffusers' and transformers' loaders.
+    loaded, encoder = {}, None
+    if quantization == "int8":
+        loaded, encoder = _stream_int8(folder, config, base_source, encoder_source, dtype)
+        unet_quant = text_quant = None  # nothing is left for from_pretrained to quantize
+    unet = loaded.pop("unet", None)
+    if unet is None and config.unet_tuned:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype, quantization_config=unet_quant, use_safetensors=True)
-    base = _load_base(base_source, config, dtype, unet, unet_quant, text_quant)
+    base = _load_base(base_source, config, dtype, unet, unet_quant, text_quant, loaded)
 
-    encoder = ObjectEncoder.from_source(encoder_source, config.encoder).to(dtype=dtype)
+    if encoder is None:
+        encoder = ObjectEncoder.from_source(encoder_source, config.encoder).to(dtype=dtype)
     if encoder.embed_dim != config.image_embed_dim:
         raise ValueError(f"encoder gives {encoder.embed_dim}-d embeddings, the checkpoint expects {config.image_embed_dim}")
     load_object_attention(base.unet, load_file(str(folder / ADAPTER_NAME)))
