@@ -46,7 +46,9 @@ def sd15_parts(dry_run: bool):
     unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64, attention_head_dim=8)  # SD1.5's layout
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
-    text_encoder = CLIPTextModel(CLIPTextConfig())  # ViT-L/14's text tower, as SD1.5
+    from .full_size import CLIP_L_TEXT
+
+    text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT))  # ViT-L/14's text tower (123M), as SD1.5
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(77), scheduler=scheduler), 512
