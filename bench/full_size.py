@@ -86,8 +86,14 @@ NOTES = [
     "sdxl/float32 without quantization is not run: its weights alone are 21.3 GB (19.8 GiB) of this machine's 23 GiB.",
     "int8 is torchao int8 weight-only on nn.Linear: SD1.5's UNet is 589M of 860M parameters in convolutions, which "
     "stay in the compute dtype; SDXL's UNet has 2233M of 2567M in Linear layers.",
-    "zeroft rows go through load_pipeline as it is (int8: TorchAoConfig at load, encoder not quantized) and time "
-    "whole 1-step images (encoders, UNet, decode); the table's last two columns are then seconds per image.",
+    "zeroft rows go through load_pipeline (int8: zeroft.streaming for the UNet, text encoder(s) and object "
+    "encoder, since 2026-12-02) and time whole 1-step images (encoders, UNet, decode); the table's last two "
+    "columns are then seconds per image.",
+    "Why zeroft's int8 stays above 0.6x at SD1.5 size: right after loading it holds 5.0 GiB, about its floor "
+    "(0.8 GiB of runtime, the UNet's 589M convolution parameters in fp32 2.2 GiB, its Linear layers in int8 "
+    "0.27 GB, ViT-H int8 1.18 GiB with nn.MultiheadAttention's projections left in fp32 by torchao, VAE 0.33 GB, "
+    "text encoder 0.27 GB) = 0.6x of the unquantized peak alone; the text encoder's and the UNet's first calls "
+    "then add about 0.7 and 0.6 GiB (probe of 2026-12-02).",
     "Times come from 2 cores shared with other jobs (one step per case): a 3-branch step faster than a 2-branch "
     "one is that noise; the memory figures do not depend on it.",
 ]
