@@ -188,7 +188,7 @@ def sweep_defaults(run: BuildRun, pipe: ZeroFTPipeline) -> tuple[float, float]:
     """Stage 7: encoder views, then guidance weights, chosen on training identities (new renderings) so the test
     set stays unseen. Views are compared at the validation guidance the training run used; ``pipe`` keeps them."""
     judge = load_judge(run.work / "judge" / "judge.safetensors")
-    pairs = make_pairs(run.train_ids[::5], run.budget.guidance_pairs_per_identity, run.seed + 100)
+    pairs = make_pairs(run.train_ids[::run.budget.sweep_identity_stride], run.budget.guidance_pairs_per_identity, run.seed + 100)
     views, view_sweep = choose_views(pipe, judge, pairs, run.budget.sampler_steps, 5.0, 3.0)
     run.report["views_sweep_on_training_identities"] = view_sweep
     logger.info(f"encoder views: {views}")

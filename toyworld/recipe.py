@@ -27,7 +27,8 @@ class Budget:
     general_images: int = 20000
     domain_per_identity: int = 40
     checkpoint_every: int = 500  # also the points of the accuracy-vs-steps curve
-    guidance_pairs_per_identity: int = 3  # per identity in train_ids[::5], × 8 contexts: 288 pairs for views and guidance
+    guidance_pairs_per_identity: int = 3  # per identity in train_ids[::sweep_identity_stride], × 8 contexts: 288 pairs for views and guidance
+    sweep_identity_stride: int = 5  # the sweeps' identities: every 5th of the 60 training identities (12)
     # (1 gave 96 pairs, which could not tell w_text 7.5 from 5.0 apart: 0.771 vs 0.760)
     sampler_steps: int = 20
     base_batch: int = 32
@@ -46,7 +47,8 @@ GPU = Budget(base=2000, base_batch=128, base_lr=4e-4, zeroft=3500, zeroft_batch=
 BUDGETS = {"cpu": Budget(), "gpu": GPU}
 
 QUICK = Budget(vae=3, encoder=3, judge=3, base=3, zeroft=2, general_images=64, domain_per_identity=2,
-               checkpoint_every=1, guidance_pairs_per_identity=1, sampler_steps=2)
+               checkpoint_every=1, guidance_pairs_per_identity=1, sampler_steps=2,
+               sweep_identity_stride=30)  # 2 identities: 16 pairs per sweep row, enough to run every row
 
 
 VALIDATION_PROMPTS = ("one object on a white background", "two objects on a gray background",
