@@ -84,7 +84,7 @@ def save_base(backbone: str, parts: dict, folder: str, dtype: torch.dtype) -> No
     for part in parts.values():
         if isinstance(part, torch.nn.Module):
             part.to(dtype)
-    pipe = spec.base_class()(**parts, **{name: None for name in spec.passed_as_none}, **dict(spec.base_kwargs))
+    pipe = spec.base_class()(**parts, **spec.base_arguments())
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
@@ -101,7 +101,7 @@ def build(folder: Path, backbone: str, mode: str, size: int, image_embed_dim: in
     spec = get_backbone("sd" if backbone == "sd15" else backbone)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-    kwargs = dict({name: None for name in spec.passed_as_none}, **dict(spec.base_kwargs))
+    kwargs = spec.base_arguments()
     if mode != "fp16":
         unet_config, text_config = quantization_configs(mode, dtype)
         kwargs["quantization_config"] = PipelineQuantizationConfig(

@@ -1,22 +1,31 @@
-"""Two-weight guidance: equivalence with stock diffusers, exact reductions, the branch algebra."""
+"""Two-weight guidance: equivalence with stock diffusers (SD1.5 and SDXL), exact reductions, the branch algebra."""
 
 import itertools
 
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
-
+from zeroft import ZeroFTConfig
+from zeroft.backbones import get_backbone
 from zeroft.pipeline import combine_guidance, needed_branches
 
 STEPS = 3
 
 
+BACKBONES = {"sd": ("tiny_checkpoint", "tiny_pipe"), "sdxl": ("tiny_sdxl_checkpoint", "tiny_sdxl_pipe")}
+
+
+@pytest.fixture(params=list(BACKBONES))
+def family(request):
+    """(checkpoint folder, loaded pipeline) of each backbone: SD1.5 and SDXL share these invariants."""
+    checkpoint, pipe = BACKBONES[request.param]
+    return request.param, request.getfixturevalue(checkpoint), request.getfixturevalue(pipe)
+
+
 def _stock_pipeline(checkpoint, with_adapter: bool):
-    pipe = StableDiffusionPipeline.from_pretrained(
-        checkpoint / "base", safety_checker=None, feature_extractor=None, image_encoder=None,
-        requires_safety_checker=False,
-    )
+    """The checkpoint's base in its family's stock diffusers pipeline, with the exported adapter if asked."""
+    backbone = get_backbone(ZeroFTConfig.load(checkpoint).backbone)
+    pipe = backbone.base_class().from_pretrained(checkpoint / "base", **backbone.base_arguments())
     if with_adapter:
         pipe.load_ip_adapter(str(checkpoint), subfolder="", weight_name="adapter.safetensors", image_encoder_folder=None)
     pipe.set_progress_bar_config(disable=True)
@@ -28,30 +37,35 @@ def _latents(pipe, seed=0, n=1):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def test_equal_weights_reproduce_diffusers_ip_adapter(tiny_checkpoint, tiny_pipe, photo):
-    """w_text = w_obj = w is plain classifier-free guidance with IP-Adapter, guidance_scale = w."""
-    embeds = tiny_pipe.encode_object(photo)[0]
-    latents = _latents(tiny_pipe)
-    ours = tiny_pipe("a red square", image_embeds=embeds, text_guidance=4.0, object_guidance=4.0,
-                     num_inference_steps=STEPS, latents=latents.clone(), output_type="np").images
-    stock = _stock_pipeline(tiny_checkpoint, with_adapter=True)
+def test_equal_weights_reproduce_diffusers_ip_adapter(family, photo):
+    """w_text = w_obj = w is plain classifier-free guidance with IP-Adapter, guidance_scale = w (SD1.5 and SDXL)."""
+    _, checkpoint, pipe = family
+    embeds = pipe.encode_object(photo)[0]
+    latents = _latents(pipe)
+    ours = pipe("a red square", image_embeds=embeds, text_guidance=4.0, object_guidance=4.0,
+                num_inference_steps=STEPS, latents=latents.clone(), output_type="np").images
+    stock = _stock_pipeline(checkpoint, with_adapter=True)
     reference = stock("a red square", ip_adapter_image_embeds=[torch.cat([torch.zeros_like(embeds), embeds])[:, None]],
                       guidance_scale=4.0, num_inference_steps=STEPS, latents=latents.clone(), output_type="np",
                       height=64, width=64).images
     assert np.abs(ours - reference).max() < 1e-4
 
 
-def test_object_weight_zero_and_adapter_scale_zero_is_the_base_model(tiny_checkpoint, tiny_pipe, photo):
-    latents = _latents(tiny_pipe, seed=3)
-    base = _stock_pipeline(tiny_checkpoint, with_adapter=False)
-    reference = base("a red square", guidance_scale=5.0, num_inference_steps=STEPS, latents=latents.clone(),
-                     output_type="np", height=64, width=64).images
-    tiny_pipe.set_object_scale(0.0)
+NEGATIVE = {"sd": None, "sdxl": "blurry"}  # SDXL: a non-empty negative prompt, not its all-zeros unconditional
+
+
+def test_object_weight_zero_and_adapter_scale_zero_is_the_base_model(family, photo):
+    name, checkpoint, pipe = family
+    latents = _latents(pipe, seed=3)
+    base = _stock_pipeline(checkpoint, with_adapter=False)
+    reference = base("a red square", negative_prompt=NEGATIVE[name], guidance_scale=5.0, num_inference_steps=STEPS,
+                     latents=latents.clone(), output_type="np", height=64, width=64).images
+    pipe.set_object_scale(0.0)
     try:
-        ours = tiny_pipe("a red square", object_image=photo, text_guidance=5.0, object_guidance=0.0,
-                         num_inference_steps=STEPS, latents=latents.clone(), output_type="np").images
+        ours = pipe("a red square", negative_prompt=NEGATIVE[name], object_image=photo, text_guidance=5.0,
+                    object_guidance=0.0, num_inference_steps=STEPS, latents=latents.clone(), output_type="np").images
     finally:
-        tiny_pipe.set_object_scale(1.0)
+        pipe.set_object_scale(1.0)
     assert np.array_equal(ours, reference)
 
 

@@ -1,4 +1,5 @@
-"""SDXL as a backbone: ZeroFTXLPipeline against stock diffusers SDXL, round trips, caches, int8, the CLI.
+"""SDXL as a backbone: ZeroFTXLPipeline's class, round trips, caches, int8, the CLI (its equivalence with
+stock diffusers SDXL is in test_guidance.py, beside SD1.5's).
 
 Tiny real SDXL components (zeroft.tiny.tiny_sdxl_base_pipeline: the "text_time" UNet, two text
 encoders, the second with a projection) built from configs, as diffusers' own SDXL tests do.
@@ -17,21 +18,6 @@ from zeroft import InputError, ZeroFTConfig, ZeroFTPipeline, ZeroFTXLPipeline, l
 from zeroft.cli import main
 from zeroft.guidance import batch_branches
 
-STEPS = 3
-
-
-def _stock(checkpoint, with_adapter: bool) -> StableDiffusionXLPipeline:
-    pipe = StableDiffusionXLPipeline.from_pretrained(checkpoint / "base", image_encoder=None, feature_extractor=None,
-                                                     add_watermarker=False)
-    if with_adapter:
-        pipe.load_ip_adapter(str(checkpoint), subfolder="", weight_name="adapter.safetensors", image_encoder_folder=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _latents(pipe, seed=0):
-    side = 64 // pipe.vae_scale_factor
-    return torch.randn((1, pipe.unet.config.in_channels, side, side), generator=torch.Generator().manual_seed(seed))
 
 
 def test_load_pipeline_picks_the_sdxl_class_and_the_sd_class_refuses_it(tiny_sdxl_checkpoint, tiny_sdxl_pipe):
@@ -50,34 +36,6 @@ def test_a_version_1_config_without_backbone_is_stable_diffusion(tiny_checkpoint
     assert config.backbone == "sd" and json.loads(config.to_json())["format_version"] == 2
     with pytest.raises(InputError, match="Unknown backbone"):
         ZeroFTConfig.from_dict({**data, "backbone": "flux"})
-
-
-def test_equal_weights_reproduce_diffusers_sdxl_with_ip_adapter(tiny_sdxl_checkpoint, tiny_sdxl_pipe, photo):
-    """w_text = w_obj = w is stock SDXL's classifier-free guidance with IP-Adapter at guidance_scale w."""
-    embeds = tiny_sdxl_pipe.encode_object(photo)[0]
-    latents = _latents(tiny_sdxl_pipe)
-    ours = tiny_sdxl_pipe("a red square", image_embeds=embeds, text_guidance=4.0, object_guidance=4.0,
-                          num_inference_steps=STEPS, latents=latents.clone(), output_type="np").images
-    stock = _stock(tiny_sdxl_checkpoint, with_adapter=True)
-    reference = stock("a red square", ip_adapter_image_embeds=[torch.cat([torch.zeros_like(embeds), embeds])[:, None]],
-                      guidance_scale=4.0, num_inference_steps=STEPS, latents=latents.clone(), output_type="np",
-                      height=64, width=64).images
-    assert np.abs(ours - reference).max() < 1e-4
-
-
-def test_object_weight_zero_and_adapter_scale_zero_is_plain_sdxl(tiny_sdxl_checkpoint, tiny_sdxl_pipe, photo):
-    latents = _latents(tiny_sdxl_pipe, seed=3)
-    reference = _stock(tiny_sdxl_checkpoint, with_adapter=False)(
-        "a red square", negative_prompt="blurry", guidance_scale=5.0, num_inference_steps=STEPS,
-        latents=latents.clone(), output_type="np", height=64, width=64).images
-    tiny_sdxl_pipe.set_object_scale(0.0)
-    try:
-        ours = tiny_sdxl_pipe("a red square", negative_prompt="blurry", object_image=photo, text_guidance=5.0,
-                              object_guidance=0.0, num_inference_steps=STEPS, latents=latents.clone(),
-                              output_type="np").images
-    finally:
-        tiny_sdxl_pipe.set_object_scale(1.0)
-    assert np.array_equal(ours, reference)
 
 
 def test_each_branch_carries_its_own_pooled_text():

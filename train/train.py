@@ -94,10 +94,8 @@ def build_models(config: TrainConfig) -> Models:
     """The base model in its family's diffusers class, the object encoder and the UNet with object attention;
     everything but the trained part frozen."""
     backbone = backbone_of_index(DiffusionPipeline.load_config(str(config.base_model)))
-    base = backbone.base_class().from_pretrained(
-        str(config.base_model), **{part: None for part in backbone.passed_as_none}, **dict(backbone.base_kwargs),
-        use_safetensors=True,
-    )
+    base = backbone.base_class().from_pretrained(str(config.base_model), **backbone.base_arguments(),
+                                                 use_safetensors=True)
     scheduler_config = dict(base.scheduler.config)
     if config.prediction_type:
         scheduler_config["prediction_type"] = config.prediction_type

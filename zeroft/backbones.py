@@ -33,6 +33,11 @@ class Backbone:
 
         return getattr(diffusers, self.base_pipeline)
 
+    def base_arguments(self) -> dict:
+        """What the base pipeline is built or loaded with besides its parts: None for each part zeroft never
+        loads, and the family's own arguments (SD: ``requires_safety_checker=False``)."""
+        return {**{part: None for part in self.passed_as_none}, **dict(self.base_kwargs)}
+
     @property
     def weight_parts(self) -> tuple[str, ...]:
         """The networks whose safetensors weights a local base folder must hold."""

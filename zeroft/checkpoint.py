@@ -104,7 +104,7 @@ def native_size_of(checkpoint: str | os.PathLike) -> int | None:
 def _load_base(source: str | Path, config: ZeroFTConfig, dtype: torch.dtype, unet, unet_quant, text_quant,
                loaded: dict | None = None):
     backbone = get_backbone(config.backbone)
-    kwargs = dict({part: None for part in backbone.passed_as_none}, **dict(backbone.base_kwargs), use_safetensors=True)
+    kwargs = dict(backbone.base_arguments(), use_safetensors=True)
     kwargs.update(loaded or {})  # parts already built (int8 streaming): from_pretrained loads the rest
     if unet is not None:
         kwargs["unet"] = unet
@@ -126,6 +126,13 @@ def _load_base(source: str | Path, config: ZeroFTConfig, dtype: torch.dtype, une
         ) from error
 
 
+def _base_unavailable(name: str, error: Exception) -> HubUnavailableError:
+    """The error for a Hub base model that is neither in the Hugging Face cache nor downloadable."""
+    return HubUnavailableError(
+        f"Could not get the base model {name!r} from the Hugging Face Hub ({type(error).__name__}). "
+        "It is downloaded once on first use; check the network, or point base_model to a local folder.")
+
+
 def _local_base(source: str | Path, config: ZeroFTConfig, parts: tuple[str, ...]) -> Path:
     """A local folder holding ``parts`` of the base: the folder itself, or the Hub snapshot of only those files."""
     if isinstance(source, Path):
@@ -140,10 +147,7 @@ def _local_base(source: str | Path, config: ZeroFTConfig, parts: tuple[str, ...]
     try:
         return Path(snapshot_download(source, revision=config.base_revision, allow_patterns=patterns))
     except Exception as error:
-        raise HubUnavailableError(
-            f"Could not get the base model {source!r} from the Hugging Face Hub ({type(error).__name__}). "
-            "It is downloaded once on first use; check the network, or point base_model to a local folder."
-        ) from error
+        raise _base_unavailable(source, error) from error
 
 
 def _stream_int8(folder: Path, config: ZeroFTConfig, base_source: str | Path, encoder_source, dtype: torch.dtype):
@@ -210,10 +214,7 @@ def _locate_base(folder: Path, config: ZeroFTConfig) -> str | Path:
     try:
         index_file = hf_hub_download(config.base_model, "model_index.json", revision=config.base_revision)
     except Exception as error:
-        raise HubUnavailableError(
-            f"Could not get the base model {config.base_model!r} from the Hugging Face Hub ({type(error).__name__}). "
-            "It is downloaded once on first use; check the network, or point base_model to a local folder."
-        ) from error
+        raise _base_unavailable(config.base_model, error) from error
     _check_base_family(json.loads(Path(index_file).read_text()), config, config.base_model)
     return config.base_model
 
@@ -332,8 +333,7 @@ def _write_base(pipe, folder: Path, unet_tuned: bool, backbone: Backbone) -> Non
     level = pipeline_logger.level
     pipeline_logger.setLevel(logging.ERROR)
     try:
-        base = backbone.base_class()(**parts, unet=None, **{name: None for name in backbone.passed_as_none},
-                                     **dict(backbone.base_kwargs))
+        base = backbone.base_class()(**parts, unet=None, **backbone.base_arguments())
         base.save_pretrained(folder, safe_serialization=True)
     finally:
         pipeline_logger.setLevel(level)
