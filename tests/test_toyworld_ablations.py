@@ -3,13 +3,18 @@ the rows of the others."""
 
 import json
 
+import pytest
+
+from toyworld import recipes
 from toyworld.ablations import VARIANTS, run_ablations
 from toyworld.recipe import Budget, train_config, with_overrides
 
 
-def test_every_variant_is_the_recipe_with_its_overrides(tmp_path):
+@pytest.mark.parametrize("variants", [VARIANTS, recipes.VARIANTS], ids=["ablations", "recipes"])
+def test_every_variant_is_the_recipe_with_its_overrides(tmp_path, variants):
+    """Each variant changes only its overrides: same base, streams, steps, batch and seed as the recipe."""
     recipe = train_config(tmp_path, Budget(zeroft=500), 0, [], tmp_path / "ablations" / "recipe")
-    for name, overrides in VARIANTS.items():
+    for name, overrides in variants.items():
         config = with_overrides(recipe, overrides)
         for setting, value in overrides.items():
             holder = config.regularization if hasattr(config.regularization, setting) else config
@@ -32,3 +37,14 @@ def test_ablations_only_adds_rows_and_keeps_earlier_ones(tmp_path):
     assert set(written) == set(report) == {"recipe", "r=1"}
     assert written["recipe"] == earlier["recipe"]
     assert written["r=1"]["overrides"] == {"mix_ratio": 1.0} and written["r=1"]["train_seconds"] == 500.0
+
+
+def test_the_ip_adapter_variant_is_ip_adapters_trainer(tmp_path):
+    """Issue 29's variant 1: the target itself as condition (ω = 0), unmasked, general images conditioned on their
+    own photo, adapter only; the others are the paper's recipe with one change each."""
+    config = with_overrides(train_config(tmp_path, Budget(), 0, [], tmp_path / "out"),
+                            recipes.VARIANTS["ip_adapter_recipe"])
+    reg = config.regularization
+    assert (reg.cross_reference, reg.mask_condition, reg.drop_general_object, config.train) == (0.0, False, False, "adapter")
+    assert recipes.VARIANTS["paper_recipe"] == {}
+    assert [len(v) for k, v in recipes.VARIANTS.items() if k.startswith("paper_")] == [0, 1, 1, 1]

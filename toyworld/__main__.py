@@ -1,4 +1,4 @@
-"""``python -m toyworld build | ablations | eval | patterns | steps | personalization``: the toy world's command line.
+"""``python -m toyworld build | ablations | recipes | eval | patterns | steps | personalization``: the toy world's command line.
 
 The one place that reads flags and turns a bad request (zeroft.errors.InputError) into an
 ``error: ...`` line and exit status 2; every command is a function of the module named below.
@@ -17,10 +17,12 @@ from zeroft.errors import InputError
 
 from .ablations import run_ablations
 from .build import build
+from .conflicts import evaluate_recipes
 from .models import UNETS
 from .patterns import pattern_confusions
 from .personalization import personalization
 from .recipe import BUDGETS, QUICK, Budget
+from .recipes import train_recipes
 from .report import EvalOptions, evaluate_checkpoint
 from .steps import step_costs
 
@@ -57,6 +59,19 @@ def _build_parser(commands) -> None:
     a.add_argument("--steps", type=int, default=2000, help="training steps of every variant")
     a.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
     a.add_argument("--seed", type=int, default=0)
+    r = commands.add_parser("recipes", help="the paper's recipe against IP-Adapter's at one budget, scored on conflicts "
+                                            "(toyworld.recipes, toyworld.conflicts)")
+    r.add_argument("--work", default="runs/recipes", help="the shared base, the streams and the variants")
+    r.add_argument("--checkpoint", default="assets/zeroft-toy",
+                   help="the VAE and object encoder every variant shares, and the guidance every row is scored at")
+    r.add_argument("--judge", default=JUDGE)
+    r.add_argument("--out", default="toyworld/results/toyworld-recipes")
+    r.add_argument("--base-steps", type=int, default=1500, help="steps of the shared base model")
+    r.add_argument("--steps", type=int, default=1000, help="zeroft training steps of every variant")
+    r.add_argument("--only", nargs="*", default=None, help="variants to train (default: all)")
+    r.add_argument("--references", type=int, default=3, help="reference photos per held-out identity (× 8 prompts)")
+    r.add_argument("--train-only", action="store_true", help="train, do not score")
+    r.add_argument("--seed", type=int, default=0)
 
 
 def _scoring_options(parser, work_help: str, out: str) -> None:
@@ -148,6 +163,16 @@ def run(argv=None) -> dict:
                      args.device, args.workers, args.until, grow_from, defaults_from)
     if args.command == "ablations":
         return run_ablations(Path(args.work), args.steps, args.seed, args.only)
+    if args.command == "recipes":
+        for flag in ("base_steps", "steps", "references"):
+            if getattr(args, flag) < 1:
+                raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+        report = train_recipes(Path(args.work), Path(args.checkpoint), Path(args.judge).parent, args.base_steps,
+                               args.steps, args.seed, args.only)
+        if not args.train_only:
+            report["evaluation"] = evaluate_recipes(Path(args.work), Path(args.judge), Path(args.checkpoint),
+                                                    Path(args.out), args.references, args.seed)
+        return report
     if args.command == "eval":
         return evaluate_checkpoint(EvalOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
     if args.command == "patterns":

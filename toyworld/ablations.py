@@ -25,19 +25,20 @@ VARIANTS = {  # overrides of the recipe (recipe.with_overrides): setting → val
 }
 
 
-def run_ablations(work: Path, steps: int, seed: int = 0, only: list[str] | None = None) -> dict:
-    """Train every variant (or those in ``only``) not yet trained in ``work``/ablations, and record each in
-    ablations.json with its overrides, steps, checkpoint and training speed; returns the whole record."""
+def run_ablations(work: Path, steps: int, seed: int = 0, only: list[str] | None = None,
+                  variants: dict[str, dict] = VARIANTS, folder: str = "ablations") -> dict:
+    """Train every variant of ``variants`` (or those in ``only``) not yet trained in ``work``/``folder``, and record
+    each in ablations.json there with its overrides, steps, checkpoint and training speed; returns the whole record."""
     budget = Budget(zeroft=steps, checkpoint_every=max(steps // 4, 1))
     examples = sorted((Path("assets") / "examples").glob("object-*.png"))[:2]
-    path = work / "ablations" / "ablations.json"
+    path = work / folder / "ablations.json"
     # Rows of earlier runs stay (``--only`` adds or replaces its variants, it does not drop the others).
     report = json.loads(path.read_text()) if path.is_file() else {}
     path.parent.mkdir(parents=True, exist_ok=True)
-    for name, overrides in VARIANTS.items():
+    for name, overrides in variants.items():
         if only and name not in only:
             continue
-        output = work / "ablations" / name
+        output = work / folder / name
         final = output / "final" / "zeroft_config.json"
         started = time.perf_counter()
         if not final.is_file():

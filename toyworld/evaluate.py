@@ -83,11 +83,20 @@ def judge_images(judge: Judge, images: list[Image.Image]) -> dict[str, np.ndarra
     return {name: np.concatenate(values) for name, values in predictions.items()}
 
 
-def score(judge: Judge, images: list[Image.Image], pairs: list[Pair]) -> dict[str, float]:
+def judged(judge: Judge, images: list[Image.Image], pairs: list[Pair]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per image, what the judge read (head → class index) and whether each head matches the pair (head → bool):
+    the reference's identity and pose, the prompt's background and count."""
     predicted = judge_images(judge, images)
     truth = [labels(p.identity, p.context, p.reference_pose) for p in pairs]
-    target = {name: np.array([t[name] for t in truth]) for name in HEADS}
-    correct = {name: predicted[name] == target[name] for name in HEADS}
+    return predicted, {name: predicted[name] == np.array([t[name] for t in truth]) for name in HEADS}
+
+
+def score(judge: Judge, images: list[Image.Image], pairs: list[Pair]) -> dict[str, float]:
+    return score_judged(judged(judge, images, pairs)[1], pairs)
+
+
+def score_judged(correct: dict[str, np.ndarray], pairs: list[Pair]) -> dict[str, float]:
+    """The rates of ``score`` from ``judged``'s per-image matches."""
     identity = correct["shape"] & correct["colour"] & correct["pattern"]
     text = correct["background"] & correct["count"]
     single = np.array([p.context.count == "one" for p in pairs])
@@ -102,15 +111,22 @@ def score(judge: Judge, images: list[Image.Image], pairs: list[Pair]) -> dict[st
     return result
 
 
+def whole_photo(image: Image.Image) -> np.ndarray:
+    """The mask that keeps the whole photo, background included: the reference given as is, unmasked."""
+    return np.ones((image.height, image.width), np.float32)
+
+
 @torch.no_grad()
 def generate(pipe, pairs: list[Pair], text_guidance: float, object_guidance: float, steps: int,
-             batch_size: int = 48) -> list[Image.Image]:
-    """One image per pair, each from its own fixed seed, batched across pairs."""
+             batch_size: int = 48, masked: bool = True) -> list[Image.Image]:
+    """One image per pair, each from its own fixed seed, batched across pairs; ``masked`` False encodes each
+    reference photo as is (``whole_photo``) instead of under the checkpoint's automatic mask."""
     pipe.set_progress_bar_config(disable=True)
     images = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        embeds = torch.cat([pipe.encode_object(p.reference)[0] for p in chunk])
+        embeds = torch.cat([pipe.encode_object(p.reference, None if masked else whole_photo(p.reference))[0]
+                            for p in chunk])
         generators = [torch.Generator().manual_seed(p.seed) for p in chunk]
         out = pipe([p.prompt for p in chunk], image_embeds=embeds, text_guidance=text_guidance,
                    object_guidance=object_guidance, num_inference_steps=steps, generator=generators)
