@@ -27,4 +27,8 @@ def test_a_bad_request_is_one_error_line_and_exit_status_2(tmp_path, capsys):
     assert capsys.readouterr().err == "error: --zeroft-steps must be at least 1, got 0\n"
     assert main(["patterns", "--work", str(tmp_path / "w")]) == 2
     assert capsys.readouterr().err.startswith(f"error: No base model at {tmp_path / 'w' / 'base' / 'base'}")
+    assert main(["recipes", "--steps", "0", "--work", str(tmp_path / "w")]) == 2
+    assert capsys.readouterr().err == "error: --steps must be at least 1, got 0\n"
+    assert main(["recipes", "--checkpoint", str(tmp_path / "none"), "--work", str(tmp_path / "w")]) == 2
+    assert "no zeroft checkpoint there" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()

@@ -167,10 +167,13 @@ def run(argv=None) -> dict:
         for flag in ("base_steps", "steps", "references"):
             if getattr(args, flag) < 1:
                 raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-        report = train_recipes(Path(args.work), Path(args.checkpoint), Path(args.judge).parent, args.base_steps,
+        checkpoint = checkpoint_option(args, "checkpoint")
+        if not Path(args.judge).is_file():
+            raise InputError(f"--judge {args.judge}: no such file")
+        report = train_recipes(Path(args.work), checkpoint, Path(args.judge).parent, args.base_steps,
                                args.steps, args.seed, args.only)
         if not args.train_only:
-            report["evaluation"] = evaluate_recipes(Path(args.work), Path(args.judge), Path(args.checkpoint),
+            report["evaluation"] = evaluate_recipes(Path(args.work), Path(args.judge), checkpoint,
                                                     Path(args.out), args.references, args.seed)
         return report
     if args.command == "eval":
