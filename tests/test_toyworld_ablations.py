@@ -2,12 +2,17 @@
 the rows of the others."""
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from toyworld import recipes
 from toyworld.ablations import VARIANTS, run_ablations
 from toyworld.recipe import Budget, train_config, with_overrides
+from toyworld.stages import train_vae
+from toyworld.world import split_identities
 
 
 @pytest.mark.parametrize("variants", [VARIANTS, recipes.VARIANTS], ids=["ablations", "recipes"])
@@ -48,3 +53,15 @@ def test_the_ip_adapter_variant_is_ip_adapters_trainer(tmp_path):
     assert (reg.cross_reference, reg.mask_condition, reg.drop_general_object, config.train) == (0.0, False, False, "adapter")
     assert recipes.VARIANTS["paper_recipe"] == {}
     assert [len(v) for k, v in recipes.VARIANTS.items() if k.startswith("paper_")] == [0, 1, 1, 1]
+
+
+def test_the_recipes_share_the_shipped_vae_encoder_and_judge(tmp_path):
+    """Stages 1-3 of the recipes' work folder come from the shipped files, in float32, and the build keeps them."""
+    recipes.shared_parts(Path("assets/zeroft-toy"), tmp_path, Path("assets/toyworld-judge"))
+    shipped = load_file("assets/zeroft-toy/encoder/open_clip_model.safetensors")
+    copied = load_file(str(tmp_path / "encoder" / "encoder" / "open_clip_model.safetensors"))
+    assert shipped.keys() == copied.keys() and all(v.dtype == torch.float32 for v in copied.values())
+    assert all(torch.equal(shipped[k].float(), copied[k]) for k in shipped)
+    assert (tmp_path / "judge" / "judge.safetensors").read_bytes() == Path("assets/toyworld-judge/judge.safetensors").read_bytes()
+    info = train_vae(tmp_path / "vae", split_identities()[0], 5000, 0)  # finished: kept, not retrained
+    assert info["copied_from"].endswith("vae") and not (tmp_path / "vae" / "state.pt").exists()
