@@ -134,14 +134,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def at_least_one(option: str, value: int | None) -> None:
+    """An InputError when a count flag (``--option``) is given below 1; None (not given) passes."""
+    if value is not None and value < 1:
+        raise InputError(f"--{option} must be at least 1, got {value}")
+
+
 def budget_from_args(args: argparse.Namespace) -> Budget:
     """``--quick`` or ``--budget``, then the ``--unet`` and ``--vae-steps``/``--base-steps``/``--zeroft-steps`` overrides."""
     budget = QUICK if args.quick else BUDGETS[args.budget]
     steps = {}
     for stage in ("vae", "base", "zeroft"):
         value = getattr(args, f"{stage}_steps")
-        if value is not None and value < 1:
-            raise InputError(f"--{stage}-steps must be at least 1, got {value}")
+        at_least_one(f"{stage}-steps", value)
         steps[stage] = getattr(budget, stage) if value is None else value
     return replace(budget, unet=args.unet or budget.unet, **steps)
 
@@ -165,8 +170,7 @@ def run(argv=None) -> dict:
         return run_ablations(Path(args.work), args.steps, args.seed, args.only)
     if args.command == "recipes":
         for flag in ("base_steps", "steps", "references"):
-            if getattr(args, flag) < 1:
-                raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+            at_least_one(flag.replace("_", "-"), getattr(args, flag))
         checkpoint = checkpoint_option(args, "checkpoint")
         if not Path(args.judge).is_file():
             raise InputError(f"--judge {args.judge}: no such file")

@@ -23,14 +23,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from zeroft import ZeroFTPipeline
 from zeroft.config import GenerationDefaults, ZeroFTConfig
 from zeroft.grid import make_grid
 
-from .evaluate import CHANCE, Pair, generate, judged, load_judge, make_pairs, position_copy_chance, score_judged
+from .evaluate import (CHANCE, Pair, generate, in_batches, judged, load_judge, make_pairs, position_copy_chance,
+                       score_judged)
 from .recipes import FOLDER, VARIANTS
 from .world import BACKGROUNDS, Context, general_caption, random_pose, render, shapes_in_turn, split_identities
 
@@ -69,18 +69,12 @@ def conflict_score(judge, images: list[Image.Image], pairs: list[Pair]) -> dict[
     return result
 
 
-@torch.no_grad()
 def generate_ceiling(pipe, pairs: list[Pair], text_guidance: float, steps: int, batch_size: int = 48) -> list[Image.Image]:
     """The generator's ceiling: for each pair, no photo at all, the prompt telling the identity in words (the
     general-domain caption of the pair's identity in the pair's context), the pair's own seed."""
-    pipe.set_progress_bar_config(disable=True)
-    images = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        out = pipe([general_caption(p.identity, p.context) for p in chunk], text_guidance=text_guidance,
-                   num_inference_steps=steps, generator=[torch.Generator().manual_seed(p.seed) for p in chunk])
-        images += out.images
-    return images
+    return in_batches(pipe, pairs, lambda chunk, generators: pipe(
+        [general_caption(p.identity, p.context) for p in chunk], text_guidance=text_guidance,
+        num_inference_steps=steps, generator=generators), batch_size)
 
 
 def _timed(function, pairs: list[Pair]) -> tuple[list[Image.Image], float]:
@@ -118,12 +112,6 @@ def conflict_references(identities, background: str, count: int, seed: int) -> l
             if other != background:
                 pairs.append(Pair(image, identity, shown, pose, Context(other, "one"), int(rng.integers(2**31))))
     return pairs
-
-
-def _label(text: str, width: int, height: int = 14) -> Image.Image:
-    strip = Image.new("RGB", (width, height), (255, 255, 255))
-    ImageDraw.Draw(strip).text((2, 1), text, fill=(0, 0, 0))
-    return strip
 
 
 def figure_block(outputs: dict[str, list[Image.Image]], pairs: list[Pair], title: str, cell: int = 64) -> Image.Image:
@@ -193,6 +181,7 @@ def evaluate_recipes(work: Path, judge_path: Path, defaults_from: Path, out: Pat
     record = json.loads((work / FOLDER / "ablations.json").read_text())
     pairs = make_pairs(held_out, references, seed + 500)  # the main evaluation's pairs
     figure_pairs = conflict_references(held_out, figure_background, figure_objects, seed)
+    chance = _chance()
     rows, outputs = {}, {True: {}, False: {}}
     for name in VARIANTS:
         if name not in record:
@@ -206,8 +195,7 @@ def evaluate_recipes(work: Path, judge_path: Path, defaults_from: Path, out: Pat
         for masked in outputs:
             outputs[masked][name] = generate(pipe, figure_pairs, defaults.text_guidance, defaults.object_guidance,
                                              defaults.steps, masked=masked)
-        print(table({k: v for k, v in rows.items() if k.startswith(name)}, _chance()), flush=True)
-    chance = _chance()
+        print(table({k: v for k, v in rows.items() if k.startswith(name)}, chance), flush=True)
     stack([figure_block(outputs[False], figure_pairs, "references as given (unmasked): the photo's background is in the condition"),
            figure_block(outputs[True], figure_pairs, "references masked (the checkpoint's automatic mask, gray fill)")]
           ).save(out / "conflicts.png")

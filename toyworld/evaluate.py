@@ -117,21 +117,27 @@ def whole_photo(image: Image.Image) -> np.ndarray:
 
 
 @torch.no_grad()
-def generate(pipe, pairs: list[Pair], text_guidance: float, object_guidance: float, steps: int,
-             batch_size: int = 48, masked: bool = True) -> list[Image.Image]:
-    """One image per pair, each from its own fixed seed, batched across pairs; ``masked`` False encodes each
-    reference photo as is (``whole_photo``) instead of under the checkpoint's automatic mask."""
+def in_batches(pipe, pairs: list[Pair], call, batch_size: int = 48) -> list[Image.Image]:
+    """One image per pair, ``call(chunk, generators)`` (a pipeline call) run on ``batch_size`` pairs at a time, each
+    pair with a generator seeded by its own fixed seed."""
     pipe.set_progress_bar_config(disable=True)
     images = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
+        images += call(chunk, [torch.Generator().manual_seed(p.seed) for p in chunk]).images
+    return images
+
+
+def generate(pipe, pairs: list[Pair], text_guidance: float, object_guidance: float, steps: int,
+             batch_size: int = 48, masked: bool = True) -> list[Image.Image]:
+    """One image per pair, each from its own fixed seed, batched across pairs; ``masked`` False encodes each
+    reference photo as is (``whole_photo``) instead of under the checkpoint's automatic mask."""
+    def call(chunk, generators):
         embeds = torch.cat([pipe.encode_object(p.reference, None if masked else whole_photo(p.reference))[0]
                             for p in chunk])
-        generators = [torch.Generator().manual_seed(p.seed) for p in chunk]
-        out = pipe([p.prompt for p in chunk], image_embeds=embeds, text_guidance=text_guidance,
-                   object_guidance=object_guidance, num_inference_steps=steps, generator=generators)
-        images += out.images
-    return images
+        return pipe([p.prompt for p in chunk], image_embeds=embeds, text_guidance=text_guidance,
+                    object_guidance=object_guidance, num_inference_steps=steps, generator=generators)
+    return in_batches(pipe, pairs, call, batch_size)
 
 
 def evaluate(pipe, judge: Judge, pairs: list[Pair], text_guidance: float, object_guidance: float,
