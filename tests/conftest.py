@@ -37,6 +37,18 @@ def square_photo(colour=(220, 30, 30), background=(30, 30, 220), size=64, box=(1
     return photo
 
 
+class FakeClock:
+    """A clock each of whose readings is ``dt`` seconds after the last: every timed interval takes ``dt``
+    (change ``dt`` to make the machine slower or faster from then on)."""
+
+    def __init__(self, dt: float):
+        self.now, self.dt = 0.0, dt
+
+    def __call__(self) -> float:
+        self.now += self.dt
+        return self.now
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     from zeroft.tiny import make_tiny_checkpoint

@@ -202,7 +202,11 @@ def test_size_over_the_models_limit_is_refused_before_loading(tiny_checkpoint, t
 def test_time_budget_flag_refuses_a_long_request(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     from zeroft.pipeline import ZeroFTPipeline
 
-    monkeypatch.setattr(ZeroFTPipeline, "measure_unit_seconds", lambda self: 30.0)  # a slow machine, injected
+    def slow_machine(self, clock=None, warm_up=True):  # one UNet call of one image takes 30 s, every time
+        self.unit_seconds = 30.0
+        return 30.0
+
+    monkeypatch.setattr(ZeroFTPipeline, "measure_unit_seconds", slow_machine)
     assert main(_generate_argv(tiny_checkpoint, tmp_path, "--time-budget", "5")) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading bars: the budget needs the model
     assert last.startswith("error: This request would take about 90 s") and "over the 5 s limit" in last
@@ -218,7 +222,8 @@ def test_checkpoint_folder_with_only_its_config_is_one_plain_line(tiny_checkpoin
 
 
 def test_progress_bar_follows_the_schedulers_total(tiny_checkpoint, tmp_path, capsys):
-    """PNDM (SD1.5's default) calls the UNet steps + 1 times: the bar must end at 3/3, not 3/2."""
+    """PNDM (SD1.5's default) calls the UNet steps + 1 times, then the VAE decodes: the bar must end at 4/4 (3 UNet
+    calls and the decode), not 3/2, and not sit at its end during the decode."""
     from diffusers import PNDMScheduler
 
     checkpoint = tmp_path / "pndm"
@@ -233,7 +238,7 @@ def test_progress_bar_follows_the_schedulers_total(tiny_checkpoint, tmp_path, ca
     argv[argv.index("--steps") + 1] = "2"
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert "3/3" in err and not re.search(r"\b\d+/2\b", err), err
+    assert "4/4" in err and not re.search(r"\b\d+/[23]\b", err), err
 
 
 def test_import_ip_adapter_names_the_encoder_a_mismatched_file_needs(tmp_path, capsys):

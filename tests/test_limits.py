@@ -3,9 +3,10 @@
 import pytest
 
 from zeroft import InputError
+from zeroft.timing import StepTimes, StepWork
 from zeroft.validation import check_size_for, check_time_budget, estimate_seconds, native_size, size_limits
 
-from conftest import square_photo
+from conftest import FakeClock, square_photo
 
 
 @pytest.mark.parametrize("native, device, limits", [
@@ -78,17 +79,68 @@ def test_time_budget_refuses_with_what_to_lower():
             check_time_budget(budget, **request)
 
 
-def test_the_pipeline_refuses_a_request_over_its_time_budget_before_denoising(tiny_pipe, photo, monkeypatch):
-    monkeypatch.setattr(tiny_pipe, "unit_seconds", 1.0)  # injected: one UNet call of one image takes 1 s
+@pytest.fixture
+def timed_pipe(tiny_pipe, monkeypatch):
+    """The tiny pipeline with nothing learned yet about its steps, timed by a fake clock (1 s per interval)."""
+    clock = FakeClock(1.0)
+    monkeypatch.setattr(tiny_pipe, "step_times", StepTimes())
+    monkeypatch.setattr(tiny_pipe, "clock", clock)
+    return tiny_pipe, clock
+
+
+def _request(pipe, steps_run, **kwargs):
+    settings = dict(object_image=square_photo(), num_images=2, num_inference_steps=4, text_guidance=5.0,
+                    object_guidance=3.0, output_type="latent", callback=lambda step, total: steps_run.append(step))
+    return pipe("x", **{**settings, **kwargs})
+
+
+def test_a_request_whose_single_step_cannot_fit_is_refused_before_denoising(timed_pipe):
+    pipe, clock = timed_pipe
     steps_run = []
-    with pytest.raises(InputError, match="over the 10 s limit. Lower the steps"):
-        tiny_pipe("x", object_image=photo, num_images=2, num_inference_steps=4, text_guidance=5.0, object_guidance=3.0,
-                  time_budget=10, callback=lambda step, total: steps_run.append(step))
+    # one UNet call of one image takes 1 s (measured, and measured again before refusing): 2 images x 3 branches
+    # make one step 6 s, over 5 s
+    with pytest.raises(InputError, match="about 24 s .* over the 5 s limit. Lower the steps"):
+        _request(pipe, steps_run, time_budget=5)
     assert steps_run == []
-    # 4 steps x 1 image x 1 branch (w_text = 1, w_obj = w_text) x 1 s fits 10 s
-    out = tiny_pipe("x", object_image=photo, num_inference_steps=4, text_guidance=1.0, object_guidance=1.0,
-                    time_budget=10, output_type="latent")
-    assert out.settings.steps == 4
+
+
+def test_a_request_estimated_over_the_budget_is_decided_by_its_first_steps(timed_pipe):
+    """Estimated at 24 s against 10 s, but one step (6 s) fits: the first two steps run, timed, and decide."""
+    pipe, clock = timed_pipe
+    pipe.measure_unit_seconds()  # 1 s per unit, from the clock
+    clock.dt = 0.5  # the steps themselves take 0.5 s: 4 steps fit 10 s
+    steps_run = []
+    out = _request(pipe, steps_run, time_budget=10)
+    assert out.settings.steps == 4 and steps_run == [1, 2, 3, 4, 5]  # the steps and the decode
+    assert pipe.step_times.estimate(StepWork(4, 2, 64, 64, 64, 3)) == 0.5  # learned from the run
+    pipe.step_times = StepTimes()
+    clock.dt = 1.0
+    pipe.measure_unit_seconds()  # 1 s per unit again: estimated at 24 s, one step (6 s) fits
+    clock.dt = 4.0  # but each step now takes 4 s: the probe says 16 s, over 10 s, and stops the request
+    steps_run.clear()
+    with pytest.raises(InputError, match="about 16 s .* over the 10 s limit"):
+        _request(pipe, steps_run, time_budget=10)
+    assert steps_run == [1]  # refused at the end of the second step
+
+
+def test_a_slow_first_measurement_does_not_stick(timed_pipe):
+    """A busy machine measures the unit 100x too slow: the request is not refused for good, and once it has
+    run, what it measured is what later requests are estimated by."""
+    pipe, clock = timed_pipe
+    clock.dt = 100.0
+    pipe.measure_unit_seconds()  # 100 s per unit: one step of the request "600 s"
+    clock.dt = 0.01  # the machine is calm again
+    steps_run = []
+    assert _request(pipe, steps_run, time_budget=120).settings.steps == 4
+    assert pipe.unit_seconds == pytest.approx(0.01 / 6)  # the run's own steps: 0.01 s for 6 units
+    for _ in range(3):
+        assert _request(pipe, [], time_budget=120).settings.steps == 4
+
+
+def test_requests_without_a_budget_are_not_timed(timed_pipe):
+    pipe, clock = timed_pipe
+    _request(pipe, [])
+    assert pipe.unit_seconds is None and clock.now == 0.0
 
 
 def test_unit_seconds_are_measured_with_one_warm_up_call(tiny_pipe, monkeypatch):
@@ -104,12 +156,10 @@ def test_unit_seconds_are_measured_with_one_warm_up_call(tiny_pipe, monkeypatch)
     assert calls == [(1, 4, 32, 32)] * 2  # one image at the native size: 64 px is 32 latent pixels
 
 
-def test_the_time_budget_measures_the_unit_on_first_use(tiny_pipe, photo, monkeypatch):
-    monkeypatch.setattr(tiny_pipe, "unit_seconds", None)
-    measure = tiny_pipe.measure_unit_seconds
-    ticks = iter([0.0, 2.0])  # a fake clock: the UNet call "took" 2 s
-    monkeypatch.setattr(tiny_pipe, "measure_unit_seconds", lambda: measure(clock=lambda: next(ticks)))
+def test_the_time_budget_measures_the_unit_on_first_use(timed_pipe):
+    pipe, clock = timed_pipe
+    clock.dt = 2.0  # the UNet call "took" 2 s
     with pytest.raises(InputError, match="about 24 s"):  # 4 steps x 3 branches x 2 s
-        tiny_pipe("x", object_image=square_photo(), num_inference_steps=4, text_guidance=5.0, object_guidance=3.0,
-                  time_budget=5)
-    assert tiny_pipe.unit_seconds == 2.0
+        pipe("x", object_image=square_photo(), num_inference_steps=4, text_guidance=5.0, object_guidance=3.0,
+             time_budget=5)
+    assert pipe.unit_seconds == 2.0

@@ -13,10 +13,11 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
-from conftest import square_photo
+from conftest import FakeClock, square_photo
 from zeroft import InputError, ZeroFTConfig, ZeroFTPipeline, ZeroFTXLPipeline, load_pipeline, save_checkpoint
 from zeroft.cli import main
 from zeroft.guidance import batch_branches
+from zeroft.timing import StepTimes
 
 
 
@@ -119,8 +120,10 @@ def test_the_time_budget_measures_an_sdxl_unet_call(tiny_sdxl_pipe, monkeypatch)
     finally:
         hook.remove()
     assert seen == [["image_embeds", "text_embeds", "time_ids"]] * 2
-    with pytest.raises(InputError, match="about 10 s"):  # 10 steps x 2 branches (no photo) x 0.5 s
-        tiny_sdxl_pipe("x", num_inference_steps=10, time_budget=1)
+    monkeypatch.setattr(tiny_sdxl_pipe, "step_times", StepTimes())
+    monkeypatch.setattr(tiny_sdxl_pipe, "clock", FakeClock(0.5))  # every UNet call takes 0.5 s, measured or not
+    with pytest.raises(InputError, match="about 10 s"):  # 10 steps x 2 branches (no photo) x 0.5 s; one step > 0.5 s
+        tiny_sdxl_pipe("x", num_inference_steps=10, time_budget=0.5)
 
 
 @pytest.mark.gpu

@@ -32,8 +32,9 @@ from .errors import InputError
 from .guidance import batch_branches, combine_guidance, needed_branches
 from .images import ImageInput, load_image
 from .masking import ChosenMask, Masker, choose_mask_with_source, prepare_mask
+from .timing import BudgetWatch, StepTimes, StepWork
 from .validation import (check_guidance, check_num_images, check_prompt, check_seed, check_size_for, check_steps,
-                         check_time_budget, native_size, size_limits)
+                         native_size, size_limits)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class GenerationSettings:
     masks: list[str]  # where each reference photo's mask came from: "given", "alpha" or "automatic:<masker>"
     quantization: str
     device: str
+    dtype: str  # the UNet's weights' dtype ("float32", "bfloat16", ...): it changes the pixels
 
     def to_dict(self) -> dict:
         """The settings as a JSON-ready dict (the CLI's settings file, the app's "Settings used")."""
@@ -83,7 +85,8 @@ class ZeroFTMixin:
         self.embedding_cache = LRUCache(cache_size)  # (photo, mask, encoder) digests -> (1, D) embedding
         self.prompt_cache = LRUCache(cache_size)  # (prompt, negative prompt) -> text conditions
         self.encoder_calls = 0
-        self.unit_seconds: float | None = None  # s per UNet call, one image at native size (measure_unit_seconds)
+        self.step_times = StepTimes()  # what a step costs here, learned from the runs (zeroft.timing)
+        self.clock: Callable[[], float] = time.perf_counter  # times the steps; a fake one in tests
 
     # ------------------------------------------------------------------ object side
 
@@ -197,17 +200,30 @@ class ZeroFTMixin:
         """(smallest, largest) output side on this pipeline's device: zeroft.validation.size_limits."""
         return size_limits(self.native_size, self._execution_device)
 
+    @property
+    def unit_seconds(self) -> float | None:
+        """Seconds of one cost unit here (one UNet call, one image, native size): measured on first use by
+        :meth:`measure_unit_seconds`, then what the last generation under a time budget measured (zeroft.timing).
+        Set it by hand to skip the first measurement (a known device, a test)."""
+        return self.step_times.unit_seconds
+
+    @unit_seconds.setter
+    def unit_seconds(self, value: float | None) -> None:
+        self.step_times.unit_seconds = value
+
     @torch.no_grad()
-    def measure_unit_seconds(self, clock: Callable[[], float] = time.perf_counter) -> float:
+    def measure_unit_seconds(self, clock: Callable[[], float] | None = None, warm_up: bool = True) -> float:
         """Time one UNet call on one image at the native size (after a warm-up call) and keep it.
 
         The result, ``self.unit_seconds``, is the cost unit of zeroft.validation.estimate_seconds;
-        ``__call__(time_budget=...)`` measures it on first use. Set ``unit_seconds`` by hand to
-        skip the measurement (a known device, a test).
+        ``__call__(time_budget=...)`` measures it on first use, and again before refusing a request
+        whose single step would not fit (zeroft.timing).
 
         Args:
-            clock: seconds as a float; a fake clock makes the measurement deterministic.
+            clock: seconds as a float (default ``self.clock``); a fake clock makes the measurement deterministic.
+            warm_up: make one untimed call first (the first call allocates and picks kernels).
         """
+        clock = clock or self.clock
         device = self._execution_device
         native = self.native_size
         side = native // self.vae_scale_factor
@@ -224,7 +240,8 @@ class ZeroFTMixin:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 
-        one_call()  # the first call allocates and picks kernels; it is not what a step costs
+        if warm_up:
+            one_call()  # the first call allocates and picks kernels; it is not what a step costs
         start = clock()
         one_call()
         self.unit_seconds = max(clock() - start, 1e-9)
@@ -277,12 +294,14 @@ class ZeroFTMixin:
             generator: torch generator(s), instead of ``seed``.
             height, width: output size, multiples of 8 within :meth:`size_limits`; default from the checkpoint.
             latents: initial noise (P·num_images, C, h, w), instead of drawing it.
-            callback: called as ``callback(step, total)`` after every UNet step; ``total`` is the
-                number of steps the scheduler takes, which may exceed ``num_inference_steps`` (PNDM).
+            callback: called as ``callback(step, total)`` after every UNet step and once more after
+                decoding; ``total`` is the number of steps the scheduler takes (which may exceed
+                ``num_inference_steps``: PNDM) plus one for the decode.
             output_type: "pil", "np", "pt" or "latent".
-            time_budget: seconds this request may take; one estimated to take longer
-                (zeroft.validation.check_time_budget, with ``unit_seconds``, measured on first use)
-                is refused with an :class:`InputError` before any denoising.
+            time_budget: seconds this request may take. The estimate follows what steps cost on this
+                machine (zeroft.timing): a request whose single step would not fit is refused before any
+                denoising; one estimated over the budget is refused after its first two steps if they,
+                as measured, say so.
 
         Raises:
             InputError: a setting out of range, a size outside :meth:`size_limits`, an empty mask,
@@ -332,10 +351,14 @@ class ZeroFTMixin:
         self.scheduler.set_timesteps(steps, device=device)
         timesteps = self.scheduler.timesteps
         branches = needed_branches(text_guidance, object_guidance)
+        watch = None
         if time_budget is not None:
-            unit_seconds = self.unit_seconds if self.unit_seconds is not None else self.measure_unit_seconds()
-            check_time_budget(time_budget, steps=len(timesteps), num_images=batch, height=height, width=width,
-                              native_size=native, unit_seconds=unit_seconds, branches=len(branches))
+            work = StepWork(steps=len(timesteps), num_images=batch, height=height, width=width, native_size=native,
+                            branches=len(branches))
+            if self.step_times.estimate(work) is None:
+                self.measure_unit_seconds()
+            watch = BudgetWatch(time_budget, work, self.step_times.estimate(work), clock=self.clock,
+                                remeasure=lambda: self.measure_unit_seconds(warm_up=False) * work.units_per_step)
 
         # 5. Prepare latent variables; one generator per image so image i depends on seed + i only
         seeds: list[int] = []
@@ -354,8 +377,11 @@ class ZeroFTMixin:
 
         # 7. Denoising loop
         self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        total = len(timesteps) + 1  # the UNet calls and the decode
+        with self.progress_bar(total=total) as progress_bar:
             for i, t in enumerate(timesteps):
+                if watch is not None:
+                    watch.begin_step()
                 model_input = torch.cat([latents] * len(branches))
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 noise_pred = self.unet(
@@ -364,18 +390,28 @@ class ZeroFTMixin:
                 eps = dict(zip(branches, noise_pred.chunk(len(branches))))
                 noise_pred = combine_guidance(eps, text_guidance, object_guidance)
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if watch is not None:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)  # time the step, not its launch
+                    watch.end_step()  # may refuse the request after its probe steps
                 progress_bar.update()
                 if callback is not None:
-                    callback(i + 1, len(timesteps))
+                    callback(i + 1, total)
+            if watch is not None:
+                self.step_times.record(watch.work, watch.seconds_per_step())
 
-        # 8. Decode
-        images = latents if output_type == "latent" else self._decode(latents, output_type)
+            # 8. Decode
+            images = latents if output_type == "latent" else self._decode(latents, output_type)
+            progress_bar.update()
+            if callback is not None:
+                callback(total, total)
         self.maybe_free_model_hooks()
         settings = GenerationSettings(
             prompt=prompt if isinstance(prompt, str) else prompts, negative_prompt=negative_prompt,
             text_guidance=text_guidance, object_guidance=object_guidance, steps=steps, num_images=num_images,
             height=height, width=width, seed=seed if seeds else None, seeds=seeds, masks=[c.source for c in chosen],
             quantization=getattr(self, "quantization", "none"), device=str(device),
+            dtype=str(self.unet.dtype).removeprefix("torch."),
         )
         return ZeroFTOutput(images=images, masks=[c.mask for c in chosen], image_embeds=image_embeds.cpu(), seeds=seeds,
                             settings=settings)
