@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 from hubcache import fake_hub_repo, hub, tiny_clip_vision  # noqa: F401 (hub: a fixture, used by name)
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import zeroft.checkpoint
@@ -177,11 +178,31 @@ def test_an_encoder_file_missing_from_the_hub_cache_fails_before_anything_is_bui
         zeroft.load_pipeline(checkpoint_copy, device="cpu")
 
 
-def test_a_missing_rembg_model_fails_before_anything_is_built(checkpoint_copy, no_build, tmp_path, monkeypatch):
+def test_a_missing_rembg_model_is_needed_only_by_photos_without_a_mask(checkpoint_copy, tmp_path, monkeypatch, capsys):
+    """Offline with no rembg model on the machine: the checkpoint loads; a photo that carries its mask (alpha), or
+    comes with one, generates; a plain photo is refused with the plain message before any denoising step."""
+    import numpy as np
+
+    from conftest import square_photo
+    from zeroft.cli import main
+
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "empty-u2net"))
     _edit_config(checkpoint_copy, masker="rembg:u2net")
+    pipe = zeroft.load_pipeline(checkpoint_copy, device="cpu")
+    steps = []
+    settings = dict(num_inference_steps=2, output_type="latent", callback=lambda step, total: steps.append(step))
     with pytest.raises(ModelUnavailableError, match="u2net.onnx"):
-        zeroft.load_pipeline(checkpoint_copy, device="cpu")
+        pipe("a toy", object_image=square_photo(), **settings)
+    assert steps == []
+    cutout = square_photo().convert("RGBA")
+    cutout.putalpha(Image.fromarray(((np.asarray(square_photo())[..., 2] < 128) * 255).astype(np.uint8)))
+    assert pipe("a toy", object_image=cutout, **settings).settings.masks == ["alpha"]
+    mask = (np.asarray(square_photo())[..., 2] < 128).astype(np.float32)
+    assert pipe("a toy", object_image=square_photo(), object_mask=mask, **settings).settings.masks == ["given"]
+    cutout.save(tmp_path / "cutout.png")
+    status = main(["generate", "--checkpoint", str(checkpoint_copy), "--image", str(tmp_path / "cutout.png"),
+                   "--prompt", "a toy", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert status == 0, capsys.readouterr().err
 
 
 def test_a_present_rembg_model_loads(checkpoint_copy, u2net_home):

@@ -247,7 +247,8 @@ def load_pipeline(
 
     Raises:
         ModelUnavailableError: a file the checkpoint needs is missing (adapter, tuned UNet, local base
-            model, encoder weights, the rembg model while offline); checked before any model is built.
+            model, encoder weights); checked before any model is built. (The automatic masker's model
+            is checked when a photo first needs it: photos with their own mask or alpha never do.)
         HubUnavailableError: a Hub model is neither in the Hugging Face cache nor downloadable.
     """
     folder = resolve_checkpoint(checkpoint, revision)
@@ -272,8 +273,7 @@ def load_pipeline(
         _require_file(folder, f"unet/{UNET_WEIGHTS}", "the tuned UNet")
     base_source = _locate_base(folder, config)
     encoder_source = locate_encoder(config.encoder, folder)
-    pipe_masker = Masker(masker or config.masker)
-    pipe_masker.check_available()
+    pipe_masker = Masker(masker or config.masker)  # its model is checked when a mask is first needed
 
     # 2. Build; int8 quantizes as it reads, the other modes through diffusers' and transformers' loaders.
     loaded, encoder = {}, None

@@ -58,11 +58,20 @@ def fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(mask, 0.0, 1.0)
 
 
+class EmptyMaskError(InputError):
+    """A mask that marks nothing; ``source`` says where it came from ("given", "alpha", "automatic:<masker>"),
+    so that a front end with other controls than the CLI's flags (the app's brush) can word its own advice."""
+
+    def __init__(self, message: str, source: str | None):
+        super().__init__(message)
+        self.source = source
+
+
 def _empty_mask_message(source: str | None) -> str:
     """What to tell a person whose mask marks nothing, by where the mask came from.
 
     Each message advises something other than what just failed; the command-line flags are
-    named in parentheses, for the CLI's users.
+    named in parentheses, for the CLI's users (the app words its own, from EmptyMaskError.source).
     """
     if source == "given":
         return ("The given mask is empty: nothing in it marks the object in white. Paint over the object, "
@@ -95,13 +104,14 @@ def prepare_mask(mask: np.ndarray, size: tuple[int, int], binary: bool = False,
         (height, width) float32 mask in [0, 1].
 
     Raises:
-        InputError: the mask is empty, or its aspect ratio differs from the photo's.
+        EmptyMaskError: the mask is empty.
+        InputError: its aspect ratio differs from the photo's.
     """
     mask = fit_mask(mask, size)
     if binary:
         mask = (mask >= 0.5).astype(np.float32)
     if float((mask >= 0.5).mean()) < MIN_MASK_AREA:
-        raise InputError(_empty_mask_message(source))
+        raise EmptyMaskError(_empty_mask_message(source), source)
     return mask
 
 
@@ -119,7 +129,8 @@ def choose_mask_with_source(photo: LoadedImage, mask: ImageInput | np.ndarray | 
 
     The rule: the user's mask, else the photo's alpha, else the automatic ``masker``. Arguments as
     :func:`choose_mask`; the source is what ``GenerationSettings.masks`` records and what
-    :func:`prepare_mask` needs to word an empty mask's message.
+    :func:`prepare_mask` needs to word an empty mask's message. A ``mask`` given as a
+    :class:`ChosenMask` keeps its own source (the app's untouched automatic mask stays "automatic:...").
 
     Example:
         >>> from PIL import Image
@@ -134,7 +145,9 @@ def choose_mask_with_source(photo: LoadedImage, mask: ImageInput | np.ndarray | 
         >>> choose_mask_with_source(load_image(cutout), masker=Masker("border")).source
         'alpha'
     """
-    if mask is not None:
+    if isinstance(mask, ChosenMask):
+        raw, source = mask.mask, mask.source
+    elif mask is not None:
         raw, source = load_mask(mask), "given"
     elif photo.alpha is not None:
         raw, source = photo.alpha, "alpha"
@@ -255,8 +268,9 @@ class Masker:
         self._lock = threading.Lock()
 
     def check_available(self) -> None:
-        """Fail now, not at the first automatic mask, when the rembg model is not on disk and downloads
-        are off (HF_HUB_OFFLINE=1); ``load_pipeline`` calls it before building any model.
+        """Fail with a plain message when the rembg model is not on disk and downloads are off
+        (HF_HUB_OFFLINE=1). Called when an automatic mask is first needed (a photo that carries its
+        mask, or comes with one, needs no masker model), and by front ends that want to know early.
 
         Where to look is rembg's own rule (its session class's ``resolve_existing``).
         """
@@ -280,6 +294,7 @@ class Masker:
     def _rembg_session(self):
         with self._lock:
             if self._session is None:
+                self.check_available()  # offline and not on disk: say so, rather than rembg's failed download
                 try:
                     from rembg import new_session
                 except ImportError as error:
