@@ -1,7 +1,6 @@
 """The Gradio app: layout without weights, the API through gradio_client, concurrency, a real browser."""
 
 import base64
-import dataclasses
 import json
 import os
 import re
@@ -18,11 +17,18 @@ import pytest
 import torch
 from PIL import Image
 
-import app
-import app_inputs
+import gradio as gr
 import zeroft
+from webapp import handlers as app_handlers
+from webapp import layout, uploads
+from webapp.catalogue import Checkpoints, allowed_checkpoints
+from webapp.examples import load_examples
+from webapp.handlers import TIME_BUDGET, Handlers
+from webapp.launch import create_app
+from webapp.paths import APP_DIR, EXAMPLE_FOLDERS, TOY_EXAMPLES
+from zeroft.timing import StepTimes
 
-from conftest import square_photo
+from conftest import FakeClock, square_photo
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -36,9 +42,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
     """The app serving the tiny checkpoint: (url, the name it shows for it)."""
-    demo = app.create_app(str(tiny_checkpoint))
+    demo = create_app(str(tiny_checkpoint))
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-                            max_file_size=app.MAX_UPLOAD, allowed_paths=app.EXAMPLE_FOLDERS)
+                            max_file_size=uploads.MAX_UPLOAD, allowed_paths=EXAMPLE_FOLDERS)
     yield url, tiny_checkpoint.name
     demo.close()
 
@@ -46,9 +52,9 @@ def server(tiny_checkpoint):
 @pytest.fixture(scope="module")
 def embedded_server():
     """The app as `python app.py` serves it: the embedded checkpoint, with the examples."""
-    demo = app.create_app()
+    demo = create_app()
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-                            max_file_size=app.MAX_UPLOAD, allowed_paths=app.EXAMPLE_FOLDERS)
+                            max_file_size=uploads.MAX_UPLOAD, allowed_paths=EXAMPLE_FOLDERS)
     yield url, "zeroft-toy"
     demo.close()
 
@@ -74,14 +80,21 @@ def _generate(client, checkpoint, editor, **kwargs):
     return client.predict(*_generate_args(checkpoint, editor, **kwargs), api_name="/generate")
 
 
-def _stub(*args, **kwargs):
-    raise AssertionError("a stub handler must not be called while building the layout")
+class StubHandlers:
+    """Stands in for webapp.handlers.Handlers: any handler the layout wires up fails if called."""
+
+    def __getattr__(self, name):
+        def stub(*args, **kwargs):
+            raise AssertionError(f"the stub handler {name} must not be called while building the layout")
+
+        stub.__name__ = name
+        return stub
 
 
 def test_build_demo_loads_no_weights():
     zeroft.pipeline_cache.clear()
-    stubs = app.Handlers(*[_stub] * len(dataclasses.fields(app.Handlers)))
-    demo = app.build_demo(stubs, checkpoints=app.Checkpoints("some/checkpoint"))
+    stubs = StubHandlers()
+    demo = layout.build_demo(stubs, checkpoints=Checkpoints("some/checkpoint"))
     assert len(zeroft.pipeline_cache) == 0
     names = {dependency.get("api_name") for dependency in demo.config["dependencies"]}
     assert {"generate", "mask"} <= names
@@ -91,7 +104,7 @@ def test_importing_the_app_is_cheap():
     code = "import app, zeroft, sys; assert len(zeroft.pipeline_cache) == 0; print('ok')"
     import subprocess
 
-    result = subprocess.run([sys.executable, "-c", code], cwd=Path(app.__file__).parent, capture_output=True,
+    result = subprocess.run([sys.executable, "-c", code], cwd=APP_DIR, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
@@ -116,33 +129,33 @@ def test_no_server_path_reaches_a_visitor(client, server, tiny_checkpoint, tmp_p
     refused = _error(client, "/etc", editor=_editor(tmp_path / "photo.png"))
     assert "not offered" in refused and server[1] in refused and "zeroft-toy" in refused
     for text in (config, json.dumps(settings), refused):
-        assert str(app.APP_DIR) not in text and str(tiny_checkpoint) not in text
+        assert str(APP_DIR) not in text and str(tiny_checkpoint) not in text
 
 
 def test_checkpoint_names_and_aliases():
     """Users name a model by what the app shows or by its folder relative to the app; the server keeps the path."""
-    offered = app.Checkpoints()
+    offered = Checkpoints()
     assert offered.names[0] == "zeroft-toy"
     for alias in ("zeroft-toy", "default", "assets/zeroft-toy", "./assets/zeroft-toy", "assets/zeroft-toy/"):
         assert offered.name(alias) == "zeroft-toy", alias
     assert offered.where("zeroft-toy") == str(zeroft.presets.EMBEDDED_CHECKPOINT)
-    assert offered.name("/etc") is None and offered.name(None) is None and offered.name(str(app.APP_DIR)) is None
+    assert offered.name("/etc") is None and offered.name(None) is None and offered.name(str(APP_DIR)) is None
     assert offered.name(str(zeroft.presets.EMBEDDED_CHECKPOINT)) is None  # a guessed server path is not confirmed
     assert offered.public(f"missing {offered.where('zeroft-toy')}/unet") == "missing zeroft-toy/unet"
 
 
 def test_real_presets_are_offered_where_a_gpu_is(monkeypatch):
     """The SD1.5 and both SDXL presets with CUDA present (simulated) and the Hub reachable; the toy model alone on a CPU."""
-    assert app.Checkpoints().names == ["zeroft-toy"]  # this machine: no GPU (and the tests run offline)
+    assert Checkpoints().names == ["zeroft-toy"]  # this machine: no GPU (and the tests run offline)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    offered = app.Checkpoints()
+    offered = Checkpoints()
     assert offered.names == ["zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl-vit-h", "ip-adapter-sdxl"]
     assert offered.where("ip-adapter-sdxl") == "ip-adapter-sdxl"  # a name, loaded (and downloaded) on first use
 
 
 def _readme_client_example() -> str:
-    text = (Path(app.__file__).parent / "README.md").read_text()
+    text = (APP_DIR / "README.md").read_text()
     section = text[text.index("## The app"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
@@ -151,7 +164,7 @@ def test_readme_client_example_runs_as_written(embedded_server, monkeypatch):
     """The README's gradio_client code, as written, against the app as `python app.py` serves it (another port)."""
     code = _readme_client_example()
     assert "http://127.0.0.1:7860/" in code
-    monkeypatch.chdir(app.APP_DIR)  # its paths are relative to the checkout, as a user runs it
+    monkeypatch.chdir(APP_DIR)  # its paths are relative to the checkout, as a user runs it
     namespace = {}
     exec(compile(code.replace("http://127.0.0.1:7860/", embedded_server[0]), "README.md", "exec"), namespace)
     assert len(namespace["gallery"]) == 4 and namespace["settings"]["checkpoint"] == "zeroft-toy"
@@ -182,8 +195,14 @@ def test_bad_inputs_come_back_as_plain_messages(client, server, tmp_path):
     (tmp_path / "junk.png").write_bytes(b"this is not an image")
     assert _error(client, checkpoint, editor=None) == "Upload a photo first."
     assert "not an image file" in _error(client, checkpoint, editor=_editor(tmp_path / "junk.png"))
-    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(tmp_path / "empty-layer.png")
-    assert "mask is empty" in _error(client, checkpoint, editor=_editor(tmp_path / "photo.png", [tmp_path / "empty-layer.png"]))
+    # the whole photo painted with the dark (background) brush: an empty mask, in the page's words, no CLI flag
+    Image.new("RGBA", (64, 64), (40, 40, 40, 153)).save(tmp_path / "all-background.png")
+    message = _error(client, checkpoint, editor=_editor(tmp_path / "photo.png", [tmp_path / "all-background.png"]))
+    assert "mask is empty" in message and "pink brush" in message and "--" not in message
+    # a blank layer (what the page sends when nothing was painted) is no mask at all: the automatic one is used
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(tmp_path / "blank-layer.png")
+    blank = _generate(client, checkpoint, _editor(tmp_path / "photo.png", [tmp_path / "blank-layer.png"]), n=1)[1]
+    assert blank["masks"] == ["automatic:border"]
     assert "at most 1000" in _error(client, checkpoint, editor=_editor(tmp_path / "photo.png"), prompt="x" * 1500)
     assert "maximum value 30" in _error(client, checkpoint, editor=_editor(tmp_path / "photo.png"), obj=45.0)
     Image.new("RGB", (8, 8)).save(tmp_path / "tiny.png")
@@ -216,7 +235,7 @@ def test_upload_cap_holds_for_data_urls(server, monkeypatch, tmp_path):
     noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     noisy.save(tmp_path / "noisy.png")
     small, large = ((tmp_path / name).read_bytes() for name in ("photo.png", "noisy.png"))
-    monkeypatch.setattr(app_inputs, "MAX_UPLOAD", (len(small) + len(large)) // 2)
+    monkeypatch.setattr(uploads, "MAX_UPLOAD", (len(small) + len(large)) // 2)
 
     def data_url(data):
         return {"url": "data:image/png;base64," + base64.b64encode(data).decode(), "meta": {"_type": "gradio.FileData"}}
@@ -263,21 +282,24 @@ def test_sixteen_bit_photo_is_read_as_the_cli_reads_it(client, server, tiny_chec
 
 
 def test_cache_cleanup_is_set(server):
-    demo = app.create_app()
-    assert demo.delete_cache == app.CACHE_CLEANUP and 0 < app.CACHE_CLEANUP[1] <= 86400
+    demo = create_app()
+    assert demo.delete_cache == layout.CACHE_CLEANUP and 0 < layout.CACHE_CLEANUP[1] <= 86400
 
 
 def test_request_over_the_time_budget_is_refused_before_running(client, server, tiny_checkpoint, tmp_path, monkeypatch):
-    """The library's estimate with a cost unit set by hand (as a slow machine would measure it): refused, not run."""
+    """A machine on which every UNet call takes 1000 s (a fake clock): the request is refused before any denoising
+    step; the only UNet calls are the one-image measurements of what a step costs (zeroft.timing)."""
     pipe = zeroft.get_pipeline(tiny_checkpoint)
-    monkeypatch.setattr(pipe, "unit_seconds", 1000.0)
-    calls = []
+    monkeypatch.setattr(pipe, "step_times", StepTimes())
+    monkeypatch.setattr(pipe, "clock", FakeClock(1000.0))
+    batches = []
     forward = pipe.unet.forward
-    monkeypatch.setattr(pipe.unet, "forward", lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs))
+    monkeypatch.setattr(pipe.unet, "forward", lambda sample, *args, **kwargs: batches.append(sample.shape[0])
+                        or forward(sample, *args, **kwargs))
     square_photo().save(tmp_path / "photo.png")
     message = _error(client, server[1], editor=_editor(tmp_path / "photo.png"), n=1)
-    assert f"over the {app.TIME_BUDGET:g} s limit" in message and "Lower" in message
-    assert calls == []
+    assert f"over the {TIME_BUDGET:g} s limit" in message and "Lower" in message
+    assert batches and set(batches) == {1}  # measurements only: a denoising step runs 3 branches
 
 
 def test_size_slider_follows_the_model(client, server, tiny_checkpoint, tmp_path):
@@ -288,7 +310,7 @@ def test_size_slider_follows_the_model(client, server, tiny_checkpoint, tmp_path
     config = httpx.get(server[0] + "config", timeout=30).json()
     size = next(c["props"] for c in config["components"] if c.get("props", {}).get("elem_id") == "size")
     assert (size["minimum"], size["maximum"]) == (low, high) and size["value"] == 64 and 64 % size["step"] == 0
-    update = app.make_handlers(app.Checkpoints(str(tiny_checkpoint))).size_slider(server[1])
+    update = Handlers(Checkpoints(str(tiny_checkpoint))).size_slider(server[1])
     assert (update["minimum"], update["maximum"], update["value"]) == (low, high, 64)
     square_photo().save(tmp_path / "photo.png")
     assert f"maximum value {high}" in _error(client, server[1], editor=_editor(tmp_path / "photo.png"), size=high + 64)
@@ -347,7 +369,7 @@ def test_an_example_and_generate_never_share_the_pipeline(client, server, tiny_c
     from gradio_client import Client, handle_file
 
     square_photo().save(tmp_path / "photo.png")
-    shown = app.load_examples()[0]
+    shown = load_examples()[0]
     example = ({"background": handle_file(shown.image), "layers": [], "composite": None}, shown.prompt, server[1])
     solo_generate = _pixels(_generate(client, server[1], _editor(tmp_path / "photo.png"), n=1)[0])
     solo_example = _pixels(client.predict(*example, api_name="/run_example")[0])
@@ -391,7 +413,7 @@ def _upload(page, path: Path) -> None:
 
 def _bad_uploads_are_named_once(page, expect, tmp_path: Path) -> None:
     """A non-image named .png and a truncated PNG: one message each, saying what is wrong, and no error badges."""
-    good = (app.EXAMPLES / "object-02.png").read_bytes()
+    good = (TOY_EXAMPLES / "object-02.png").read_bytes()
     (tmp_path / "notes.png").write_bytes(b"these are notes, not a picture\n" * 20)
     (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
     for name, reason in (("notes.png", "not an image file"), ("cut.png", "corrupt or truncated")):
@@ -416,7 +438,7 @@ def test_a_real_browser_generates(embedded_server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     url, checkpoint = embedded_server
-    defaults = app.Checkpoints().config(checkpoint).defaults
+    defaults = Checkpoints().config(checkpoint).defaults
     text, obj = defaults.text_guidance + 0.5, defaults.object_guidance + 0.5
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
@@ -429,7 +451,7 @@ def test_a_real_browser_generates(embedded_server, tmp_path):
         expect(page.get_by_text("Example photos")).to_have_count(0)
         page.screenshot(path=str(ARTIFACTS / "app-cpu-first-visit.png"))
         _bad_uploads_are_named_once(page, expect, tmp_path)
-        _upload(page, app.EXAMPLES / "object-02.png")
+        _upload(page, TOY_EXAMPLES / "object-02.png")
         expect(page.locator("#preview img")).to_be_visible(timeout=30_000)  # automatic mask → encoder preview
         page.get_by_role("button", name="Brush").first.click()
         box = page.locator("#photo canvas").first.bounding_box()
@@ -457,23 +479,24 @@ def test_a_real_browser_generates(embedded_server, tmp_path):
 
 def test_a_masker_model_missing_at_generation_is_a_plain_message(tiny_checkpoint, monkeypatch):
     def unavailable(*args, **kwargs):
-        raise zeroft.ModelUnavailableError(f"no rembg model in {app.APP_DIR}")
+        raise zeroft.ModelUnavailableError(f"no rembg model in {APP_DIR}")
 
     monkeypatch.setattr(zeroft, "get_pipeline", lambda *args, **kwargs: unavailable)
-    handlers = app.make_handlers(app.Checkpoints(str(tiny_checkpoint)))
+    handlers = Handlers(Checkpoints(str(tiny_checkpoint)))
     editor = {"background": zeroft.load_image(square_photo()), "layers": [], "composite": None}
-    with pytest.raises(app.gr.Error) as caught:
+    with pytest.raises(gr.Error) as caught:
         handlers.generate(editor, "one object", "", 5.0, 3.0, 2, 1, 0, False, 64, "none", Path(tiny_checkpoint).name,
                           progress=lambda *args, **kwargs: None)
-    assert "could not be loaded" in caught.value.message and str(app.APP_DIR) not in caught.value.message
+    assert "could not be loaded" in caught.value.message and str(APP_DIR) not in caught.value.message
 
 
 def test_automatic_masks_reuse_one_masker_and_its_cache(tiny_checkpoint):
-    offered = app.Checkpoints(str(tiny_checkpoint))
+    offered = Checkpoints(str(tiny_checkpoint))
     config = offered.config(offered.names[0])
     photo = zeroft.load_image(square_photo())
-    first = app._automatic(photo, config)
-    masker = app._masker(config.masker)
+    first = app_handlers.automatic(photo, config)
+    masker = app_handlers.masker_for(config.masker)
     calls = masker.calls
-    assert np.array_equal(app._automatic(photo, config), first) and app._masker(config.masker) is masker
+    assert np.array_equal(app_handlers.automatic(photo, config).mask, first.mask)
+    assert app_handlers.masker_for(config.masker) is masker and first.source == f"automatic:{config.masker}"
     assert masker.calls == calls  # the same photo was not masked again

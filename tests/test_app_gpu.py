@@ -17,10 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
-import app
-import app_inputs
-import app_zerogpu
 import zeroft
+from webapp import handlers as app_handlers
+from webapp import zerogpu as app_zerogpu
+from webapp.catalogue import CHECKPOINT_ENV, GPU_PRESETS, REAL_DEFAULT, Checkpoints, default_checkpoint
+from webapp.editor import latest
+from webapp.examples import load_examples
+from webapp.handlers import Handlers
+from webapp.launch import create_app
+from webapp.paths import APP_DIR, REAL_EXAMPLES
 
 from conftest import square_photo
 
@@ -50,46 +55,46 @@ def gpu_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv(app_inputs.CHECKPOINT_ENV, raising=False)
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
 
 
 def test_the_default_model_follows_the_machine(monkeypatch):
     """--checkpoint, else $ZEROFT_CHECKPOINT, else the real preset on a GPU, else the toy model."""
-    monkeypatch.delenv(app_inputs.CHECKPOINT_ENV, raising=False)
-    assert app.default_checkpoint() is None  # this CPU: the embedded toy model
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
+    assert default_checkpoint() is None  # this CPU: the embedded toy model
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert app.default_checkpoint() is None  # a GPU with the Hub switched off (HF_HUB_OFFLINE=1) offers no preset
+    assert default_checkpoint() is None  # a GPU with the Hub switched off (HF_HUB_OFFLINE=1) offers no preset
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    assert app.default_checkpoint() == app.REAL_DEFAULT == "ip-adapter-sdxl-vit-h"
-    monkeypatch.setenv(app_inputs.CHECKPOINT_ENV, "ip-adapter-sd15")
-    assert app.default_checkpoint() == "ip-adapter-sd15"
-    assert app.default_checkpoint("zeroft-toy") == "zeroft-toy"
+    assert default_checkpoint() == REAL_DEFAULT == "ip-adapter-sdxl-vit-h"
+    monkeypatch.setenv(CHECKPOINT_ENV, "ip-adapter-sd15")
+    assert default_checkpoint() == "ip-adapter-sd15"
+    assert default_checkpoint("zeroft-toy") == "zeroft-toy"
 
 
 def test_a_gpu_machine_opens_on_the_real_model_with_real_photos(gpu_machine):
     """The page a first-time visitor gets on a GPU: SDXL selected (its size and guidance), the real photos as
     examples, no toy note; nothing is loaded off ZeroGPU (the model loads on the first request)."""
     zeroft.pipeline_cache.clear()
-    demo = app.create_app()
+    demo = create_app()
     assert len(zeroft.pipeline_cache) == 0
     model = _props(demo, "checkpoint")
-    assert model["value"] == app.REAL_DEFAULT
-    assert [c[0] for c in model["choices"]] == [app.REAL_DEFAULT, "zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl"]
+    assert model["value"] == REAL_DEFAULT
+    assert [c[0] for c in model["choices"]] == [REAL_DEFAULT, "zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl"]
     assert _props(demo, "toy-note")["visible"] is False
     assert _column_visibility(demo) == [False, True]
     assert _props(demo, "size")["value"] == 1024 and _props(demo, "text-guidance")["value"] == 5.0
-    assert _props(demo, "prompt")["value"] == app.load_examples(app.REAL_EXAMPLES)[0].prompt
-    handlers = app.make_handlers(app.Checkpoints(app.default_checkpoint()))
+    assert _props(demo, "prompt")["value"] == load_examples(REAL_EXAMPLES)[0].prompt
+    handlers = Handlers(Checkpoints(default_checkpoint()))
     shown = [update["visible"] for update in handlers.model_view("zeroft-toy")]
     assert shown == [True, True, False]  # choosing the toy model brings its note and examples back
 
 
 def test_a_cpu_machine_says_it_is_the_toy_demo(monkeypatch):
-    monkeypatch.delenv(app_inputs.CHECKPOINT_ENV, raising=False)
-    demo = app.create_app()
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
+    demo = create_app()
     note = _props(demo, "toy-note")
     assert note["visible"] is True and "CPU demo" in note["value"] and "coloured shapes" in note["value"]
-    assert all(name in note["value"] for name in app.GPU_PRESETS)
+    assert all(name in note["value"] for name in GPU_PRESETS)
     assert _column_visibility(demo) == [True, False]
 
 
@@ -130,7 +135,7 @@ def test_zerogpu_loads_at_start_once_and_generates_pil_images(monkeypatch, tiny_
     monkeypatch.setitem(sys.modules, "spaces", stand_in)
     monkeypatch.setattr(app_zerogpu, "spaces", stand_in)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    monkeypatch.setenv(app_inputs.CHECKPOINT_ENV, str(tiny_checkpoint))  # the tiny model stands in for the preset
+    monkeypatch.setenv(CHECKPOINT_ENV, str(tiny_checkpoint))  # the tiny model stands in for the preset
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     loads = []
@@ -143,15 +148,15 @@ def test_zerogpu_loads_at_start_once_and_generates_pil_images(monkeypatch, tiny_
     monkeypatch.setattr(zeroft.loading, "load_pipeline", load_to_cuda)
     zeroft.pipeline_cache.clear()
     try:
-        demo = app.create_app()
+        demo = create_app()
         assert loads == [("cuda", torch.bfloat16)]  # at start-up, before any request
         (function, duration), = stand_in.decorated
         assert function.__name__ == "generate" and callable(duration)
         generate = next(f.fn for f in demo.fns.values() if f.api_name == "generate")
         name = tiny_checkpoint.name
-        handlers = app.make_handlers(app.Checkpoints(str(tiny_checkpoint)))
+        handlers = Handlers(Checkpoints(str(tiny_checkpoint)))
         session = handlers.on_upload(zeroft.load_image(square_photo()), name)
-        editor = {"background": session["background"], "layers": [], "composite": None}
+        editor = {"background": latest(session).background, "layers": [], "composite": None}
         gallery, settings, seed = generate(editor, "a red square", "", 5.0, 3.0, 2, 2, 7, False, 64, "none", name,
                                            session, progress=lambda *args, **kwargs: None)
         assert loads == [("cuda", torch.bfloat16)]  # the GPU call used the model loaded at start-up
@@ -172,50 +177,50 @@ def test_off_zerogpu_spaces_changes_nothing():
 
 
 def test_gpu_duration_grows_with_steps_images_and_backbone():
-    offered = app.Checkpoints(app.REAL_DEFAULT)
+    offered = Checkpoints(REAL_DEFAULT)
     offered._add("ip-adapter-sd15")
-    seconds = app.make_handlers(offered).gpu_seconds
+    seconds = Handlers(offered).gpu_seconds
 
     def ask(name, steps=30, n=1, size=None):
         return seconds(None, "", "", 5.0, 5.0, steps, n, 0, False, size or offered.native_size(name), "none", name)
 
-    sdxl, sd15 = ask(app.REAL_DEFAULT), ask("ip-adapter-sd15")
-    assert app_zerogpu.OVERHEAD_SECONDS < sd15 < sdxl < ask(app.REAL_DEFAULT, n=2) < ask(app.REAL_DEFAULT, n=4)
-    assert ask(app.REAL_DEFAULT, steps=10) < sdxl and ask(app.REAL_DEFAULT, size=512) < sdxl
-    assert ask(app.REAL_DEFAULT, steps=100, n=8) == app_zerogpu.MAX_DURATION
-    assert seconds(None, "", "", 5.0, 5.0, None, 1, 0, False, 1024, "none", app.REAL_DEFAULT) == app_zerogpu.OVERHEAD_SECONDS
+    sdxl, sd15 = ask(REAL_DEFAULT), ask("ip-adapter-sd15")
+    assert app_zerogpu.OVERHEAD_SECONDS < sd15 < sdxl < ask(REAL_DEFAULT, n=2) < ask(REAL_DEFAULT, n=4)
+    assert ask(REAL_DEFAULT, steps=10) < sdxl and ask(REAL_DEFAULT, size=512) < sdxl
+    assert ask(REAL_DEFAULT, steps=100, n=8) == app_zerogpu.MAX_DURATION
+    assert seconds(None, "", "", 5.0, 5.0, None, 1, 0, False, 1024, "none", REAL_DEFAULT) == app_zerogpu.OVERHEAD_SECONDS
 
 
 def test_real_examples_use_their_committed_masks(monkeypatch):
     """Each real photo (licence recorded) gets its committed mask, even where the masker's model is missing."""
-    examples = app.load_examples(app.REAL_EXAMPLES)
-    licences = (app.REAL_EXAMPLES / "LICENSES.md").read_text()
+    examples = load_examples(REAL_EXAMPLES)
+    licences = (REAL_EXAMPLES / "LICENSES.md").read_text()
     assert len(examples) >= 3
-    monkeypatch.setattr(app, "_masker", lambda spec: pytest.fail("the masker ran on an example photo"))
-    preset = app.Checkpoints(app.REAL_DEFAULT).config(app.REAL_DEFAULT)
+    monkeypatch.setattr(app_handlers, "masker_for", lambda spec: pytest.fail("the masker ran on an example photo"))
+    preset = Checkpoints(REAL_DEFAULT).config(REAL_DEFAULT)
     for example in examples:
         photo = zeroft.load_image(example.image)
         assert max(photo.rgb.size) <= 768 and Image.open(example.image).format == "PNG"
         assert Path(example.image).name in licences and " it" in example.prompt  # the paper's style of prompt
-        mask = app._automatic(photo, preset)
+        mask = app_handlers.automatic(photo, preset).mask
         committed = np.asarray(Image.open(example.mask).convert("L"), np.float32) / 255
         assert mask.shape == committed.shape == (photo.rgb.height, photo.rgb.width)
         assert np.array_equal(mask >= 0.5, committed >= 0.5) and 0.01 < (mask >= 0.5).mean() < 0.9
-    assert sum(p.stat().st_size for p in app.REAL_EXAMPLES.iterdir()) < 2 * 2**20
+    assert sum(p.stat().st_size for p in REAL_EXAMPLES.iterdir()) < 2 * 2**20
 
 
 def test_space_front_matter_names_the_presets_weights():
     """README's front matter: every preset's Hub repositories under models:, the default's files preloaded."""
     import yaml
 
-    readme = (Path(app.__file__).parent / "README.md").read_text()
+    readme = (APP_DIR / "README.md").read_text()
     front = yaml.safe_load(readme.split("---\n")[1])
     assert front["app_file"] == "app.py" and front["python_version"] == "3.10.13"  # the one ZeroGPU runs
     assert front["suggested_hardware"] == "a10g-large"  # a flavour the Spaces config reference lists (24 GB)
     presets = zeroft.presets.IP_ADAPTER_PRESETS
     assert set(front["models"]) == {p.base_model for p in presets.values()} | {p.adapter_repo for p in presets.values()}
     preload = {line.split()[0]: line.split()[1].split(",") for line in front["preload_from_hub"]}
-    default = presets[app.REAL_DEFAULT]
+    default = presets[REAL_DEFAULT]
     encoder_repo, _, encoder_file = default.encoder_pretrained.removeprefix("hf-hub:").partition("/models/")
     assert default.adapter_file in preload[default.adapter_repo]
     assert "models/" + encoder_file in preload[encoder_repo]
@@ -226,9 +231,9 @@ def test_space_front_matter_names_the_presets_weights():
 
 def test_a_real_example_generates_with_its_committed_mask(tiny_checkpoint, monkeypatch):
     """Clicked (no session, nothing painted), a real example is encoded with its committed mask: no masker runs."""
-    monkeypatch.setattr(app, "_masker", lambda spec: pytest.fail("the masker ran on an example photo"))
-    handlers = app.make_handlers(app.Checkpoints(str(tiny_checkpoint)))
-    example = app.load_examples(app.REAL_EXAMPLES)[0]
+    monkeypatch.setattr(app_handlers, "masker_for", lambda spec: pytest.fail("the masker ran on an example photo"))
+    handlers = Handlers(Checkpoints(str(tiny_checkpoint)))
+    example = load_examples(REAL_EXAMPLES)[0]
     editor = {"background": zeroft.load_image(example.image), "layers": [], "composite": None}
     gallery, settings, _ = handlers.generate(editor, example.prompt, "", 5.0, 3.0, 2, 1, 0, False, 64, "none",
                                              tiny_checkpoint.name, progress=lambda *args, **kwargs: None)

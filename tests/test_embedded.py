@@ -31,10 +31,10 @@ def test_the_embedded_checkpoint_is_self_contained():
 
 
 def test_the_cli_and_the_app_default_to_it():
-    import app
+    from webapp.catalogue import allowed_checkpoints
     from zeroft.cli import _checkpoint
 
-    assert app.allowed_checkpoints()[0] == str(EMBEDDED_CHECKPOINT)
+    assert allowed_checkpoints()[0] == str(EMBEDDED_CHECKPOINT)
     assert _checkpoint(None) == str(EMBEDDED_CHECKPOINT)
 
 

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("zeroft", "train", "toyworld", "bench")
+PACKAGES = ("zeroft", "train", "toyworld", "bench", "webapp")
 
 
 def module_name(path: Path) -> str:
@@ -101,17 +101,28 @@ def test_library_imports_neither_the_trainer_nor_the_toy_world():
     for name, targets in graph.items():
         layer = name.partition(".")[0]
         if layer == "zeroft":
-            assert not {t for t in targets if t.partition(".")[0] in ("train", "toyworld", "bench", "app", "app_inputs")}, name
+            assert not {t for t in targets if t.partition(".")[0] in ("train", "toyworld", "bench", "app", "webapp")}, name
         if layer == "train":
-            assert not {t for t in targets if t.partition(".")[0] in ("toyworld", "bench", "app", "app_inputs")}, name
+            assert not {t for t in targets if t.partition(".")[0] in ("toyworld", "bench", "app", "webapp")}, name
         if layer == "bench":
             assert not {t for t in targets if t.partition(".")[0] == "toyworld"}, name
 
 
 def test_the_apps_parts_import_the_library_only():
+    """The root app.py is the Space's entry into the webapp package; webapp uses zeroft and nothing else of ours."""
     graph = import_graph()
-    assert "app_inputs" in graph["app"] and "app" not in graph["app_inputs"]
-    assert {t.partition(".")[0] for t in graph["app_inputs"]} == {"zeroft"}
+    assert {t.partition(".")[0] for t in graph["app"]} == {"webapp"}
+    for name, targets in graph.items():
+        if name.partition(".")[0] == "webapp":
+            assert {t.partition(".")[0] for t in targets} <= {"webapp", "zeroft"}, name
+
+
+def test_the_app_package_imports_the_zerogpu_shim_first():
+    """On ZeroGPU, spaces must be imported before anything initialises CUDA: app.py and webapp import it first."""
+    for path in (ROOT / "app.py", ROOT / "webapp" / "__init__.py"):
+        first = next(node for node in ast.parse(path.read_text()).body if isinstance(node, (ast.Import, ast.ImportFrom)))
+        names = [alias.name for alias in first.names]
+        assert "webapp.zerogpu" in names or (first.module in (None, "webapp") and "zerogpu" in names), path
 
 
 def test_checkpoint_module_knows_no_pipeline_class():

@@ -1,7 +1,7 @@
 """What the app does differently on a ZeroGPU Space (Hugging Face Spaces with dynamic GPUs), and nothing elsewhere.
 
 The Spaces documentation for ZeroGPU (https://huggingface.co/docs/hub/spaces-zerogpu) asks for:
-``spaces`` imported before anything initialises CUDA (app.py imports this module first); models
+``spaces`` imported before anything initialises CUDA (app.py and the webapp package import this module first); models
 loaded and moved to ``cuda`` at start-up, outside the ``@spaces.GPU`` function (moving them
 inside it, on each call, is much slower); a ``duration`` per call, which may be a function of the
 call's inputs (shorter requests queue sooner); no CUDA tensors returned; and arguments that
@@ -66,6 +66,15 @@ def gpu(function: Callable, duration: Callable | None = None) -> Callable:
     if spaces is None:
         return function
     return spaces.GPU(function, duration=duration) if duration else spaces.GPU(function)
+
+
+def preload_device() -> str:
+    """Where the start-up load puts the model: ``cuda`` (on ZeroGPU the main process reports CUDA as available,
+    spaces patches torch for it; app.py's real default rests on the same answer), else the CPU, so that a
+    ZeroGPU stand-in on a machine without CUDA starts too."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def preload(load: Callable[[], object]) -> object | None:
