@@ -3,6 +3,7 @@
 Re-exports the public API; each name lives in the module that owns it.
 """
 
+from . import quiet  # noqa: F401  first: other libraries' import-time noise is filtered before they load
 from .adapter import adapter_state_dict, install_object_attention, load_object_attention, set_object_scale
 from .checkpoint import push_to_hub, save_checkpoint
 from .config import EncoderConfig, GenerationDefaults, ZeroFTConfig
