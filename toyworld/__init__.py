@@ -3,3 +3,5 @@
 A client of ``zeroft`` (the library) and ``train`` (the trainer); neither imports it. The
 command line is ``python -m toyworld`` (toyworld/__main__.py).
 """
+
+from zeroft import quiet  # noqa: F401  other libraries' import-time noise, filtered before they load

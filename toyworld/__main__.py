@@ -1,4 +1,4 @@
-"""``python -m toyworld build | ablations | recipes | eval | patterns | steps | personalization``: the toy world's command line.
+"""``python -m toyworld build | ablations | recipes | copying | eval | patterns | steps | personalization``: the toy world's command line.
 
 The one place that reads flags and turns a bad request (zeroft.errors.InputError) into an
 ``error: ...`` line and exit status 2; every command is a function of the module named below.
@@ -18,6 +18,7 @@ from zeroft.errors import InputError
 from .ablations import run_ablations
 from .build import build
 from .conflicts import evaluate_recipes
+from .copying import ARMS, run_copying
 from .models import UNETS
 from .patterns import pattern_confusions
 from .personalization import personalization
@@ -72,6 +73,18 @@ def _build_parser(commands) -> None:
     r.add_argument("--references", type=int, default=3, help="reference photos per held-out identity (× 8 prompts)")
     r.add_argument("--train-only", action="store_true", help="train, do not score")
     r.add_argument("--seed", type=int, default=0)
+    c = commands.add_parser("copying", help="continue the shipped model under IP-Adapter's data recipe and the paper's, "
+                                            "scored on conflicts every --score-every steps (toyworld.copying)")
+    c.add_argument("--work", default="runs/copying", help="the starting point, the streams and each arm's training states")
+    c.add_argument("--checkpoint", default="assets/zeroft-toy",
+                   help="the model every arm continues, and the guidance every point is scored at")
+    c.add_argument("--judge", default=JUDGE)
+    c.add_argument("--out", default="toyworld/results/toyworld-copying")
+    c.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms to train and score, in order")
+    c.add_argument("--steps", type=int, default=3000, help="further training steps of every arm")
+    c.add_argument("--score-every", type=int, default=1000, help="steps between scored (saved) training states")
+    c.add_argument("--references", type=int, default=3, help="reference photos per held-out identity (× 8 prompts)")
+    c.add_argument("--seed", type=int, default=0)
 
 
 def _scoring_options(parser, work_help: str, out: str) -> None:
@@ -180,6 +193,16 @@ def run(argv=None) -> dict:
             report["evaluation"] = evaluate_recipes(Path(args.work), Path(args.judge), checkpoint,
                                                     Path(args.out), args.references, args.seed)
         return report
+    if args.command == "copying":
+        for flag in ("steps", "score_every", "references"):
+            at_least_one(flag.replace("_", "-"), getattr(args, flag))
+        if args.steps % args.score_every:
+            raise InputError(f"--steps {args.steps} must be a multiple of --score-every {args.score_every}")
+        checkpoint = checkpoint_option(args, "checkpoint")
+        if not Path(args.judge).is_file():
+            raise InputError(f"--judge {args.judge}: no such file")
+        return run_copying(Path(args.work), checkpoint, Path(args.judge), Path(args.out), args.arms, args.steps,
+                           args.score_every, args.references, args.seed)
     if args.command == "eval":
         return evaluate_checkpoint(EvalOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
     if args.command == "patterns":
