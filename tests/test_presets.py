@@ -157,3 +157,16 @@ def test_load_pipeline_refuses_a_mismatched_checkpoint_before_the_base_is_touche
     IP_ADAPTER_SDXL_VIT_H.zeroft_config(TINY_VIT_BIGG["embed_dim"], 64, 4).save(folder)
     with pytest.raises(InputError, match=r"40-d.*ViT-H-14 gives 32-d.*ViT-bigG-14.*sdxl_models/image_encoder"):
         zeroft.load_pipeline(folder, device="cpu", masker="border")
+
+
+@pytest.mark.parametrize("name", list(IP_ADAPTER_PRESETS))
+def test_every_preset_generates_with_int8_the_cli_offers_it_with(public_hub, photo, name):
+    """The CLI offers every preset with --quantization int8 on a CPU (bnb modes are refused there with a message)."""
+    pipe = zeroft.load_pipeline(name, device="cpu", masker="border", quantization="int8")
+    projection = pipe.unet.encoder_hid_proj.image_projection_layers[0].image_embeds.weight
+    assert pipe.quantization == "int8" and type(projection).__name__ == "Int8Tensor"
+    size = IP_ADAPTER_PRESETS[name].native_size // 4
+    out = pipe("a toy on a beach", object_image=photo, num_inference_steps=2, height=size, width=size, seed=0)
+    assert out.images[0].size == (size, size) and out.settings.quantization == "int8"
+    with pytest.raises(zeroft.InputError, match="needs an NVIDIA GPU"):
+        zeroft.load_pipeline(name, device="cpu", masker="border", quantization="bnb-4bit")

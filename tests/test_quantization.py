@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import zeroft
 from zeroft import InputError, ZeroFTPipeline
 from zeroft.quantization import linear_weight_bytes
 
@@ -70,3 +71,33 @@ def test_bitsandbytes_on_gpu(tiny_checkpoint, photo, mode):
     assert linear_weight_bytes(pipe.unet) < linear_weight_bytes(reference.unet)
     out = pipe("a red square", object_image=photo, seed=0, num_inference_steps=2, output_type="np").images
     assert np.isfinite(out).all()
+
+
+def test_every_model_the_app_offers_generates_with_every_quantization_it_offers(photo):
+    """On this machine: the embedded model (its encoder has an attention pool whose weights int8 must leave alone)
+    with none and int8, through the app's own handler."""
+    from webapp.catalogue import Checkpoints
+    from webapp.handlers import Handlers
+    from webapp.layout import quantization_choices
+
+    offered = Checkpoints()
+    handlers = Handlers(offered)
+    editor = {"background": zeroft.load_image(photo), "layers": [], "composite": None}
+    for name in offered.names:
+        for mode in quantization_choices():
+            gallery, settings, _ = handlers.generate(editor, "one object on a white background", "", 5.0, 3.0, 2, 1, 0,
+                                                     False, 64, mode, name, progress=lambda *args, **kwargs: None)
+            assert len(gallery) == 1 and settings["quantization"] == mode, (name, mode)
+
+
+def test_int8_leaves_the_linears_a_functional_op_reads_in_full_precision(photo):
+    """The embedded model's encoder is a ModifiedResNet whose only Linears are its attention pool's, handed to
+    F.multi_head_attention_forward: int8 keeps them (the encoder then equals fp32's exactly) and quantizes the UNet."""
+    fp32 = ZeroFTPipeline.from_pretrained("assets/zeroft-toy", device="cpu")
+    int8 = ZeroFTPipeline.from_pretrained("assets/zeroft-toy", device="cpu", quantization="int8")
+    pool = int8.object_encoder.visual.attnpool
+    assert [type(m.weight).__name__ for m in pool.modules() if isinstance(m, torch.nn.Linear)] == ["Parameter"] * 4
+    assert linear_weight_bytes(fp32.unet) / linear_weight_bytes(int8.unet) > 2.5
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(int8.object_encoder(pixels), fp32.object_encoder(pixels))

@@ -215,6 +215,19 @@ def _malloc_trim():
         return None
 
 
+# Modules that hand their Linears' weights to a functional op instead of calling the Linears: int8 weights
+# (torchao's Int8Tensor) cannot go there (no aten.t), so their Linears stay in full precision. open_clip's
+# ModifiedResNet attention pool (open_clip 3.3.0, modified_resnet.AttentionPool2d) passes q/k/v/c_proj's weights to
+# F.multi_head_attention_forward; the embedded toy model's encoder has one.
+FUNCTIONAL_WEIGHT_USERS = ("AttentionPool2d",)
+
+
+def int8_skipped(model: nn.Module) -> set[int]:
+    """ids of the Linears in ``model`` that int8 must leave alone (their weights are used outside ``Linear.forward``)."""
+    return {id(child) for module in model.modules() if type(module).__name__ in FUNCTIONAL_WEIGHT_USERS
+            for child in module.modules() if isinstance(child, nn.Linear)}
+
+
 def fill_(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], *, dtype: torch.dtype | None,
           quantization: str = "none", device: str | torch.device = "cpu", keep_in_fp32: Iterable[str] = ()) -> nn.Module:
     """Put each (key, tensor) into ``model`` as it comes, quantizing a Linear once its weight is in.
@@ -223,7 +236,8 @@ def fill_(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], *, dtyp
         model: built with empty parameters (keys already checked by :func:`check_keys`).
         tensors: (state_dict key, tensor) pairs, read lazily: only one needs to exist at a time.
         dtype: compute dtype of floating tensors; None keeps each file's dtype.
-        quantization: "none" or "int8" (torchao int8 weight-only, each ``nn.Linear`` torchao accepts).
+        quantization: "none" or "int8" (torchao int8 weight-only, each ``nn.Linear`` torchao accepts but those
+            :func:`int8_skipped` names).
         device: where the tensors go (quantization runs there).
         keep_in_fp32: module names whose floating tensors stay fp32 in an fp16 load (``_keep_in_fp32_modules``).
     """
@@ -235,6 +249,7 @@ def fill_(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], *, dtyp
 
         config = Int8WeightOnlyConfig()
     keep_in_fp32 = tuple(keep_in_fp32)
+    skipped = int8_skipped(model) if config is not None else set()
     slots = _slots(model)
     since_trim = 0
     for key, tensor in tensors:
@@ -255,7 +270,7 @@ def fill_(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], *, dtyp
                 module._buffers[name] = tensor
         del tensor  # the module holds the only reference, so quantize_ below frees the full-precision copy
         module, name = slots[key][0]
-        if config is not None and name == "weight" and isinstance(module, nn.Linear):
+        if config is not None and name == "weight" and isinstance(module, nn.Linear) and id(module) not in skipped:
             quantize_(module, config)  # skips what torchao skips (e.g. MultiheadAttention's out_proj)
     for module in model.modules():  # buffers the file lacks (non-persistent ones) follow the model
         for name, buffer in module._buffers.items():

@@ -15,8 +15,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .streaming import (STREAMING_QUANTIZATION, TensorEntry, TensorReader, check_keys, fill_, read_header,
-                        release_freed_memory)
+from .streaming import (STREAMING_QUANTIZATION, TensorEntry, TensorReader, check_keys, fill_, int8_skipped,
+                        read_header, release_freed_memory)
 
 
 def _visual_tensors(entries: dict[str, TensorEntry], reader: TensorReader) -> tuple[dict, Iterator]:
@@ -108,6 +108,8 @@ def quantize_linears_(module: nn.Module, quantization: str = "int8") -> nn.Modul
     if quantization == "int8":
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-        quantize_(module, Int8WeightOnlyConfig())
+        config, skipped = Int8WeightOnlyConfig(), int8_skipped(module)
+        for linear in [m for m in module.modules() if isinstance(m, nn.Linear) and id(m) not in skipped]:
+            quantize_(linear, config)  # one Linear at a time, as streaming does: torchao's own filter still applies
         release_freed_memory()
     return module
