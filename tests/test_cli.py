@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from PIL import Image
 from zeroft.cli import main
 
 from conftest import square_photo
+from hubcache import hub  # noqa: F401 (a fixture, used by name)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -256,3 +258,83 @@ def test_import_ip_adapter_names_the_encoder_a_mismatched_file_needs(tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "ViT-H/14" in err and "1024-d" in err
     assert not (tmp_path / "out").exists()
+
+
+def _plain_ip_adapter(path, embed_dim=1024, cross=8):
+    """A plain IP-Adapter file of the SD1.5 preset's widths (ViT-H/14: 1024-d), zeros."""
+    from safetensors.torch import save_file
+
+    save_file({"image_proj.proj.weight": torch.zeros(4 * cross, embed_dim), "image_proj.proj.bias": torch.zeros(4 * cross),
+               "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross),
+               "ip_adapter.1.to_k_ip.weight": torch.zeros(8, cross)}, str(path))
+    return path
+
+
+def _no_image_proj(path):
+    from safetensors.torch import save_file
+
+    save_file({"ip_adapter.1.to_k_ip.weight": torch.zeros(8, 8)}, str(path))
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda path: path.write_bytes(os.urandom(1000)), "is not a safetensors file zeroft can read"),
+    (_no_image_proj, "is not a plain IP-Adapter weight file"),
+])
+def test_import_ip_adapter_refuses_a_garbage_file_in_one_line(write, message, tmp_path, capsys):
+    write(tmp_path / "x.safetensors")
+    code = main(["import-ip-adapter", "--out", str(tmp_path / "out"), "--adapter-file", str(tmp_path / "x.safetensors")])
+    assert code == 2 and message in _one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_ip_adapter_out_naming_an_existing_file_is_one_line(tmp_path, capsys):
+    adapter = _plain_ip_adapter(tmp_path / "ip-adapter_sd15.safetensors")
+    (tmp_path / "taken").write_text("keep me")
+    code = main(["import-ip-adapter", "--out", str(tmp_path / "taken"), "--adapter-file", str(adapter)])
+    assert code == 2 and "is an existing file, not a folder" in _one_error_line(capsys)
+    assert (tmp_path / "taken").read_text() == "keep me"
+    assert main(["import-ip-adapter", "--out", str(tmp_path / "ok"), "--adapter-file", str(adapter)]) == 0
+    assert (tmp_path / "ok" / "adapter.safetensors").is_file()
+
+
+def test_import_ip_adapter_offline_names_its_own_option(hub, tmp_path, capsys):
+    code = main(["import-ip-adapter", "--preset", "ip-adapter-sdxl", "--out", str(tmp_path / "out")])
+    err = _one_error_line(capsys)
+    assert code == 3 and "Could not download sdxl_models/ip-adapter_sdxl.safetensors" in err
+    assert (f"zeroft import-ip-adapter --preset ip-adapter-sdxl --adapter-file <path to ip-adapter_sdxl.safetensors> "
+            f"--out {tmp_path / 'out'}") in err
+
+
+def test_a_preset_offline_advises_a_command_that_makes_it_work(hub, tmp_path, capsys, monkeypatch, no_loading):
+    """generate --checkpoint ip-adapter-sd15 cannot take a file: its advice is a command, and that command works."""
+    monkeypatch.setenv("ZEROFT_HOME", str(tmp_path / "home"))
+    assert main(_generate_argv("ip-adapter-sd15", tmp_path)) == 3
+    err = _one_error_line(capsys)
+    advice = err.partition("import it with: ")[2]
+    assert advice.startswith("zeroft import-ip-adapter --preset ip-adapter-sd15 --adapter-file") and "local copy" not in err
+    adapter = _plain_ip_adapter(tmp_path / "ip-adapter_sd15.safetensors")
+    argv = shlex.split(advice.replace("<path to ip-adapter_sd15.safetensors>", shlex.quote(str(adapter))))
+    assert main(argv[1:]) == 0  # followed to the letter
+    from zeroft.presets import preset_folder
+
+    monkeypatch.setattr("zeroft.presets.import_ip_adapter", lambda *a, **k: pytest.fail("downloaded again"))
+    assert (preset_folder("ip-adapter-sd15") / "adapter.safetensors").is_file()
+
+
+def test_mask_offline_without_the_rembg_model_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    square_photo().save(tmp_path / "photo.png")
+    code = main(["mask", "--masker", "rembg:u2net", str(tmp_path / "photo.png"), "--out", str(tmp_path / "m.png")])
+    err = _one_error_line(capsys)
+    assert code == 3 and "u2net.onnx" in err and str(tmp_path / "empty") in err
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_mask_of_a_photo_with_no_object_advises_what_this_command_takes(tmp_path, capsys):
+    Image.new("RGB", (64, 64), (30, 30, 220)).save(tmp_path / "plain.png")
+    code = main(["mask", "--masker", "border", str(tmp_path / "plain.png"), "--out", str(tmp_path / "m.png")])
+    err = _one_error_line(capsys)
+    assert code == 2 and "the border masker found no object in this photo" in err
+    assert "(--mask on the command line)" not in err and "--masker rembg:u2net" in err
+    assert "zeroft generate with --mask" in err

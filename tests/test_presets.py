@@ -170,3 +170,20 @@ def test_every_preset_generates_with_int8_the_cli_offers_it_with(public_hub, pho
     assert out.images[0].size == (size, size) and out.settings.quantization == "int8"
     with pytest.raises(zeroft.InputError, match="needs an NVIDIA GPU"):
         zeroft.load_pipeline(name, device="cpu", masker="border", quantization="bnb-4bit")
+
+
+def test_a_preset_offline_names_the_command_that_imports_a_local_copy(hub, tmp_path, monkeypatch):
+    """preset_folder takes no file, so its advice is the command that imports one into the folder it fills."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("ZEROFT_HOME", str(tmp_path / "home"))
+    with pytest.raises(zeroft.HubUnavailableError) as error:
+        preset_folder("ip-adapter-sdxl-vit-h")
+    assert "pass a local copy" not in str(error.value)
+    assert str(error.value).endswith(
+        "zeroft import-ip-adapter --preset ip-adapter-sdxl-vit-h --adapter-file <path to ip-adapter_sdxl_vit-h.safetensors> "
+        f"--out {tmp_path / 'home' / 'ip-adapter-sdxl-vit-h'}")
+    assert not (tmp_path / "home").exists()
+    # a preset the caller changed is no command's preset: only the library call can take the file
+    with pytest.raises(zeroft.HubUnavailableError, match="pass a local copy of ip-adapter_sd15.safetensors as adapter_file"):
+        import_ip_adapter(tmp_path / "custom", preset=replace(IP_ADAPTER_SD15, base_model="someone/another-sd15"))

@@ -192,7 +192,7 @@ def mask(args: argparse.Namespace) -> Path:
 
     from .config import ZeroFTConfig
     from .images import load_image
-    from .masking import Masker, choose_mask_with_source, prepare_mask
+    from .masking import EmptyMaskError, Masker, choose_mask_with_source, prepare_mask
 
     spec = args.masker
     if spec is None:
@@ -206,10 +206,29 @@ def mask(args: argparse.Namespace) -> Path:
     _check_writable_folder(out.parent, "folder of --out")
     photo = load_image(args.image)
     chosen = choose_mask_with_source(photo, masker=masker)
-    matte = prepare_mask(chosen.mask, photo.rgb.size, source=chosen.source)
+    try:
+        matte = prepare_mask(chosen.mask, photo.rgb.size, source=chosen.source)
+    except EmptyMaskError as error:
+        raise InputError(_empty_mask_advice(error.source, masker.spec)) from None
     Image.fromarray((matte * 255).round().astype("uint8")).save(out)
     print(f"wrote {out} ({photo.rgb.width}x{photo.rgb.height}, object covers {float((matte >= 0.5).mean()):.1%})")
     return out
+
+
+def _empty_mask_advice(source: str | None, spec: str) -> str:
+    """What ``zeroft mask`` says when the mask it made marks nothing.
+
+    Its own words, not the library's: the library's advice is for ``generate`` (give --mask), and
+    this command takes no mask, it makes one.
+    """
+    from .masking import DEFAULT_MASKER
+
+    if source == "alpha":
+        return ("The photo's transparency, which zeroft takes as its mask, hides the whole photo. Use a copy of "
+                "the photo without transparency to get the automatic mask.")
+    others = " or ".join(s for s in ("border", DEFAULT_MASKER) if s != spec)
+    return (f"The automatic mask is empty: the {spec} masker found no object in this photo. Try another masker "
+            f"(--masker {others}), or paint the mask yourself and give it to zeroft generate with --mask.")
 
 
 def main(argv=None) -> int:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,30 +204,61 @@ def import_ip_adapter(folder: str | Path, adapter_file: str | Path | None = None
         preset: which weights (see :class:`IPAdapterPreset`).
 
     Raises:
-        InputError: the file is no plain IP-Adapter, or does not fit the preset's encoder.
+        InputError: ``folder`` is a file or cannot be made; the file is missing, not safetensors, no
+            plain IP-Adapter, or does not fit the preset's encoder.
+        HubUnavailableError: the file was to be downloaded and the Hub could not be reached.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import save_file
 
+    folder = Path(folder)
+    # Checked before the download, so a mistyped --out costs no minutes of downloading.
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{str(folder)!r} is an existing file, not a folder; give a folder for the checkpoint.")
     if adapter_file is None:
         from huggingface_hub import hf_hub_download
 
         try:
             adapter_file = hf_hub_download(preset.adapter_repo, preset.adapter_file)
         except Exception as error:
+            # Advice as a command: most callers take no file (a preset name given to zeroft.checkpoint, the
+            # app or the evaluator imports into $ZEROFT_HOME, where this command's result is then found).
+            name = next((n for n, p in IP_ADAPTER_PRESETS.items() if p == preset), None)
+            file_name = Path(preset.adapter_file).name
+            advice = (f"pass a local copy of {file_name} as adapter_file" if name is None else
+                      f"get {file_name} another way and import it with: zeroft import-ip-adapter --preset {name} "
+                      f"--adapter-file <path to {file_name}> --out {shlex.quote(str(folder))}")
             raise HubUnavailableError(
                 f"Could not download {preset.adapter_file} from {preset.adapter_repo} ({type(error).__name__}). "
-                "Check the network, or pass a local copy of the file."
+                f"Check the network, or {advice}"
             ) from error
+    label = Path(adapter_file).name
+    if not Path(adapter_file).is_file():
+        raise InputError(f"The adapter file {str(adapter_file)!r} does not exist or is not a file.")
+    try:
+        with safe_open(str(adapter_file), framework="pt") as f:
+            keys = set(f.keys())
+    except (SafetensorError, OSError) as error:
+        raise InputError(f"The adapter file {label} is not a safetensors file zeroft can read ({error}).") from None
+    needed = ("image_proj.proj.weight", "image_proj.norm.weight")
+    if any(k not in keys for k in needed) or not any(k.startswith("ip_adapter.") for k in keys):
+        raise InputError(f"The adapter file {label} is not a plain IP-Adapter weight file: it needs "
+                         f"{', '.join(needed)} and ip_adapter.* weights.")
     check_adapter_encoder(adapter_file, preset.encoder_config())
     with safe_open(str(adapter_file), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
-    if not any(k.startswith("ip_adapter.") for k in state) or "image_proj.norm.weight" not in state:
-        raise InputError(f"{adapter_file} is not a plain IP-Adapter weight file (image_proj.proj.*, ip_adapter.*)")
     proj = state["image_proj.proj.weight"]  # (num_tokens · cross_dim, image_embed_dim)
-    cross_dim = state["image_proj.norm.weight"].shape[0]
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    norm = state["image_proj.norm.weight"]  # (cross_dim,)
+    if norm.ndim != 1 or norm.shape[0] == 0 or proj.shape[0] % norm.shape[0]:
+        raise InputError(f"The adapter file {label} is not a plain IP-Adapter weight file: image_proj.proj.weight "
+                         f"{tuple(proj.shape)} does not split into tokens of image_proj.norm.weight's "
+                         f"{tuple(norm.shape)}.")
+    cross_dim = norm.shape[0]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"Cannot make the checkpoint folder {str(folder)!r} ({error.strerror or error}); "
+                         "give a folder you can write to.") from None
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / ADAPTER_NAME), metadata={"format": "pt"})
     config = preset.zeroft_config(proj.shape[1], cross_dim, proj.shape[0] // cross_dim)
     config.save(folder)
