@@ -21,6 +21,8 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
 from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
 
+from .fence import ip_adapter_processors
+
 IP_PROCESSORS = (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)
 
 
@@ -93,7 +95,7 @@ def load_object_attention(unet: UNet2DConditionModel, state_dict: dict[str, torc
     reference = unet.conv_in.weight  # convolutions are never quantized: the compute dtype and device
     num_tokens = proj.shape[0] // cross_dim
     unet.encoder_hid_proj = None
-    processors = unet._convert_ip_adapter_attn_to_diffusers([nested], low_cpu_mem_usage=False)
+    processors = ip_adapter_processors(unet, nested)
     for processor in processors.values():
         if isinstance(processor, IP_PROCESSORS):
             processor.to(device=reference.device, dtype=reference.dtype)

@@ -119,12 +119,12 @@ def build_visual(model_cfg: dict) -> nn.Module:
 
     ``open_clip.create_model`` would build the whole CLIP (ViT-H/14's text tower is 354M parameters,
     1.4 GB in fp32, thrown away at once here) and log "No pretrained weights loaded ... initialized
-    randomly" before zeroft loads the weights. ``_build_vision_tower`` is the function open_clip's
-    CLIP uses for its ``visual`` (open_clip 3.3, model.py), so the tower is exactly the same module.
+    randomly" before zeroft loads the weights. zeroft.fence.open_clip_vision_tower builds it with the
+    function open_clip's CLIP uses for its ``visual``, so the tower is exactly the same module.
     """
-    from open_clip.model import _build_vision_tower
+    from .fence import open_clip_vision_tower
 
-    return _build_vision_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"], model_cfg.get("quick_gelu", False))
+    return open_clip_vision_tower(model_cfg)
 
 
 def _transformers_to_open_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

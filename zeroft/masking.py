@@ -272,19 +272,16 @@ class Masker:
         (HF_HUB_OFFLINE=1). Called when an automatic mask is first needed (a photo that carries its
         mask, or comes with one, needs no masker model), and by front ends that want to know early.
 
-        Where to look is rembg's own rule (its session class's ``resolve_existing``).
+        Where to look is rembg's own rule (zeroft.fence.rembg_model_file).
         """
         from huggingface_hub import is_offline_mode
 
+        from .fence import rembg_knows, rembg_model_file
+
         if self.kind != "rembg" or not is_offline_mode():
             return
-        try:
-            from rembg.sessions import sessions_class
-        except ImportError:
-            return  # the first mask names the missing package
-        session = next((c for c in sessions_class if c.name() == self.model), None)
-        if session is None or session.resolve_existing(f"{self.model}.onnx") is not None:
-            return
+        if not rembg_knows(self.model) or rembg_model_file(self.model) is not None:
+            return  # an unknown model (or no rembg at all) is named by the first mask; a found one is fine
         home = os.environ.get("U2NET_HOME", os.path.expanduser("~/.u2net"))
         raise ModelUnavailableError(
             f"The rembg model {self.model!r} is not on this machine and downloads are off (HF_HUB_OFFLINE=1). "

@@ -16,6 +16,7 @@ from diffusers import StableDiffusionXLPipeline
 
 from .config import ZeroFTConfig
 from .encoder import ObjectEncoder
+from .fence import sdxl_time_ids
 from .generation import ZeroFTMixin
 from .masking import Masker
 
@@ -72,12 +73,13 @@ class ZeroFTXLPipeline(ZeroFTMixin, StableDiffusionXLPipeline):
     def _size_conditions(self, height: int, width: int, batch: int) -> dict[str, torch.Tensor]:
         """{"time_ids": (N, 6)}: the image is generated whole at its size (no crop), as diffusers does."""
         projection_dim = self.text_encoder_2.config.projection_dim if self.text_encoder_2 is not None else None
-        time_ids = self._get_add_time_ids((height, width), (0, 0), (height, width), dtype=self.unet.dtype,
-                                          text_encoder_projection_dim=projection_dim)
+        time_ids = sdxl_time_ids(self, height, width, dtype=self.unet.dtype, projection_dim=projection_dim)
         return {"time_ids": time_ids.to(self._execution_device).repeat(batch, 1)}
 
     def _decode(self, latents: torch.Tensor, output_type: str):
-        """The steps of diffusers' SDXL decode: fp16 VAEs that ask for it run in fp32, optional latent statistics."""
+        """Step 9 of diffusers' ``StableDiffusionXLPipeline.__call__`` (0.42.1), which has no method of its own: fp16
+        VAEs that ask for it (``force_upcast``) decode in fp32, latent statistics where the VAE has them, the
+        watermark where one is set. tests/test_guidance.py checks the images against the stock pipeline's."""
         upcast = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
         if upcast:
             self.vae.to(dtype=torch.float32)

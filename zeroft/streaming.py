@@ -33,11 +33,12 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from .backbones import WEIGHT_STEMS
 from .errors import ModelUnavailableError
+from .fence import transformers_key_names
 
 STREAMING_QUANTIZATION = ("none", "int8")
 # Standard weight file stems: diffusers' models, then transformers' models.
-WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -145,8 +146,9 @@ def _slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
     owners: dict[int, list[tuple[nn.Module, str]]] = {}
     keys: dict[str, int] = {}
     for prefix, module in model.named_modules(remove_duplicate=False):
-        persistent = [n for n in module._buffers if n not in module._non_persistent_buffers_set]
-        for name in list(module._parameters) + persistent:
+        local = {name for name in module.state_dict(keep_vars=True) if "." not in name}  # persistent ones only
+        for name in [n for n, _ in module.named_parameters(recurse=False)] + [
+                n for n, _ in module.named_buffers(recurse=False) if n in local]:
             tensor = getattr(module, name)
             if tensor is None:
                 continue
@@ -263,54 +265,23 @@ def fill_(model: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], *, dtyp
             tensor = tensor.to(torch.float32 if fp32 else dtype)
         tensor = tensor.to(device)
         for module, name in slots[key]:
-            if name in module._parameters:
-                old = module._parameters[name]
-                module._parameters[name] = nn.Parameter(tensor, requires_grad=old.requires_grad)
-            else:
-                module._buffers[name] = tensor
+            old = getattr(module, name)
+            # nn.Module.__setattr__ replaces a registered parameter or buffer in place, keeping a buffer's persistence
+            setattr(module, name, nn.Parameter(tensor, requires_grad=old.requires_grad)
+                    if isinstance(old, nn.Parameter) else tensor)
         del tensor  # the module holds the only reference, so quantize_ below frees the full-precision copy
         module, name = slots[key][0]
         if config is not None and name == "weight" and isinstance(module, nn.Linear) and id(module) not in skipped:
             quantize_(module, config)  # skips what torchao skips (e.g. MultiheadAttention's out_proj)
     for module in model.modules():  # buffers the file lacks (non-persistent ones) follow the model
-        for name, buffer in module._buffers.items():
-            if buffer is not None and buffer.device != torch.device(device):
-                module._buffers[name] = buffer.to(device)
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer.device != torch.device(device):
+                setattr(module, name, buffer.to(device))
     release_freed_memory()
     left = [k for k, v in slots.items() if getattr(*v[0]).is_meta]
     if left:
         raise ValueError(f"{len(left)} weight(s) were never filled, e.g. {left[:3]}")
     return model.eval()
-
-
-def transformers_key_names(model: nn.Module, keys: Iterable[str]) -> dict[str, str]:
-    """file key -> model key, renamed as transformers' own loader renames them.
-
-    transformers 5 changed some layouts (``CLIPTextModel`` lost its ``text_model.`` level) and
-    renames the keys of files written before; this applies the same renamings, with transformers'
-    functions, in the order its loader applies them. A key that needs a weight *conversion*
-    (tensors merged or split) cannot be streamed: ValueError.
-    """
-    try:
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
-    except ImportError:  # transformers 4: no renamings
-        return {key: key for key in keys}
-    mapping = get_model_conversion_mapping(model)
-    renamings = [entry for entry in mapping if isinstance(entry, WeightRenaming)]
-    converters = [entry for entry in mapping if isinstance(entry, WeightConverter)]
-    meta_state = model.state_dict()
-    prefix = model.base_model_prefix
-    names = {}
-    for key in keys:
-        renamed, converted_by = rename_source_key(key, renamings, converters, prefix, meta_state)
-        if renamed not in meta_state and key in meta_state:  # as transformers does: maybe only a prefix to add
-            renamed, converted_by = rename_source_key(key, [], [], base_model_prefix=prefix, meta_state_dict=meta_state)
-        if converted_by is not None:
-            raise ValueError(f"{key!r} needs transformers' weight conversion ({converted_by}); load this model "
-                             "with from_pretrained instead of streaming it.")
-        names[key] = renamed
-    return names
 
 
 @contextlib.contextmanager
@@ -383,7 +354,7 @@ def load_streaming(model_class: type, folder: str | Path, *, dtype: torch.dtype 
         # Checkpoints written by older transformers carry e.g. text_model.embeddings.position_ids, which
         # is a non-persistent buffer now; from_pretrained skips such keys, and so does this.
         patterns = getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []
-        non_persistent = {f"{p}.{n}" if p else n for p, m in model.named_modules() for n in m._non_persistent_buffers_set}
+        non_persistent = {name for name, _ in model.named_buffers()} - set(model.state_dict(keep_vars=True))
         ignore = [k for k in entries if k in non_persistent or any(re.search(p, k) for p in patterns)]
     check_keys(model, {k: e.shape for k, e in entries.items()}, str(folder), ignore)
     keep = getattr(model, "_keep_in_fp32_modules", None) or ()
