@@ -9,6 +9,8 @@ open_clip resolution code runs exactly as for the real weights. Three repositori
   ``tokenizer/``, ``scheduler/``; SDXL also ``text_encoder_2/``, ``tokenizer_2/``) with
   ``config.json`` and ``diffusion_pytorch_model.safetensors`` / ``model.safetensors``, the
   schedulers the real repos name (PNDM, Euler) and a VAE that downsamples 8 times like theirs;
+  SDXL also with files of the real repo zeroft must never fetch (``vae_1_0/``, fp16 copies, the
+  single-file ``sd_xl_base_1.0.safetensors``);
 - ``h94/IP-Adapter``: ``models/ip-adapter_sd15.safetensors``, ``models/image_encoder/``,
   ``sdxl_models/ip-adapter_sdxl.safetensors``, ``sdxl_models/ip-adapter_sdxl_vit-h.safetensors``,
   ``sdxl_models/image_encoder/``, the encoders as transformers ``CLIPVisionModelWithProjection``.
@@ -172,6 +174,11 @@ def _write_sdxl(folder: Path, seed: int):
     pipe = StableDiffusionXLPipeline(**{k: v for k, v in parts.items() if v is not None}, add_watermarker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     _write_tokenizers(folder)
+    # files of the real repo that zeroft never reads: the 1.0 VAE beside the fixed one, fp16 copies, the single file
+    shutil.copytree(folder / "vae", folder / "vae_1_0")
+    for part, name in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model"), ("vae", "diffusion_pytorch_model")):
+        shutil.copyfile(folder / part / f"{name}.safetensors", folder / part / f"{name}.fp16.safetensors")
+    shutil.copyfile(folder / "unet" / "diffusion_pytorch_model.safetensors", folder / "sd_xl_base_1.0.safetensors")
     return pipe.unet
 
 

@@ -89,6 +89,19 @@ def test_a_gpu_machine_opens_on_the_real_model_with_real_photos(gpu_machine):
     assert shown == [True, True, False]  # choosing the toy model brings its note and examples back
 
 
+def test_the_readmes_way_to_the_toy_demo_on_a_gpu_machine(gpu_machine):
+    """README's quick start: on a CUDA machine `bash run.sh app --checkpoint zeroft-toy` opens the embedded model."""
+    import re
+
+    readme = (APP_DIR / "README.md").read_text()
+    assert re.search(r"`bash run.sh app\s+--checkpoint zeroft-toy`", readme)
+    from webapp.launch import parse_args
+
+    demo = create_app(parse_args(["--checkpoint", "zeroft-toy"]).checkpoint)
+    assert _props(demo, "checkpoint")["value"] == "zeroft-toy" and _props(demo, "toy-note")["visible"] is True
+    assert _column_visibility(demo) == [True, False]
+
+
 def test_a_cpu_machine_says_it_is_the_toy_demo(monkeypatch):
     monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
     demo = create_app()
@@ -209,9 +222,14 @@ def test_real_examples_use_their_committed_masks(monkeypatch):
     assert sum(p.stat().st_size for p in REAL_EXAMPLES.iterdir()) < 2 * 2**20
 
 
-def test_space_front_matter_names_the_presets_weights():
-    """README's front matter: every preset's Hub repositories under models:, the default's files preloaded."""
+def test_space_front_matter_names_the_presets_weights(tmp_path_factory):
+    """README's front matter: every preset's Hub repositories under models:, and preload_from_hub exactly the files
+    that loading the app's GPU default fetches (IPAdapterPreset.hub_files), expanded over a copy of the public
+    repositories' layout that also holds files zeroft never reads (SDXL's vae_1_0/, fp16 copies, the single file)."""
+    import fnmatch
+
     import yaml
+    from hubcache import write_public_repos
 
     readme = (APP_DIR / "README.md").read_text()
     front = yaml.safe_load(readme.split("---\n")[1])
@@ -219,14 +237,14 @@ def test_space_front_matter_names_the_presets_weights():
     assert front["suggested_hardware"] == "a10g-large"  # a flavour the Spaces config reference lists (24 GB)
     presets = zeroft.presets.IP_ADAPTER_PRESETS
     assert set(front["models"]) == {p.base_model for p in presets.values()} | {p.adapter_repo for p in presets.values()}
-    preload = {line.split()[0]: line.split()[1].split(",") for line in front["preload_from_hub"]}
-    default = presets[REAL_DEFAULT]
-    encoder_repo, _, encoder_file = default.encoder_pretrained.removeprefix("hf-hub:").partition("/models/")
-    assert default.adapter_file in preload[default.adapter_repo]
-    assert "models/" + encoder_file in preload[encoder_repo]
-    base = preload[default.base_model]
-    assert "model_index.json" in base and "unet/diffusion_pytorch_model.safetensors" in base
-    assert all(f"{part}/model.safetensors" in base for part in ("text_encoder", "text_encoder_2"))
+    preload = {line.split()[0]: sorted(line.split()[1].split(",")) for line in front["preload_from_hub"]}
+    repos = write_public_repos(tmp_path_factory.mktemp("public-repos"))
+    fetched = {}
+    for repo, patterns in presets[REAL_DEFAULT].hub_files().items():
+        listing = [p.relative_to(repos[repo]).as_posix() for p in repos[repo].rglob("*") if p.is_file()]
+        fetched[repo] = sorted(name for name in listing if any(fnmatch.fnmatch(name, pattern) for pattern in patterns))
+    assert preload == fetched
+    assert not any("vae_1_0" in name or "fp16" in name for names in fetched.values() for name in names)
 
 
 def test_a_real_example_generates_with_its_committed_mask(tiny_checkpoint, monkeypatch):

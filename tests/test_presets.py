@@ -187,3 +187,55 @@ def test_a_preset_offline_names_the_command_that_imports_a_local_copy(hub, tmp_p
     # a preset the caller changed is no command's preset: only the library call can take the file
     with pytest.raises(zeroft.HubUnavailableError, match="pass a local copy of ip-adapter_sd15.safetensors as adapter_file"):
         import_ip_adapter(tmp_path / "custom", preset=replace(IP_ADAPTER_SD15, base_model="someone/another-sd15"))
+
+
+def test_a_preset_that_cannot_fit_this_cpus_memory_is_refused_before_anything_loads(public_hub, monkeypatch,
+                                                                                   tmp_path, capsys):
+    """SDXL with ViT-H in fp32 peaked at 18.9 GiB, int8 at 10.2: with 12 GiB available, fp32 is refused with int8
+    named, int8 loads; with 6 GiB neither fits; a machine that does not say (None) is not checked."""
+    from zeroft import memory
+    from zeroft.cli import main
+
+    def build_nothing(*args, **kwargs):
+        raise AssertionError("nothing may be built or downloaded before the memory check")
+
+    monkeypatch.setattr(memory, "available_gib", lambda: 12.0)
+    with monkeypatch.context() as patched:
+        patched.setattr(zeroft.loading, "resolve_checkpoint", build_nothing)
+        with pytest.raises(zeroft.InputError, match=r"18.9 GiB .* 12.0 GiB available.* int8 .*10.2 GiB"):
+            zeroft.load_pipeline("ip-adapter-sdxl-vit-h", device="cpu")
+    assert zeroft.load_pipeline("ip-adapter-sdxl-vit-h", device="cpu", quantization="int8", masker="border")
+    monkeypatch.setattr(memory, "available_gib", lambda: 6.0)
+    with pytest.raises(zeroft.InputError, match="a machine with more memory, or a GPU"):
+        zeroft.load_pipeline("ip-adapter-sdxl", device="cpu", quantization="int8")
+    capsys.readouterr()
+    status = main(["generate", "--checkpoint", "ip-adapter-sdxl", "--image", "assets/examples/object-01.png",
+                   "--prompt", "a toy", "--device", "cpu", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and err[0].startswith("error: ip-adapter-sdxl in float32") and "int8" not in err[0]
+    monkeypatch.setattr(memory, "available_gib", lambda: None)
+    assert zeroft.load_pipeline("ip-adapter-sd15", device="cpu", masker="border")
+
+
+def test_the_default_loads_offline_from_a_cache_holding_only_what_it_fetches(hub, public_repos, tiny_open_clip_names,
+                                                                             photo, tmp_path, monkeypatch, caplog, capfd):
+    """A Hub cache with exactly IPAdapterPreset.hub_files (what README's preload_from_hub puts in a Space): no
+    vae_1_0/ or fp16 copies needed, and a user who asked for offline mode reads no "could not reach the Hub"."""
+    import fnmatch
+    import logging
+
+    from hubcache import fake_hub_repo
+
+    preset = IP_ADAPTER_PRESETS["ip-adapter-sdxl-vit-h"]
+    for repo, patterns in preset.hub_files().items():
+        files = {p.relative_to(public_repos[repo]).as_posix(): p for p in public_repos[repo].rglob("*") if p.is_file()}
+        fake_hub_repo(hub, repo, {name: path for name, path in files.items()
+                                  if any(fnmatch.fnmatch(name, pattern) for pattern in patterns)})
+    monkeypatch.setenv("ZEROFT_HOME", str(tmp_path / "zeroft-home"))
+    caplog.set_level(logging.WARNING)
+    for quantization in ("none", "int8"):
+        pipe = zeroft.load_pipeline("ip-adapter-sdxl-vit-h", device="cpu", masker="border", quantization=quantization)
+        out = pipe("a toy", object_image=photo, num_inference_steps=1, height=256, width=256, seed=0)
+        assert out.images[0].size == (256, 256)
+    said = caplog.text + capfd.readouterr().err
+    assert not any(text in said for text in ("Could not reach", "Couldn't connect", "not fully cached")), said

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from .errors import InputError
 
 
+WEIGHT_STEMS = ("diffusion_pytorch_model", "model")  # the weight file names of diffusers' and transformers' models
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json")
+
+
 @dataclass(frozen=True)
 class Backbone:
     """One family of diffusers text-to-image pipelines that zeroft's object attention fits."""
@@ -42,6 +46,21 @@ class Backbone:
     def weight_parts(self) -> tuple[str, ...]:
         """The networks whose safetensors weights a local base folder must hold."""
         return ("unet", "vae", *self.text_encoders)
+
+    def hub_file_patterns(self, unet_tuned: bool = False) -> list[str]:
+        """The files of a Hub base model of this family that zeroft reads, as ``snapshot_download`` patterns.
+
+        The index, the scheduler's config, the tokenizers, and each network's config and safetensors weights
+        (sharded too); the UNet only when the checkpoint does not bring its own. Nothing else is fetched:
+        SDXL base 1.0's ``vae_1_0/`` (335 MB), fp16 and ONNX copies and single-file checkpoints are never read.
+        README.md's ``preload_from_hub`` lists the same files for the app's default (tests/test_app_gpu.py).
+        """
+        weights = [f"{stem}{tail}" for stem in WEIGHT_STEMS
+                   for tail in (".safetensors", ".safetensors.index.json", "-*-of-*.safetensors")]
+        networks = [part for part in self.weight_parts if not (part == "unet" and unet_tuned)]
+        return (["model_index.json", "scheduler/scheduler_config.json"]
+                + [f"{tokenizer}/{name}" for tokenizer in self.tokenizers for name in TOKENIZER_FILES]
+                + [f"{part}/{name}" for part in networks for name in ("config.json", *weights)])
 
 
 BACKBONES = {

@@ -27,6 +27,7 @@ from .errors import HubUnavailableError, InputError, ModelUnavailableError
 from .masking import Masker
 from .model_card import write_model_card
 from .presets import check_adapter_encoder
+from .memory import check_fits
 from .quantization import (check_quantization, pick_device, pick_dtype, quantization_configs,
                            quantize_object_attention_)
 from .validation import native_size
@@ -101,7 +102,7 @@ def native_size_of(checkpoint: str | os.PathLike) -> int | None:
     return native_size(sample_size, vae_scale_factor, config.defaults)
 
 
-def _load_base(source: str | Path, config: ZeroFTConfig, dtype: torch.dtype, unet, unet_quant, text_quant,
+def _load_base(source: Path, config: ZeroFTConfig, dtype: torch.dtype, unet, unet_quant, text_quant,
                loaded: dict | None = None):
     backbone = get_backbone(config.backbone)
     kwargs = dict(backbone.base_arguments(), use_safetensors=True)
@@ -115,15 +116,7 @@ def _load_base(source: str | Path, config: ZeroFTConfig, dtype: torch.dtype, une
         if unet is None:
             mapping["unet"] = unet_quant
         kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping=mapping)
-    try:
-        return backbone.base_class().from_pretrained(str(source), dtype=dtype, revision=config.base_revision, **kwargs)
-    except OSError as error:
-        if isinstance(source, Path):
-            raise
-        raise HubUnavailableError(
-            f"Could not load the base model {source!r} from the Hugging Face Hub ({error}). "
-            "It is downloaded once on first use; check the network, or point base_model to a local folder."
-        ) from error
+    return backbone.base_class().from_pretrained(str(source), dtype=dtype, **kwargs)  # a local folder (_locate_base)
 
 
 def _base_unavailable(name: str, error: Exception) -> HubUnavailableError:
@@ -133,24 +126,7 @@ def _base_unavailable(name: str, error: Exception) -> HubUnavailableError:
         "It is downloaded once on first use; check the network, or point base_model to a local folder.")
 
 
-def _local_base(source: str | Path, config: ZeroFTConfig, parts: tuple[str, ...]) -> Path:
-    """A local folder holding ``parts`` of the base: the folder itself, or the Hub snapshot of only those files."""
-    if isinstance(source, Path):
-        return source
-    from huggingface_hub import snapshot_download
-
-    from .streaming import WEIGHT_STEMS
-
-    patterns = ["model_index.json"] + [f"{part}/{name}" for part in parts for name in (
-        "config.json", *(f"{stem}{tail}" for stem in WEIGHT_STEMS
-                         for tail in (".safetensors", ".safetensors.index.json", "-*-of-*.safetensors")))]
-    try:
-        return Path(snapshot_download(source, revision=config.base_revision, allow_patterns=patterns))
-    except Exception as error:
-        raise _base_unavailable(source, error) from error
-
-
-def _stream_int8(folder: Path, config: ZeroFTConfig, base_source: str | Path, encoder_source, dtype: torch.dtype):
+def _stream_int8(folder: Path, config: ZeroFTConfig, base_source: Path, encoder_source, dtype: torch.dtype):
     """(UNet and text encoders, object encoder) quantized to int8 as they are read (zeroft.streaming).
 
     Full-precision weights never sit in memory whole: each Linear is quantized as soon as its weight
@@ -160,7 +136,7 @@ def _stream_int8(folder: Path, config: ZeroFTConfig, base_source: str | Path, en
     from .streaming_visual import load_visual_streaming
 
     parts = get_backbone(config.backbone).text_encoders + (() if config.unet_tuned else ("unet",))
-    loaded = load_parts_streaming(_local_base(base_source, config, parts), parts, dtype=dtype, quantization="int8")
+    loaded = load_parts_streaming(base_source, parts, dtype=dtype, quantization="int8")
     if config.unet_tuned:
         loaded["unet"] = load_streaming(UNet2DConditionModel, folder, subfolder="unet", dtype=dtype, quantization="int8")
     encoder = ObjectEncoder(
@@ -184,8 +160,9 @@ def _check_base_family(index: dict, config: ZeroFTConfig, where: str) -> None:
             f"backbone {config.backbone!r} ({get_backbone(config.backbone).label}).")
 
 
-def _locate_base(folder: Path, config: ZeroFTConfig) -> str | Path:
-    """The base model's source, checked to exist: a sub-folder of the checkpoint, or a Hub repo.
+def _locate_base(folder: Path, config: ZeroFTConfig) -> Path:
+    """The base model's local folder, checked to exist: a sub-folder of the checkpoint, or the Hub snapshot of the
+    files zeroft reads (``Backbone.hub_file_patterns``, downloaded once, then read from the cache).
 
     A local base must hold model_index.json naming the checkpoint's family and a folder for each
     part it lists, with safetensors weights for the networks; a Hub base must be in the Hugging
@@ -209,14 +186,17 @@ def _locate_base(folder: Path, config: ZeroFTConfig) -> str | Path:
             if weights and not any((local / part).glob(f"{weights.split('.')[0]}*.safetensors")):  # also sharded
                 _require_file(folder, f"{config.base_model}/{part}/{weights}", f"the base model's {part} weights")
         return local
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, snapshot_download
 
     try:
         index_file = hf_hub_download(config.base_model, "model_index.json", revision=config.base_revision)
+        _check_base_family(json.loads(Path(index_file).read_text()), config, config.base_model)
+        return Path(snapshot_download(config.base_model, revision=config.base_revision,
+                                      allow_patterns=backbone.hub_file_patterns(config.unet_tuned)))
+    except ModelUnavailableError:
+        raise
     except Exception as error:
         raise _base_unavailable(config.base_model, error) from error
-    _check_base_family(json.loads(Path(index_file).read_text()), config, config.base_model)
-    return config.base_model
 
 
 def load_pipeline(
@@ -251,6 +231,10 @@ def load_pipeline(
             is checked when a photo first needs it: photos with their own mask or alpha never do.)
         HubUnavailableError: a Hub model is neither in the Hugging Face cache nor downloadable.
     """
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype)
+    check_quantization(quantization, device)
+    check_fits(checkpoint, device, dtype, quantization)  # a preset too big for this CPU: before any download
     folder = resolve_checkpoint(checkpoint, revision)
     config = ZeroFTConfig.load(folder)
     served = getattr(pipeline_class, "backbone", "sd")
@@ -258,9 +242,6 @@ def load_pipeline(
         raise InputError(
             f"{checkpoint} is a {get_backbone(config.backbone).label} checkpoint; {pipeline_class.__name__} serves "
             f"{get_backbone(served).label}. Load it with zeroft.load_pipeline, which picks the class.")
-    device = pick_device(device)
-    dtype = pick_dtype(device, dtype)
-    check_quantization(quantization, device)
     if offload and device.type != "cuda":
         raise InputError("CPU offload moves models between CPU and GPU memory; it needs a CUDA GPU.")
     unet_quant, text_quant = quantization_configs(quantization, dtype)

@@ -106,7 +106,8 @@ def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> Path:
     from .checkpoint import native_size_of, resolve_checkpoint
     from .images import load_image, load_mask
     from .masking import Masker
-    from .quantization import pick_device
+    from .memory import check_fits
+    from .quantization import pick_device, pick_dtype
     from .validation import (check_guidance, check_num_images, check_prompt, check_seed, check_size, check_size_for,
                              check_steps)
 
@@ -130,6 +131,7 @@ def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> Path:
     if args.masker is not None:
         Masker(args.masker)  # parses the spec; a rembg model loads only when a photo needs it
     device = pick_device(args.device)
+    check_fits(checkpoint, device, pick_dtype(device), args.quantization)  # too big for this CPU: before downloading
     folder = resolve_checkpoint(checkpoint)
     native = native_size_of(folder)
     for name, value in (("height", args.height), ("width", args.width)):

@@ -20,6 +20,7 @@ from .config import ZeroFTConfig
 from .generation import ZeroFTMixin
 from .pipeline import ZeroFTPipeline
 from .pipeline_xl import ZeroFTXLPipeline
+from .memory import check_fits
 from .quantization import pick_device, pick_dtype
 
 PIPELINE_CLASSES = {cls.backbone: cls for cls in (ZeroFTPipeline, ZeroFTXLPipeline)}  # zeroft.backbones names
@@ -40,8 +41,11 @@ def load_pipeline(checkpoint: str | os.PathLike, revision: str | None = None, **
         **kwargs: device, dtype, quantization, offload, masker: see
             :func:`zeroft.checkpoint.load_pipeline`.
     """
+    device = pick_device(kwargs.pop("device", None))
+    dtype = pick_dtype(device, kwargs.pop("dtype", None))
+    check_fits(checkpoint, device, dtype, kwargs.get("quantization", "none"))  # before a preset downloads anything
     folder = resolve_checkpoint(checkpoint, revision)
-    return pipeline_class_for(ZeroFTConfig.load(folder)).from_pretrained(folder, **kwargs)
+    return pipeline_class_for(ZeroFTConfig.load(folder)).from_pretrained(folder, device=device, dtype=dtype, **kwargs)
 
 
 # Loaded pipelines, keyed by (checkpoint, quantization, device, dtype); two fit a 24 GB machine at SD scale.

@@ -93,6 +93,18 @@ class IPAdapterPreset:
     def native_size(self) -> int:
         return get_backbone(self.backbone).native_size
 
+    def hub_files(self) -> dict[str, list[str]]:
+        """What loading this preset fetches from the Hub, by repository: the adapter file, the encoder's weights
+        file, and the base model's files (``Backbone.hub_file_patterns``, patterns as ``snapshot_download`` takes
+        them). README.md's ``preload_from_hub`` names the same files for the app's default preset."""
+        files = {self.adapter_repo: [self.adapter_file]}
+        if self.encoder_pretrained.startswith("hf-hub:"):
+            repo_id = "/".join(self.encoder_pretrained.removeprefix("hf-hub:").split("/")[:2])
+            path = self.encoder_pretrained.removeprefix(f"hf-hub:{repo_id}/")
+            files.setdefault(repo_id, []).append(path)
+        files.setdefault(self.base_model, []).extend(get_backbone(self.backbone).hub_file_patterns())
+        return files
+
     def encoder_config(self) -> EncoderConfig:
         return EncoderConfig(model_name=self.encoder_model, pretrained=self.encoder_pretrained,
                              background_fill="white", crop_to_object=True)
