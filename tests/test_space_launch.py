@@ -171,3 +171,28 @@ def test_a_checkpoint_the_app_could_never_load_is_one_line_at_start(tmp_path, ca
             build(["--checkpoint", bogus])
         err = capsys.readouterr().err.strip()
         assert stopped.value.code == 2 and len(err.splitlines()) == 1 and reason in err, err
+
+
+def test_the_code_runs_on_the_python_the_space_declares():
+    """README's front matter declares the Python ZeroGPU runs (3.10.13) while this machine has 3.11: vermin reads
+    the code the Space runs (app.py, webapp/, zeroft/) and finds nothing newer than the declared minor version."""
+    import yaml
+
+    declared = yaml.safe_load((ROOT / "README.md").read_text().split("---\n")[1])["python_version"]
+    minor = ".".join(str(declared).split(".")[:2])
+    vermin = Path(sys.executable).parent / "vermin"
+    result = subprocess.run([str(vermin), "-q", f"-t={minor}-", "--violations", "--no-tips", "--eval-annotations",
+                             "app.py", "webapp", "zeroft"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_requirements_let_zerogpu_pick_a_torch_it_supports():
+    """Spaces install requirements.txt; ZeroGPU documents torch 2.1.0 to the latest release except 2.3.x (a PyTorch
+    bug), listing 2.4.0, 2.5.1, 2.6.0, 2.7.1 and 2.8.0 (huggingface/hub-docs, spaces-zerogpu.md). requirements.txt
+    must admit those and no 2.3 release, and pin nothing."""
+    from packaging.requirements import Requirement
+
+    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    torch_req = next(Requirement(line) for line in lines if line and Requirement(line).name == "torch")
+    assert all(torch_req.specifier.contains(v) for v in ("2.4.0", "2.5.1", "2.6.0", "2.7.1", "2.8.0", "2.14.1"))
+    assert not any(torch_req.specifier.contains(v) for v in ("2.3.0", "2.3.1")) and "==" not in str(torch_req.specifier)
