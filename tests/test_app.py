@@ -173,10 +173,16 @@ def test_readme_client_example_runs_as_written(embedded_server, monkeypatch):
 
 def test_mask_endpoint(client, tmp_path):
     from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
 
     square_photo().save(tmp_path / "photo.png")
     mask = np.asarray(Image.open(client.predict(handle_file(str(tmp_path / "photo.png")), api_name="/mask")))
     assert mask.shape[:2] == (64, 64) and mask[32, 32] == 255 and mask[2, 2] == 0
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(tmp_path / "plain.png")  # nothing on it to find
+    with pytest.raises(AppError) as caught:
+        client.predict(handle_file(str(tmp_path / "plain.png")), api_name="/mask")
+    message = str(caught.value)
+    assert "found no object" in message and "give a mask" not in message and "--" not in message
 
 
 def _error(client, checkpoint, **kwargs):
@@ -189,7 +195,7 @@ def _error(client, checkpoint, **kwargs):
     return message
 
 
-def test_bad_inputs_come_back_as_plain_messages(client, server, tmp_path):
+def test_bad_inputs_come_back_as_plain_messages(client, server, tmp_path, capfd):
     checkpoint = server[1]
     square_photo().save(tmp_path / "photo.png")
     (tmp_path / "junk.png").write_bytes(b"this is not an image")
@@ -212,6 +218,13 @@ def test_bad_inputs_come_back_as_plain_messages(client, server, tmp_path):
     # a layer of another shape: refused by zeroft's rule for masks (the CLI's), not stretched
     Image.new("RGBA", (64, 32), (255, 0, 200, 153)).save(tmp_path / "wide-layer.png")
     assert "shapes differ" in _error(client, checkpoint, editor=_editor(tmp_path / "photo.png", [tmp_path / "wide-layer.png"]))
+    # JSON null or mis-shaped values through the API: plain messages naming the input
+    assert _error(client, checkpoint, editor=_editor(tmp_path / "photo.png"), obj=None) == \
+        "Object guidance must be a number, not None."
+    photo = _editor(tmp_path / "photo.png")
+    assert "wrong shape" in _error(client, checkpoint, editor={**photo, "layers": "not a list"})
+    assert "wrong shape" in _error(client, checkpoint, editor={"background": 5, "layers": [], "composite": None})
+    assert "Traceback" not in capfd.readouterr().err  # range errors and refusals leave the server's log clean
 
 
 def _api_call(url: str, endpoint: str, data: list) -> str:

@@ -212,6 +212,7 @@ def test_time_budget_flag_refuses_a_long_request(tiny_checkpoint, tmp_path, caps
     assert main(_generate_argv(tiny_checkpoint, tmp_path, "--time-budget", "5")) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading bars: the budget needs the model
     assert last.startswith("error: This request would take about 90 s") and "over the 5 s limit" in last
+    assert not (tmp_path / "out").exists()  # refused after loading: no empty output folder is left behind
     assert main(_generate_argv(tiny_checkpoint, tmp_path, "--time-budget", "-1")) == 2
     assert "--time-budget must be a positive number" in _one_error_line(capsys)
 

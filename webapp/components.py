@@ -83,7 +83,10 @@ class NumberSetting:
             return None
         if isinstance(payload, bool) or not isinstance(payload, (int, float)):
             raise user_error(f"{self.label} must be a number, not {repr(payload)[:40]}.")
-        return super().preprocess(payload)
+        try:
+            return super().preprocess(payload)
+        except gr.Error as error:  # gradio's own range check, which would log a traceback for a plain refusal
+            raise user_error(error.message) from None
 
 
 class Setting(NumberSetting, gr.Slider):

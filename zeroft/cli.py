@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import uuid
@@ -89,6 +90,7 @@ def _check_writable_folder(folder: Path, what: str) -> None:
     if folder.exists() and not folder.is_dir():
         raise InputError(f"The {what} {str(folder)!r} is an existing file, not a folder.")
     probe = folder / f".zeroft-write-test-{uuid.uuid4().hex}"
+    made = next((p for p in [*reversed(folder.absolute().parents), folder.absolute()] if not p.exists()), None)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
@@ -96,6 +98,9 @@ def _check_writable_folder(folder: Path, what: str) -> None:
     except OSError as error:
         raise InputError(f"Cannot write to the {what} {str(folder)!r} ({error.strerror or error}); "
                          "give a folder you can write to.") from None
+    finally:
+        if made is not None and made.is_dir():  # what the check made goes again: a later refusal leaves nothing
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> Path:
@@ -212,6 +217,7 @@ def mask(args: argparse.Namespace) -> Path:
         matte = prepare_mask(chosen.mask, photo.rgb.size, source=chosen.source)
     except EmptyMaskError as error:
         raise InputError(_empty_mask_advice(error.source, masker.spec)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((matte * 255).round().astype("uint8")).save(out)
     print(f"wrote {out} ({photo.rgb.width}x{photo.rgb.height}, object covers {float((matte >= 0.5).mean()):.1%})")
     return out
