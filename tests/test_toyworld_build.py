@@ -39,21 +39,22 @@ def test_smoke_build(tmp_path):
     # The pattern diagnostic runs on the build: one confusion matrix per source and split, over every pair.
     result = run(["patterns", "--checkpoint", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--steps", "2",
                   "--judge", str(tmp_path / "assets" / "toyworld-judge" / "judge.safetensors"),
-                  "--out", str(tmp_path / "patterns")])
+                  "--out", str(tmp_path / "patterns"), "--identities", "2"])
     for split in ("held-out", "training"):
         rows = result["results"][split]
         for source in ("base, full caption", "zeroft, full caption", "zeroft, object photo"):
-            assert sum(map(sum, rows[source]["matrix"])) == rows["pairs"] > 0
+            assert sum(map(sum, rows[source]["matrix"])) == rows["pairs"] == 16  # 2 identities x 8 contexts
             assert 0.0 <= rows[source]["accuracy"] <= 1.0
     assert json.loads((tmp_path / "patterns" / "patterns.json").read_text())["results"] == result["results"]
 
     # The evaluation runs on the build: every row over its pairs, the fine-tuning baseline timed, curve and grid drawn.
     run(["eval", "--checkpoint", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "eval"),
          "--judge", str(tmp_path / "assets" / "toyworld-judge" / "judge.safetensors"), "--references", "1",
-         "--finetune-objects", "1", "--finetune-steps", "1", "--curve", "--curve-points", "2", "--device", "cpu"])
+         "--finetune-objects", "1", "--finetune-steps", "1", "--curve", "--curve-points", "2", "--device", "cpu",
+         "--identities", "2"])
     report = json.loads((tmp_path / "eval" / "toyworld_eval.json").read_text())
     rows = report["rows"]
-    assert rows["zeroft"]["pairs"] == 96 and rows["text only (w_obj = 0)"]["pairs"] == 96
+    assert rows["zeroft"]["pairs"] == 16 and rows["text only (w_obj = 0)"]["pairs"] == 16  # 2 identities x 8
     assert rows["per-object fine-tuning (1 objects)"]["pairs"] == 8
     assert rows["per-object fine-tuning (1 objects)"]["seconds_per_object"] > 0
     assert all(0.0 <= row[m] <= 1.0 for row in rows.values() for m in ("identity", "text", "both"))
@@ -74,9 +75,9 @@ def test_smoke_build(tmp_path):
                    encoder=replace(config.encoder, views="rot4")).save(tmp_path / "defaults")
     curve_only = ["eval", "--checkpoint", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--curve-only",
                   "--curve-points", "1", "--judge", str(tmp_path / "assets" / "toyworld-judge" / "judge.safetensors"),
-                  "--out", str(tmp_path / "curve"), "--device", "cpu"]
+                  "--out", str(tmp_path / "curve"), "--device", "cpu", "--identities", "2"]
     report = run(curve_only + ["--defaults-from", str(tmp_path / "defaults")])
-    assert "rows" not in report and report["views"] == "rot4" and report["pairs"] == 96
+    assert "rows" not in report and report["views"] == "rot4" and report["pairs"] == 16
     assert report["guidance"] == {"text": 7.5, "object": 5.0} and report["sampler_steps"] == 1
     assert len(report["curve"]) == 1 and 0.0 <= report["curve"][0]["pattern_acc"] <= 1.0
     assert json.loads((tmp_path / "curve" / "toyworld_eval.json").read_text())["curve"] == report["curve"]

@@ -86,9 +86,9 @@ def test_quick_build_grown_from_the_shipped_checkpoint(tmp_path):
     # Its evaluation has no fine-tuning row: a grown build has no trained base model to fine-tune.
     result = run(["eval", "--checkpoint", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--references", "1",
                   "--judge", str(tmp_path / "assets" / "toyworld-judge" / "judge.safetensors"),
-                  "--out", str(tmp_path / "eval"), "--device", "cpu"])
+                  "--out", str(tmp_path / "eval"), "--device", "cpu", "--identities", "1"])
     assert "grown from" in result["finetune_skipped"] and not any("fine-tuning" in row for row in result["rows"])
-    assert result["rows"]["zeroft"]["pairs"] == 96
+    assert result["rows"]["zeroft"]["pairs"] == 8  # one held-out identity x 8 contexts
     # The same work folder cannot grow from another checkpoint.
     with pytest.raises(InputError, match="not one grown from"):
         run([*argv[:5], str(tmp_path / "out"), *argv[6:]])

@@ -93,6 +93,8 @@ def _scoring_options(parser, work_help: str, out: str) -> None:
     parser.add_argument("--judge", default=JUDGE)
     parser.add_argument("--work", default="runs/toyworld", help=work_help)
     parser.add_argument("--out", default=out)
+    parser.add_argument("--identities", type=int, default=None,
+                        help="score only the first N identities of each split (a quick look; default: all)")
 
 
 def _eval_parser(commands) -> None:
@@ -204,9 +206,12 @@ def run(argv=None) -> dict:
         return run_copying(Path(args.work), checkpoint, Path(args.judge), Path(args.out), args.arms, args.steps,
                            args.score_every, args.references, args.seed)
     if args.command == "eval":
+        at_least_one("identities", args.identities)
         return evaluate_checkpoint(EvalOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
     if args.command == "patterns":
-        return pattern_confusions(args.checkpoint, args.judge, args.work, args.out, args.steps, args.seed)
+        at_least_one("identities", args.identities)
+        return pattern_confusions(args.checkpoint, args.judge, args.work, args.out, args.steps, args.seed,
+                                  args.identities)
     if args.command == "steps":
         return step_costs(args.device, args.batches, args.unets, args.steps, args.render, args.precisions)
     return personalization(args.checkpoint, args.judge, args.work, args.objects, args.every, args.max_steps,

@@ -90,7 +90,7 @@ def summary(results: dict) -> str:
 
 
 def pattern_confusions(checkpoint: str, judge: str, work: str, out: str, steps: int | None = None,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, identities: int | None = None) -> dict:
     """The three sources' pattern confusion on held-out and training identities; writes ``out``/patterns.json,
     prints, and returns it.
 
@@ -100,6 +100,7 @@ def pattern_confusions(checkpoint: str, judge: str, work: str, out: str, steps: 
         work: the build folder holding the base model (``base/base``).
         out: folder for patterns.json.
         steps: sampler steps (default: the checkpoint's).
+        identities: only the first N identities of each split (default: all).
     """
     pipe, base = load_generators(checkpoint, work)
     judge_model = load_judge(judge)
@@ -107,8 +108,8 @@ def pattern_confusions(checkpoint: str, judge: str, work: str, out: str, steps: 
     steps = steps or defaults.steps
     train_ids, held_out = split_identities()
     results = {}
-    for split, identities in (("held-out", held_out), ("training", train_ids[::5])):
-        pairs = make_pairs(identities, 1, seed)
+    for split, chosen in (("held-out", held_out), ("training", train_ids[::5])):
+        pairs = make_pairs(chosen[:identities], 1, seed)
         results[split] = {
             "pairs": len(pairs),
             "base, full caption": confusion(judge_model, from_captions(base, pairs, defaults.text_guidance, steps, False),

@@ -59,6 +59,7 @@ class EvalOptions:
     defaults_from: str | None
     seed: int
     device: str
+    identities: int | None = None  # only the first N identities of each split (None: all)
 
 
 def load_pipeline(checkpoint: str, defaults_from: str | None, device: str) -> tuple[ZeroFTPipeline, GenerationDefaults]:
@@ -194,6 +195,7 @@ def evaluate_checkpoint(options: EvalOptions) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(options.work)
     train_ids, held_out = split_identities()
+    held_out, training = held_out[:options.identities], train_ids[::6][:options.identities]
     judge = load_judge(options.judge)
     pipe, defaults = load_pipeline(options.checkpoint, options.defaults_from, device)
     report = report_header(options, device, pipe, defaults)
@@ -203,7 +205,7 @@ def evaluate_checkpoint(options: EvalOptions) -> dict:
 
     # 2. The table's rows
     pairs = make_pairs(held_out, options.references, options.seed + 500)
-    rows = zeroft_rows(pipe, judge, pairs, make_pairs(train_ids[::6], 1, options.seed + 600), defaults)
+    rows = zeroft_rows(pipe, judge, pairs, make_pairs(training, 1, options.seed + 600), defaults)
     zeroft_seconds = encoding_seconds(pipe, pairs[0].reference)
     rows["zeroft"]["notes"] = f"personalisation {zeroft_seconds * 1000:.1f} ms/object (mask + encode)"
     add_finetune_row(options, rows, report, pairs, judge, defaults, zeroft_seconds, device)

@@ -97,8 +97,11 @@ def quiet_dropped_event_loops() -> None:
 
 def launch(demo: gr.Blocks, args: argparse.Namespace) -> None:
     """Serve ``demo``; None for host and port leaves them to gradio's environment variables (module docstring)."""
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD,
-                allowed_paths=EXAMPLE_FOLDERS)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD,
+                    allowed_paths=EXAMPLE_FOLDERS)
+    except KeyboardInterrupt:  # Ctrl-C while gradio is still starting (once serving, gradio stops quietly itself)
+        demo.close()
 
 
 def main(argv=None) -> None:
