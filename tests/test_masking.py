@@ -6,7 +6,7 @@ from PIL import Image
 
 from zeroft import InputError, Masker, ModelUnavailableError, apply_mask, choose_mask
 from zeroft.images import load_image
-from zeroft.masking import choose_mask_with_source, prepare_mask
+from zeroft.masking import EmptyMaskError, mask_cache
 
 from conftest import square_photo
 
@@ -72,21 +72,21 @@ def test_user_mask_wins_over_the_automatic_one(tiny_pipe):
     user = np.zeros((64, 64), np.float32)
     user[0:10, 0:10] = 1.0  # marks a background corner on purpose
     calls = tiny_pipe.masker.calls
-    _, used = tiny_pipe.object_mask(photo, user)
-    assert np.array_equal(used, user)
+    used = tiny_pipe.encode_object(photo, user).masks[0]
+    assert np.array_equal(used.mask, user) and used.source == "given"
     assert tiny_pipe.masker.calls == calls
 
 
 def test_alpha_channel_serves_as_mask(tiny_pipe):
     rgba = Image.new("RGBA", (48, 48), (0, 0, 0, 0))
     rgba.paste((200, 0, 0, 255), (8, 8, 24, 24))
-    _, used = tiny_pipe.object_mask(rgba)
-    assert used[16, 16] == 1.0 and used[40, 40] == 0.0
+    used = tiny_pipe.encode_object(rgba).masks[0]
+    assert used.mask[16, 16] == 1.0 and used.mask[40, 40] == 0.0 and used.source == "alpha"
 
 
 def test_automatic_mask_on_a_flat_photo_is_empty(tiny_pipe):
     with pytest.raises(InputError, match="automatic mask is empty") as caught:
-        tiny_pipe.object_mask(Image.new("RGB", (64, 64), (90, 90, 90)))
+        tiny_pipe.encode_object(Image.new("RGB", (64, 64), (90, 90, 90)))
     message = str(caught.value)  # it failed, so it must not be what the message advises
     assert "border masker found no object" in message and "--mask" in message and "--masker rembg:u2net" in message
     assert "use the automatic mask" not in message
@@ -110,11 +110,12 @@ def test_an_empty_mask_says_what_to_do_by_where_it_came_from(make, mask, masker,
                                                              monkeypatch):
     monkeypatch.setattr(Masker, "__call__", lambda self, image: np.zeros(image.size[::-1], np.float32))
     photo = load_image(make())
-    chosen = choose_mask_with_source(photo, mask, Masker(masker))
-    assert chosen.source == source
-    with pytest.raises(InputError, match="empty") as caught:
-        prepare_mask(chosen.mask, photo.rgb.size, source=chosen.source)
+    with pytest.raises(EmptyMaskError, match="empty") as caught:
+        choose_mask(photo, mask, Masker(masker))
+    assert caught.value.source == source
     assert advice in str(caught.value) and not_advised not in str(caught.value)
+    allowed = choose_mask(photo, mask, Masker(masker), allow_empty=True)  # an editor shows it, to be painted on
+    assert allowed.source == source and allowed.mask.shape == (64, 64) and allowed.mask.max() == 0.0
 
 
 def test_settings_record_where_each_mask_came_from(tiny_pipe):
@@ -142,11 +143,28 @@ def test_choose_mask_is_the_one_rule_user_then_alpha_then_automatic():
     user = np.zeros((32, 32), np.float32)
     user[:4, :4] = 1.0  # half the photo's size: resized to it
     chosen = choose_mask(photo, user, masker, cache)
-    assert chosen.shape == (64, 64) and chosen[:6, :6].min() == 1.0 and chosen[50, 50] == 0.0  # not the alpha
-    assert choose_mask(photo, None, masker, cache)[50, 50] == 1.0 and masker.calls == 0
+    assert chosen.source == "given" and chosen.mask.shape == (64, 64)
+    assert chosen.mask[:6, :6].min() == 1.0 and chosen.mask[50, 50] == 0.0  # not the alpha
+    assert choose_mask(photo, None, masker, cache).mask[50, 50] == 1.0 and masker.calls == 0
     opaque = load_image(square_photo())
     first = choose_mask(opaque, None, masker, cache)
-    assert first[32, 32] == 1.0 and np.array_equal(choose_mask(opaque, None, masker, cache), first)
+    assert first.mask[32, 32] == 1.0 and np.array_equal(choose_mask(opaque, None, masker, cache).mask, first.mask)
     assert masker.calls == 1  # the second automatic mask came from the cache
+    assert first.source == "automatic:border"
+    assert choose_mask(opaque, first, masker).source == "automatic:border"  # a ChosenMask keeps its source
     with pytest.raises(InputError, match="their shapes differ"):
         choose_mask(opaque, np.ones((64, 32), np.float32), masker)
+
+
+def test_one_cache_of_automatic_masks_for_the_process(tiny_pipe):
+    """A photo masked outside any pipeline (the app, on upload) is not masked again when a pipeline encodes it."""
+    assert tiny_pipe.mask_cache is mask_cache
+    photo = square_photo(colour=(30, 200, 90))
+    elsewhere = Masker(tiny_pipe.masker.spec)  # another masker of the same spec, as the app holds
+    first = choose_mask(load_image(photo), masker=elsewhere, cache=mask_cache)
+    calls = tiny_pipe.masker.calls
+    encoded = tiny_pipe.encode_object(photo.copy())
+    assert tiny_pipe.masker.calls == calls
+    assert np.array_equal(encoded.masks[0].mask, first.mask) and encoded.masks[0].source == first.source
+    embeds, _ = encoded  # unpacks as (image_embeds, masks); [0] is the embedding to pass as image_embeds=
+    assert embeds is encoded.image_embeds and embeds.shape == (1, tiny_pipe.image_embed_dim)

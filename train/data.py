@@ -41,7 +41,7 @@ from PIL import Image
 
 from zeroft.errors import InputError
 from zeroft.images import LoadedImage
-from zeroft.masking import MIN_MASK_AREA, Masker, choose_mask
+from zeroft.masking import DEFAULT_MASKER, Masker, choose_mask
 
 from .sources import Columns, RecordTable, open_source
 
@@ -180,7 +180,7 @@ class MixedTrainingData(torch.utils.data.Dataset):
     """
 
     def __init__(self, domain: DomainStream | None, general: RecordTable | None, encoder, resolution: int,
-                 regularization: Regularization, seed: int, masker: str = "rembg:u2net", length: int = 2**62):
+                 regularization: Regularization, seed: int, masker: str = DEFAULT_MASKER, length: int = 2**62):
         check_streams(domain is not None, general is not None, regularization.mix_ratio)
         reg = regularization
         self.domain, self.general, self.encoder = domain, general, encoder
@@ -197,11 +197,10 @@ class MixedTrainingData(torch.utils.data.Dataset):
             mask = np.ones((image.height, image.width), np.float32)
         else:  # zeroft's one rule: the record's mask, else the automatic one (training photos carry no alpha)
             try:
-                mask = choose_mask(LoadedImage(image, alpha=None), record.get("mask"), self.masker)
-            except InputError:  # a mask drawn on another photo: one bad record must not stop a long run
-                mask = np.zeros((image.height, image.width), np.float32)
-        if float((mask >= 0.5).mean()) < MIN_MASK_AREA:
-            mask = np.ones_like(mask)  # an empty mask would hide the whole object: fall back to the photo
+                mask = choose_mask(LoadedImage(image, alpha=None), record.get("mask"), self.masker).mask
+            except InputError:  # an empty mask (EmptyMaskError) or one drawn on another photo: one bad record
+                # must not stop a long run, and an empty mask would hide the whole object: use the photo
+                mask = np.ones((image.height, image.width), np.float32)
         return self.encoder.preprocess(image, mask)
 
     def __getitem__(self, g: int) -> dict[str, Any]:

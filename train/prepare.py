@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from zeroft.errors import InputError
 from zeroft.images import load_image
-from zeroft.masking import Masker, choose_mask
+from zeroft.masking import DEFAULT_MASKER, Masker, choose_mask
 
 from .captions import DEFAULT_CAPTIONER, Captioner, Vocabulary, ZeroShotAttributes, combine
 
@@ -149,7 +149,7 @@ class Preparer:
             if self.args.caption == "classname":
                 fine = []
             try:
-                mask = choose_mask(photo, item.mask, self.masker)
+                mask = choose_mask(photo, item.mask, self.masker, allow_empty=True).mask  # flagged below
             except (InputError, OSError) as error:  # an unreadable mask, or one drawn on another photo
                 skipped.append({"source": item.source, "reason": str(error)})
                 continue
@@ -259,7 +259,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vocabulary", default=None, help="JSON attribute vocabulary (see train.captions)")
     p.add_argument("--zero_shot_model", default=None, help="open_clip model name or folder for zero-shot attributes")
     p.add_argument("--zero_shot_pretrained", default=None, help="open_clip pretrained tag")
-    p.add_argument("--masker", default="rembg:u2net", help="automatic masks: rembg:<model> | border")
+    p.add_argument("--masker", default=DEFAULT_MASKER, help="automatic masks: rembg:<model> | border")
     p.add_argument("--batch_size", type=int, default=8)
     return p.parse_args(argv)
 

@@ -20,7 +20,7 @@ import zeroft
 from zeroft.config import EncoderConfig, ZeroFTConfig
 from zeroft.encoder import object_view
 from zeroft.images import LoadedImage
-from zeroft.masking import DEFAULT_MASKER, MIN_MASK_AREA, ChosenMask, EmptyMaskError
+from zeroft.masking import DEFAULT_MASKER, ChosenMask, EmptyMaskError, is_empty, mask_cache
 
 from . import zerogpu
 from .catalogue import Checkpoints
@@ -41,9 +41,6 @@ def masker_for(spec: str) -> zeroft.Masker:
     return zeroft.Masker(spec)
 
 
-_automatic_masks = zeroft.cache.LRUCache(64)  # (photo digest, masker spec) -> mask, shared by uploads, buttons, /mask
-
-
 def empty_mask_message(error: EmptyMaskError) -> str:
     """An empty mask's message in the page's own words (the library's names the CLI's flags)."""
     if error.source == "alpha":
@@ -56,15 +53,23 @@ def empty_mask_message(error: EmptyMaskError) -> str:
             "or press Automatic mask.")
 
 
-def automatic(photo: LoadedImage, config: ZeroFTConfig | None) -> ChosenMask:
+def automatic(photo: LoadedImage, config: ZeroFTConfig | None, allow_empty: bool = True) -> ChosenMask:
     """The photo's automatic mask with where it came from; an example photo's is its committed mask (no masker
-    model needed), recorded as given."""
+    model needed), recorded as given. Kept in zeroft's own cache of automatic masks (zeroft.masking.mask_cache),
+    which the pipeline reads too: uploads, buttons, /mask and generation mask a photo once.
+
+    Args:
+        allow_empty: return a mask that marks nothing, for the editor to show and the visitor to paint on;
+            False refuses it with the page's words.
+    """
     committed = committed_mask(photo)
     if committed is not None:
         return ChosenMask(committed, "given")
     spec = config.masker if config else DEFAULT_MASKER
     try:
-        return zeroft.choose_mask_with_source(photo, masker=masker_for(spec), cache=_automatic_masks)
+        return zeroft.choose_mask(photo, masker=masker_for(spec), cache=mask_cache, allow_empty=allow_empty)
+    except EmptyMaskError as error:
+        raise user_error(empty_mask_message(error)) from None
     except zeroft.InputError as error:
         raise user_error(str(error)) from None
     except zeroft.ModelUnavailableError as error:
@@ -73,7 +78,7 @@ def automatic(photo: LoadedImage, config: ZeroFTConfig | None) -> ChosenMask:
 
 def preview(photo: LoadedImage, mask: np.ndarray | None, config: ZeroFTConfig | None):
     """What the encoder sees: the masked, cropped object (None for an empty mask)."""
-    if mask is None or float((mask >= 0.5).mean()) < MIN_MASK_AREA:
+    if mask is None or is_empty(mask):
         return None
     return object_view(photo.rgb, mask, config.encoder if config else EncoderConfig())
 
@@ -207,13 +212,8 @@ class Handlers:
         """The automatic object mask of a photo (white = object)."""
         if photo is None:
             raise user_error("Upload a photo first.")
-        chosen = automatic(photo, self.offered.config(self.offered.names[0]) if self.offered.names else None)
-        try:
-            matte = zeroft.prepare_mask(chosen.mask, photo.rgb.size, source=chosen.source)
-        except EmptyMaskError as error:
-            raise user_error(empty_mask_message(error)) from None
-        except zeroft.InputError as error:
-            raise user_error(str(error)) from None
+        config = self.offered.config(self.offered.names[0]) if self.offered.names else None
+        matte = automatic(photo, config, allow_empty=False).mask
         return Image.fromarray((matte * 255).round().astype(np.uint8), "L")
 
     def size_slider(self, checkpoint):

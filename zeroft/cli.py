@@ -199,7 +199,7 @@ def mask(args: argparse.Namespace) -> Path:
 
     from .config import ZeroFTConfig
     from .images import load_image
-    from .masking import EmptyMaskError, Masker, choose_mask_with_source, prepare_mask
+    from .masking import EmptyMaskError, Masker, choose_mask
 
     spec = args.masker
     if spec is None:
@@ -212,9 +212,8 @@ def mask(args: argparse.Namespace) -> Path:
         raise InputError(f"--out {str(out)!r} is a folder; give the path of the mask PNG to write.")
     _check_writable_folder(out.parent, "folder of --out")
     photo = load_image(args.image)
-    chosen = choose_mask_with_source(photo, masker=masker)
     try:
-        matte = prepare_mask(chosen.mask, photo.rgb.size, source=chosen.source)
+        matte = choose_mask(photo, masker=masker).mask
     except EmptyMaskError as error:
         raise InputError(_empty_mask_advice(error.source, masker.spec)) from None
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .backbones import get_backbone
+from .masking import DEFAULT_MASKER
 
 CONFIG_NAME = "zeroft_config.json"
 ADAPTER_NAME = "adapter.safetensors"
@@ -63,7 +64,7 @@ class ZeroFTConfig:
     cross_attention_dim: int = 768  # the UNet's text-token width; object tokens share it
     num_tokens: int = 4  # object tokens per photo; plain diffusers `load_ip_adapter` assumes 4
     unet_tuned: bool = False  # True when unet/ holds a whole-network fine-tune
-    masker: str = "rembg:u2net"  # automatic mask (see zeroft.masking); "border" needs no download
+    masker: str = DEFAULT_MASKER  # automatic mask (see zeroft.masking); "border" needs no download
     base_revision: str | None = None  # pinned Hub revision of base_model, for reproducibility
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     training: dict[str, Any] = field(default_factory=dict)  # recipe summary written by train/, shown in the card

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from .encoder import ObjectEncoder, check_views
 from .errors import InputError
 from .guidance import batch_branches, combine_guidance, needed_branches
 from .images import ImageInput, load_image
-from .masking import ChosenMask, Masker, choose_mask_with_source, prepare_mask
+from .masking import ChosenMask, Masker, choose_mask, mask_cache
 from .timing import BudgetWatch, StepTimes, StepWork
 from .validation import (check_guidance, check_num_images, check_prompt, check_seed, check_size_for, check_steps,
                          native_size, size_limits)
@@ -61,6 +61,13 @@ class GenerationSettings:
         return asdict(self)
 
 
+class EncodedObject(NamedTuple):
+    """What :meth:`ZeroFTMixin.encode_object` returns; unpacks as ``(image_embeds, masks)``."""
+
+    image_embeds: torch.Tensor  # (1, D) object embedding o on the pipeline's device, averaged over the photos
+    masks: list[ChosenMask]  # each photo's mask as used (fitted, checked) and where it came from
+
+
 @dataclass
 class ZeroFTOutput:
     images: list  # PIL images, or a tensor/array for output_type "pt"/"np"/"latent"
@@ -81,7 +88,7 @@ class ZeroFTMixin:
         self.register_modules(object_encoder=object_encoder)
         self.zeroft_config = zeroft_config
         self.masker = masker or Masker(zeroft_config.masker if zeroft_config else "border")
-        self.mask_cache = LRUCache(cache_size)  # (photo digest, masker) -> auto mask
+        self.mask_cache = mask_cache  # (photo digest, masker spec) -> automatic mask: one per process, the app's too
         self.embedding_cache = LRUCache(cache_size)  # (photo, mask, encoder) digests -> (1, D) embedding
         self.prompt_cache = LRUCache(cache_size)  # (prompt, negative prompt) -> text conditions
         self.encoder_calls = 0
@@ -89,22 +96,6 @@ class ZeroFTMixin:
         self.clock: Callable[[], float] = time.perf_counter  # times the steps; a fake one in tests
 
     # ------------------------------------------------------------------ object side
-
-    def object_mask(self, image: ImageInput, mask: ImageInput | np.ndarray | None = None, binary: bool = False):
-        """Load a reference photo and decide its mask: the user's, else its alpha, else automatic.
-
-        Returns:
-            (RGB PIL image, (H, W) float32 mask in [0, 1]).
-        """
-        rgb, chosen = self._object_mask_with_source(image, mask, binary)
-        return rgb, chosen.mask
-
-    def _object_mask_with_source(self, image: ImageInput, mask, binary: bool = False):
-        """(RGB PIL image, :class:`ChosenMask` with the mask checked and fitted to the photo)."""
-        loaded = load_image(image, "reference photo")
-        chosen = choose_mask_with_source(loaded, mask, self.masker, self.mask_cache)
-        prepared = prepare_mask(chosen.mask, loaded.rgb.size, binary=binary, source=chosen.source)
-        return loaded.rgb, ChosenMask(mask=prepared, source=chosen.source)
 
     def set_encoder_views(self, views: str) -> None:
         """Average the object embedding over these views of each photo (see zeroft.encoder.VIEWS).
@@ -118,23 +109,25 @@ class ZeroFTMixin:
             self.zeroft_config = self.zeroft_config.replace(encoder=encoder_config)
 
     @torch.no_grad()
-    def encode_object(
-        self, images: ImageInput | Sequence[ImageInput], masks=None
-    ) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """The object embedding o = f_o(x ⊗ m), averaged over several reference photos.
+    def encode_object(self, images: ImageInput | Sequence[ImageInput], masks=None) -> EncodedObject:
+        """The object embedding o = f_o(x ⊗ m), averaged over several reference photos, with each photo's mask.
+
+        Each mask is decided by :func:`zeroft.masking.choose_mask` (the given one, else the photo's
+        alpha, else the automatic masker, its masks kept in ``mask_cache``); embeddings are kept in
+        ``embedding_cache``, so a repeated photo is masked and encoded once.
 
         Args:
             images: one reference photo or a list of photos of the same object.
-            masks: matching masks (None entries: automatic); None for all automatic.
+            masks: matching masks (None entries: the photo's alpha, else automatic); None for all.
 
         Returns:
-            ((1, D) embedding on the pipeline's device, list of the masks used).
-        """
-        embedding, chosen = self._encode_object(images, masks)
-        return embedding, [c.mask for c in chosen]
+            :class:`EncodedObject`: ((1, D) embedding on the pipeline's device, the :class:`ChosenMask` of
+            each photo); ``encode_object(photo)[0]`` is the embedding, to pass as ``image_embeds=``.
 
-    def _encode_object(self, images, masks=None) -> tuple[torch.Tensor, list[ChosenMask]]:
-        """:meth:`encode_object`, with where each mask came from."""
+        Raises:
+            EmptyMaskError: a mask marks nothing (its ``source`` says which).
+            InputError: no photo, a count of masks other than of photos, a mask of another shape.
+        """
         if self.object_encoder is None:
             raise ValueError("this pipeline has no object encoder; pass image_embeds instead")
         if isinstance(images, (list, tuple)):
@@ -146,21 +139,21 @@ class ZeroFTMixin:
         masks = list(masks) if isinstance(masks, (list, tuple)) else [masks] * len(photos)
         if len(masks) != len(photos):
             raise InputError(f"Got {len(photos)} reference photos but {len(masks)} masks.")
-        embeddings, used_masks = [], []
+        embeddings, chosen = [], []
         for photo, mask in zip(photos, masks):
-            rgb, chosen = self._object_mask_with_source(photo, mask)
-            mask = chosen.mask
-            key = (image_digest(rgb), mask_digest(mask), self.object_encoder.identity)
+            loaded = load_image(photo, "reference photo")
+            used = choose_mask(loaded, mask, self.masker, self.mask_cache)
+            key = (image_digest(loaded.rgb), mask_digest(used.mask), self.object_encoder.identity)
 
-            def encode(rgb=rgb, mask=mask):
+            def encode(rgb=loaded.rgb, mask=used.mask):
                 self.encoder_calls += 1
                 pixels = self.object_encoder.preprocess(rgb, mask)[None]
                 return self.object_encoder(pixels).float().cpu()
 
             embeddings.append(self.embedding_cache.get_or_create(key, encode))
-            used_masks.append(chosen)
+            chosen.append(used)
         embedding = torch.cat(embeddings).mean(0, keepdim=True)
-        return embedding.to(self._execution_device), used_masks
+        return EncodedObject(embedding.to(self._execution_device), chosen)
 
     def set_object_scale(self, scale: float) -> None:
         """Scale of the object attention in every layer; 0 turns the object branch off entirely."""
@@ -331,7 +324,7 @@ class ZeroFTMixin:
         # 2. Object embedding o (mask + encoder, both cached) and the null embedding ϕ
         chosen: list[ChosenMask] = []
         if object_image is not None:
-            image_embeds, chosen = self._encode_object(object_image, object_mask)
+            image_embeds, chosen = self.encode_object(object_image, object_mask)
         if image_embeds is None:
             image_embeds = torch.zeros(1, self.image_embed_dim)
         image_embeds = image_embeds.to(device).reshape(-1, image_embeds.shape[-1])  # (1 or P, D)

@@ -11,9 +11,11 @@ Two automatic maskers, chosen by a spec string recorded in each checkpoint:
   and the object is what differs from it, with enclosed holes filled. Right for product shots
   on plain backgrounds and for zeroft's synthetic toy world; wrong for cluttered photos.
 
-Which mask a photo gets is decided in one place, :func:`choose_mask_with_source` (and
-:func:`choose_mask`, its mask alone): the user's mask, else the photo's own transparency, else the
-automatic masker. The pipeline, the CLI, the app, train.prepare and train.data all call it.
+Which mask a photo gets is decided in one place, :func:`choose_mask`: the user's mask, else the
+photo's own transparency, else the automatic masker; it returns the mask fitted to the photo and
+checked, with where it came from. The pipeline, the CLI, the app, train.prepare and train.data
+all call it. Automatic masks are kept in one cache for the process, :data:`mask_cache`, keyed by
+the photo's content and the masker's spec, which the pipelines and the app share.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .cache import LRUCache, image_digest
 from .errors import InputError, ModelUnavailableError
 from .images import ImageInput, LoadedImage, load_mask
 
-DEFAULT_MASKER = "rembg:u2net"
+DEFAULT_MASKER = "rembg:u2net"  # the one default; presets, configs, the CLI, the app and train/ name it
 # Below this fraction of the photo a mask is treated as empty: nothing to encode.
 MIN_MASK_AREA = 1e-3
 # Fill colours for the masked-out background, as 0..255 RGB.
@@ -89,6 +91,11 @@ def _empty_mask_message(source: str | None) -> str:
     return "The object mask is empty: give a mask that marks the object in white."
 
 
+def is_empty(mask: np.ndarray) -> bool:
+    """Whether a mask marks too little of its photo to encode (under :data:`MIN_MASK_AREA` of it at 0.5)."""
+    return float((np.asarray(mask) >= 0.5).mean()) < MIN_MASK_AREA
+
+
 def prepare_mask(mask: np.ndarray, size: tuple[int, int], binary: bool = False,
                  source: str | None = None) -> np.ndarray:
     """Resize a mask to a photo and check that it marks something.
@@ -110,39 +117,61 @@ def prepare_mask(mask: np.ndarray, size: tuple[int, int], binary: bool = False,
     mask = fit_mask(mask, size)
     if binary:
         mask = (mask >= 0.5).astype(np.float32)
-    if float((mask >= 0.5).mean()) < MIN_MASK_AREA:
+    if is_empty(mask):
         raise EmptyMaskError(_empty_mask_message(source), source)
     return mask
 
 
 @dataclass(frozen=True)
 class ChosenMask:
-    """A reference photo's mask and where it came from, as :func:`choose_mask_with_source` decided."""
+    """A reference photo's mask and where it came from, as :func:`choose_mask` decided."""
 
-    mask: np.ndarray  # (H, W) float32 in [0, 1] at the photo's size; may be empty
+    mask: np.ndarray  # (H, W) float32 in [0, 1] at the photo's size; empty only where choose_mask allowed it
     source: str  # "given" (the user's mask), "alpha" (the photo's transparency) or "automatic:<masker spec>"
 
 
-def choose_mask_with_source(photo: LoadedImage, mask: ImageInput | np.ndarray | None = None,
-                            masker: Masker | None = None, cache: LRUCache | None = None) -> ChosenMask:
-    """The mask of a reference photo by zeroft's one rule, and which branch of the rule gave it.
+# Automatic masks of the whole process, keyed by (photo digest, masker spec): every pipeline and the app
+# share it, so a photo the app masked on upload is not masked again when it is generated from. Keys are
+# content hashes (zeroft.cache); a mask at most 2048² float32 is 16 MiB, so 64 hold at most 1 GiB.
+mask_cache = LRUCache(64)
 
-    The rule: the user's mask, else the photo's alpha, else the automatic ``masker``. Arguments as
-    :func:`choose_mask`; the source is what ``GenerationSettings.masks`` records and what
-    :func:`prepare_mask` needs to word an empty mask's message. A ``mask`` given as a
-    :class:`ChosenMask` keeps its own source (the app's untouched automatic mask stays "automatic:...").
+
+def choose_mask(photo: LoadedImage, mask: ImageInput | np.ndarray | ChosenMask | None = None,
+                masker: Masker | None = None, cache: LRUCache | None = None, *,
+                allow_empty: bool = False) -> ChosenMask:
+    """The mask of a reference photo by zeroft's one rule, fitted to the photo and checked, with its source.
+
+    The rule: the user's mask, else the photo's alpha, else the automatic ``masker``. The source is
+    what ``GenerationSettings.masks`` records and what an empty mask's message is worded by.
+
+    Args:
+        photo: the photo as :func:`zeroft.images.load_image` returns it.
+        mask: the user's mask (path, bytes, PIL, array), or None. A :class:`ChosenMask` keeps its own
+            source (the app's untouched automatic mask stays "automatic:...").
+        masker: the automatic masker, used only when there is neither a user mask nor an alpha channel.
+        cache: where automatic masks are kept, keyed by the photo's content and the masker's spec
+            (:data:`mask_cache` for the process's own); None masks afresh.
+        allow_empty: return an empty mask instead of refusing it (an editor that shows it to be
+            painted on, train.prepare that flags it).
+
+    Returns:
+        :class:`ChosenMask` whose mask is (H, W) float32 in [0, 1] at the photo's size.
+
+    Raises:
+        EmptyMaskError: the mask marks nothing (unless ``allow_empty``); its ``source`` says which branch.
+        InputError: a mask whose aspect ratio differs from the photo's.
 
     Example:
         >>> from PIL import Image
         >>> from zeroft.images import load_image
         >>> photo = Image.new("RGB", (64, 64), (0, 0, 255))
         >>> photo.paste((255, 0, 0), (16, 16, 48, 48))
-        >>> choose_mask_with_source(load_image(photo), masker=Masker("border")).source
+        >>> choose_mask(load_image(photo), masker=Masker("border")).source
         'automatic:border'
         >>> cutout = photo.convert("RGBA")
         >>> cutout.putalpha(0)  # transparent, but for the object
         >>> cutout.paste((255, 0, 0, 255), (16, 16, 48, 48))
-        >>> choose_mask_with_source(load_image(cutout), masker=Masker("border")).source
+        >>> choose_mask(load_image(cutout), masker=Masker("border")).source
         'alpha'
     """
     if isinstance(mask, ChosenMask):
@@ -159,26 +188,9 @@ def choose_mask_with_source(photo: LoadedImage, mask: ImageInput | np.ndarray | 
             raw = masker(photo.rgb)
         else:
             raw = cache.get_or_create((image_digest(photo.rgb), masker.spec), lambda: masker(photo.rgb))
-    return ChosenMask(mask=fit_mask(raw, photo.rgb.size), source=source)
-
-
-def choose_mask(photo: LoadedImage, mask: ImageInput | np.ndarray | None = None, masker: Masker | None = None,
-                cache: LRUCache | None = None) -> np.ndarray:
-    """The mask of a reference photo, by zeroft's one rule: the user's, else the photo's alpha, else automatic.
-
-    The same decision as :func:`choose_mask_with_source`, without saying where the mask came from.
-
-    Args:
-        photo: the photo as :func:`zeroft.images.load_image` returns it.
-        mask: the user's mask (path, bytes, PIL, array), or None.
-        masker: the automatic masker, used only when there is neither a user mask nor an alpha channel.
-        cache: where automatic masks are kept, keyed by the photo's content and the masker's spec.
-
-    Returns:
-        (H, W) float32 mask in [0, 1] at the photo's size; it may be empty (callers that encode
-        it check with :func:`prepare_mask`, train.prepare flags it).
-    """
-    return choose_mask_with_source(photo, mask, masker, cache).mask
+    if allow_empty:
+        return ChosenMask(mask=fit_mask(raw, photo.rgb.size), source=source)
+    return ChosenMask(mask=prepare_mask(raw, photo.rgb.size, source=source), source=source)
 
 
 def apply_mask(image: Image.Image, mask: np.ndarray, fill: str) -> Image.Image:

@@ -52,6 +52,7 @@ import torch
 from .backbones import get_backbone
 from .config import ADAPTER_NAME, CONFIG_NAME, EncoderConfig, GenerationDefaults, ZeroFTConfig
 from .errors import HubUnavailableError, InputError
+from .masking import DEFAULT_MASKER
 from .model_card import write_model_card
 
 NEGATIVE_PROMPT = "lowres, bad anatomy, worst quality, low quality"
@@ -118,7 +119,7 @@ class IPAdapterPreset:
             image_embed_dim=image_embed_dim,
             cross_attention_dim=cross_attention_dim,
             num_tokens=num_tokens,
-            masker="rembg:u2net",
+            masker=DEFAULT_MASKER,
             defaults=GenerationDefaults(text_guidance=self.text_guidance, object_guidance=5.0, steps=30,
                                         height=self.native_size, width=self.native_size,
                                         negative_prompt=self.negative_prompt),
