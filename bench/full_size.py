@@ -12,7 +12,7 @@ once into ``--cache`` (default /work/bench-cache, outside git) and reused:
 
 Each case runs in a fresh process (so its peak, VmHWM, is its own) under a watchdog that stops it
 if the machine runs short of memory (the machine is shared). Loaders: ``from_pretrained`` (int8:
-torchao ``TorchAoConfig`` at load, as zeroft.checkpoint does today), ``streaming``
+torchao ``TorchAoConfig`` at load, as zeroft.assemble did before int8 streaming), ``streaming``
 (zeroft.streaming: one tensor at a time, each Linear quantized as it is read) and ``zeroft``
 (``load_pipeline`` on a zeroft checkpoint whose base is the random-weight folder, its encoder the
 same image tower in open_clip's layout). int8 quantizes the UNet, the text encoder(s) and the image

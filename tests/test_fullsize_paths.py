@@ -17,7 +17,7 @@ from hubcache import fake_hub_repo, hub, tiny_clip_vision  # noqa: F401 (hub: a 
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-import zeroft.checkpoint
+import zeroft.assemble
 from zeroft import EncoderConfig, HubUnavailableError, ModelUnavailableError, ObjectEncoder, ZeroFTConfig
 from zeroft.tiny import TINY_OPEN_CLIP, tiny_open_clip
 
@@ -142,7 +142,7 @@ def no_build(monkeypatch):
 
     for name in ("StableDiffusionPipeline", "StableDiffusionXLPipeline"):  # what each backbone's base loads as
         monkeypatch.setattr(diffusers, name, NotToBeBuilt)
-    monkeypatch.setattr(zeroft.checkpoint, "UNet2DConditionModel", NotToBeBuilt)
+    monkeypatch.setattr(zeroft.assemble, "UNet2DConditionModel", NotToBeBuilt)
 
 
 @pytest.fixture

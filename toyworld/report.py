@@ -62,7 +62,7 @@ class EvalOptions:
     identities: int | None = None  # only the first N identities of each split (None: all)
 
 
-def load_pipeline(checkpoint: str, defaults_from: str | None, device: str) -> tuple[ZeroFTPipeline, GenerationDefaults]:
+def scored_pipeline(checkpoint: str, defaults_from: str | None, device: str) -> tuple[ZeroFTPipeline, GenerationDefaults]:
     """The checkpoint, and the defaults it is scored at: its own, or ``defaults_from``'s (whose encoder views it
     then takes too)."""
     pipe = ZeroFTPipeline.from_pretrained(checkpoint, device=device)
@@ -197,7 +197,7 @@ def evaluate_checkpoint(options: EvalOptions) -> dict:
     train_ids, held_out = split_identities()
     held_out, training = held_out[:options.identities], train_ids[::6][:options.identities]
     judge = load_judge(options.judge)
-    pipe, defaults = load_pipeline(options.checkpoint, options.defaults_from, device)
+    pipe, defaults = scored_pipeline(options.checkpoint, options.defaults_from, device)
     report = report_header(options, device, pipe, defaults)
     ablation_pairs = make_pairs(held_out, options.ablation_references, options.seed + 700)  # also the curve's pairs
     if options.curve_only:

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -35,6 +35,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from zeroft.errors import InputError
+from zeroft.flags import ArgumentParser
 from zeroft.images import load_image
 from zeroft.masking import DEFAULT_MASKER, Masker, choose_mask
 
@@ -90,13 +91,36 @@ def iter_dataset(name: str, split: str, image_column: str, identity_column: str,
                       row.get(mask_column))
 
 
-def iter_input(args) -> Iterator[RawItem]:
-    path = Path(args.input)
+@dataclass(frozen=True)
+class PrepareConfig:
+    """What ``python -m train.prepare`` is asked to do; each field is the flag of that name (parse_args)."""
+
+    input: str  # a folder of identity sub-folders, a CSV/JSONL manifest, or a datasets source
+    output: str  # where images/, masks/, the records and progress.jsonl go
+    format: str = "parquet"  # "parquet", or "wds" (WebDataset shards)
+    shard_size: int = 1000  # records per WebDataset shard
+    split: str = "train"  # the datasets split
+    image_column: str = "image"
+    identity_column: str = "identity"
+    mask_column: str = "mask"
+    caption: str = "vlm"  # "vlm": captioner + attribute phrases; "classname": 'a photo of a <class>' (the paper's baseline)
+    class_name: str = "object"  # the class word of caption "classname"
+    captioner: str = DEFAULT_CAPTIONER  # transformers image-text-to-text model (Hub id or folder)
+    caption_prompt: str | None = None  # the text prompt of captioners that take one
+    vocabulary: str | None = None  # JSON attribute vocabulary (train.captions)
+    zero_shot_model: str | None = None  # open_clip model name or folder for zero-shot attributes
+    zero_shot_pretrained: str | None = None  # its open_clip pretrained tag
+    masker: str = DEFAULT_MASKER  # automatic masks: "rembg:<model>" or "border"
+    batch_size: int = 8  # photos captioned and masked at once
+
+
+def iter_input(config: PrepareConfig) -> Iterator[RawItem]:
+    path = Path(config.input)
     if path.is_dir():
         return iter_folder(path)
     if path.is_file() and path.suffix in (".csv", ".jsonl", ".json"):
-        return iter_manifest(path, args.image_column, args.identity_column, args.mask_column)
-    return iter_dataset(args.input, args.split, args.image_column, args.identity_column, args.mask_column)
+        return iter_manifest(path, config.image_column, config.identity_column, config.mask_column)
+    return iter_dataset(config.input, config.split, config.image_column, config.identity_column, config.mask_column)
 
 
 def item_key(item: RawItem) -> str:
@@ -115,15 +139,15 @@ def item_key(item: RawItem) -> str:
 class Preparer:
     """Captions, attributes and masks for batches of photos, appended to the progress log."""
 
-    def __init__(self, args):
-        self.args = args
-        self.output = Path(args.output)
-        self.captioner = Captioner(args.captioner, prompt=args.caption_prompt) if args.caption == "vlm" else None
-        self.vocabulary = Vocabulary.load(args.vocabulary) if args.vocabulary else Vocabulary()
+    def __init__(self, config: PrepareConfig):
+        self.config = config
+        self.output = Path(config.output)
+        self.captioner = Captioner(config.captioner, prompt=config.caption_prompt) if config.caption == "vlm" else None
+        self.vocabulary = Vocabulary.load(config.vocabulary) if config.vocabulary else Vocabulary()
         self.zero_shot = None
-        if args.zero_shot_model and self.vocabulary.groups:
-            self.zero_shot = ZeroShotAttributes(self.vocabulary, args.zero_shot_model, args.zero_shot_pretrained)
-        self.masker = Masker(args.masker)
+        if config.zero_shot_model and self.vocabulary.groups:
+            self.zero_shot = ZeroShotAttributes(self.vocabulary, config.zero_shot_model, config.zero_shot_pretrained)
+        self.masker = Masker(config.masker)
 
     def process(self, batch: list[tuple[str, RawItem]]) -> tuple[list[dict], list[dict]]:
         """Returns (records, skipped) for one batch."""
@@ -138,15 +162,15 @@ class Preparer:
         if not loaded:
             return [], skipped
         images = [photo.rgb for _, _, photo in loaded]
-        if self.args.caption == "vlm":
+        if self.config.caption == "vlm":
             coarse = self.captioner(images)
         else:
-            coarse = [f"a photo of a {self.args.class_name}"] * len(images)
+            coarse = [f"a photo of a {self.config.class_name}"] * len(images)
         fine_zero_shot = self.zero_shot(images) if self.zero_shot else [[] for _ in images]
         records = []
         for (key, item, photo), c_c, zero_shot in zip(loaded, coarse, fine_zero_shot):
             fine = self.vocabulary.phrases_from_columns(item.attributes) + zero_shot
-            if self.args.caption == "classname":
+            if self.config.caption == "classname":
                 fine = []
             try:
                 mask = choose_mask(photo, item.mask, self.masker, allow_empty=True).mask  # flagged below
@@ -241,41 +265,51 @@ def summarise(records: list[dict], skipped: list[dict], seconds: float, processe
     }
 
 
+DEFAULTS = {f.name: f.default for f in fields(PrepareConfig)}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.prepare", description=__doc__.splitlines()[0])
+    # defaults from PrepareConfig, the one place they are written
+    p = ArgumentParser(prog="python -m train.prepare", description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, help="folder, CSV/JSONL manifest, or datasets source")
     p.add_argument("--output", required=True)
-    p.add_argument("--format", default="parquet", choices=["parquet", "wds"], help="records as parquet, or WebDataset shards")
-    p.add_argument("--shard_size", type=int, default=1000, help="records per WebDataset shard")
-    p.add_argument("--split", default="train")
-    p.add_argument("--image_column", default="image")
-    p.add_argument("--identity_column", default="identity")
-    p.add_argument("--mask_column", default="mask")
-    p.add_argument("--caption", default="vlm", choices=["vlm", "classname"],
+    p.add_argument("--format", default=DEFAULTS["format"], choices=["parquet", "wds"], help="records as parquet, or WebDataset shards")
+    p.add_argument("--shard_size", type=int, default=DEFAULTS["shard_size"], help="records per WebDataset shard")
+    p.add_argument("--split", default=DEFAULTS["split"])
+    p.add_argument("--image_column", default=DEFAULTS["image_column"])
+    p.add_argument("--identity_column", default=DEFAULTS["identity_column"])
+    p.add_argument("--mask_column", default=DEFAULTS["mask_column"])
+    p.add_argument("--caption", default=DEFAULTS["caption"], choices=["vlm", "classname"],
                    help="vlm: captioning model + attribute phrases; classname: 'a photo of a <class>' (the paper's baseline)")
-    p.add_argument("--class_name", default="object", help="the class word for --caption classname")
-    p.add_argument("--captioner", default=DEFAULT_CAPTIONER, help="transformers image-text-to-text model (Hub id or folder)")
-    p.add_argument("--caption_prompt", default=None, help="text prompt for captioners that take one")
-    p.add_argument("--vocabulary", default=None, help="JSON attribute vocabulary (see train.captions)")
-    p.add_argument("--zero_shot_model", default=None, help="open_clip model name or folder for zero-shot attributes")
-    p.add_argument("--zero_shot_pretrained", default=None, help="open_clip pretrained tag")
-    p.add_argument("--masker", default=DEFAULT_MASKER, help="automatic masks: rembg:<model> | border")
-    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--class_name", default=DEFAULTS["class_name"], help="the class word for --caption classname")
+    p.add_argument("--captioner", default=DEFAULTS["captioner"], help="transformers image-text-to-text model (Hub id or folder)")
+    p.add_argument("--caption_prompt", default=DEFAULTS["caption_prompt"], help="text prompt for captioners that take one")
+    p.add_argument("--vocabulary", default=DEFAULTS["vocabulary"], help="JSON attribute vocabulary (see train.captions)")
+    p.add_argument("--zero_shot_model", default=DEFAULTS["zero_shot_model"], help="open_clip model name or folder for zero-shot attributes")
+    p.add_argument("--zero_shot_pretrained", default=DEFAULTS["zero_shot_pretrained"], help="open_clip pretrained tag")
+    p.add_argument("--masker", default=DEFAULTS["masker"], help="automatic masks: rembg:<model> | border")
+    p.add_argument("--batch_size", type=int, default=DEFAULTS["batch_size"])
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
+    """The command line: flags into a PrepareConfig, then :func:`run`."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run(PrepareConfig(**vars(parse_args(argv))))
+
+
+def run(config: PrepareConfig) -> dict:
+    """Prepare ``config.input`` into records in ``config.output``, resuming what an earlier run left; returns the
+    summary (also written to summary.json)."""
     import time
 
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    output = Path(args.output)
+    output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     progress = output / "progress.jsonl"
     done, skipped = read_progress(progress)
     skipped_sources = {s["source"] for s in skipped}
     todo = []
-    for item in iter_input(args):
+    for item in iter_input(config):
         try:
             key = item_key(item)
         except OSError as error:
@@ -287,9 +321,9 @@ def main(argv=None) -> dict:
             todo.append((key, item))
     started = time.perf_counter()
     if todo:
-        preparer = Preparer(args)
-        for start in tqdm(range(0, len(todo), args.batch_size), desc="preparing", unit="batch"):
-            records, bad = preparer.process(todo[start:start + args.batch_size])
+        preparer = Preparer(config)
+        for start in tqdm(range(0, len(todo), config.batch_size), desc="preparing", unit="batch"):
+            records, bad = preparer.process(todo[start:start + config.batch_size])
             _append(progress, records + [{"skipped": s} for s in bad])
             done.update({r["key"]: r for r in records})
             skipped += bad
@@ -297,7 +331,7 @@ def main(argv=None) -> dict:
     records = sorted(done.values(), key=lambda r: (str(r["identity"]), r["source"]))
     if not records:
         raise SystemExit("no usable photos in the input")
-    write_output(output, records, args.format, args.shard_size)
+    write_output(output, records, config.format, config.shard_size)
     summary = summarise(records, skipped, seconds, len(todo))
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if summary["single_image_identities"]:

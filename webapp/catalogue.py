@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import zeroft
-from zeroft.checkpoint import is_hub_id, native_size_of
+from zeroft.locate import is_hub_id, native_size_of
 from zeroft.config import ZeroFTConfig
 from zeroft.presets import EMBEDDED_CHECKPOINT, IP_ADAPTER_PRESETS, PRESET_NAMES
 from zeroft.quantization import pick_device

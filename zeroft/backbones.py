@@ -2,7 +2,7 @@
 
 A checkpoint records its family in ``zeroft_config.json`` (``backbone``); everything that
 depends on it when reading or writing a base model lives in one :class:`Backbone` record, so
-zeroft.checkpoint and train/ never branch on the family's name. The pipeline class of each
+zeroft.locate, zeroft.assemble, zeroft.checkpoint and train/ never branch on the family's name. The pipeline class of each
 family is chosen in zeroft.loading (this module imports no pipeline).
 """
 

@@ -21,13 +21,14 @@ import uuid
 from pathlib import Path
 
 from .errors import InputError, ModelUnavailableError
+from .flags import ArgumentParser
 from .presets import EMBEDDED_CHECKPOINT, IP_ADAPTER_PRESETS, PRESET_NAMES
 
 logger = logging.getLogger("zeroft")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m zeroft", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m zeroft", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="images of the object in a photo, in the scene a prompt describes")
@@ -108,7 +109,7 @@ def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> Path:
 
     Returns the checkpoint's local folder (a Hub checkpoint is downloaded here, once).
     """
-    from .checkpoint import native_size_of, resolve_checkpoint
+    from .locate import native_size_of, resolve_checkpoint
     from .images import load_image, load_mask
     from .masking import Masker
     from .memory import check_fits
@@ -203,7 +204,7 @@ def mask(args: argparse.Namespace) -> Path:
 
     spec = args.masker
     if spec is None:
-        from .checkpoint import resolve_checkpoint
+        from .locate import resolve_checkpoint
 
         spec = ZeroFTConfig.load(resolve_checkpoint(_checkpoint(args.checkpoint))).masker
     masker = Masker(spec)

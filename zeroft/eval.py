@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 
 from .errors import InputError, ModelUnavailableError
+from .flags import ArgumentParser
 from .grid import make_grid
 from .metrics import CLIPScorer, DINOScorer, KIDScorer, MetricModels, mean_pairwise_cosine
 
@@ -250,7 +251,7 @@ def evaluate_dreambench(config: DreamBenchConfig) -> dict:
         InputError: a bad setting, data folder, output folder or adapter file (before any model loads).
         ModelUnavailableError: the checkpoint's or a metric's model cannot be loaded (before any generation).
     """
-    from .checkpoint import native_size_of, resolve_checkpoint
+    from .locate import native_size_of, resolve_checkpoint
     from .loading import load_pipeline
     from .masking import EmptyMaskError
     from .quantization import pick_device
@@ -349,7 +350,7 @@ def _write_results(out: Path, rows: list[dict], report: dict, grid_rows: list[li
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m zeroft.eval", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m zeroft.eval", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     d = commands.add_parser("dreambench", help="evaluate on a local copy of DreamBench")
     d.add_argument("--data", required=True, help="folder with one sub-folder per subject and prompts_and_classes.txt")
@@ -395,7 +396,7 @@ def main(argv=None) -> dict:
     try:
         with torch.no_grad():
             return evaluate_dreambench(config)
-    # FileNotFoundError: zeroft.checkpoint's for a --checkpoint that is neither a folder nor a Hub id (as zeroft.cli)
+    # FileNotFoundError: zeroft.locate's for a --checkpoint that is neither a folder nor a Hub id (as zeroft.cli)
     except (InputError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

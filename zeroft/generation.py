@@ -25,8 +25,9 @@ import torch
 
 from .adapter import set_object_scale
 from .cache import LRUCache, image_digest, mask_digest
-from .checkpoint import load_pipeline, save_checkpoint
-from .config import ZeroFTConfig
+from .assemble import assemble_pipeline
+from .checkpoint import save_checkpoint
+from .config import GenerationDefaults, ZeroFTConfig
 from .encoder import ObjectEncoder, check_views
 from .errors import InputError
 from .guidance import batch_branches, combine_guidance, needed_branches
@@ -83,10 +84,15 @@ class ZeroFTMixin:
     backbone = "sd"  # the zeroft_config.json "backbone" this class serves (zeroft.backbones)
 
     def _init_zeroft(self, object_encoder: ObjectEncoder | None, zeroft_config: ZeroFTConfig | None,
-                     masker: Masker | None, cache_size: int) -> None:
-        """Register the object encoder and set up the caches; called by each family's ``__init__``."""
+                     masker: Masker | None, cache_size: int, quantization: str = "none") -> None:
+        """Register the object encoder and set up the caches; called by each family's ``__init__``.
+
+        ``quantization`` is how the weights were loaded ("none", "int8", "bnb-8bit", "bnb-4bit"), recorded in every
+        output's settings; the loader (zeroft.assemble) passes it, since it changes the pixels.
+        """
         self.register_modules(object_encoder=object_encoder)
         self.zeroft_config = zeroft_config
+        self.quantization = quantization
         self.masker = masker or Masker(zeroft_config.masker if zeroft_config else "border")
         self.mask_cache = mask_cache  # (photo digest, masker spec) -> automatic mask: one per process, the app's too
         self.embedding_cache = LRUCache(cache_size)  # (photo, mask, encoder) digests -> (1, D) embedding
@@ -242,12 +248,14 @@ class ZeroFTMixin:
 
     # ------------------------------------------------------------------ generation
 
-    def _default(self, name: str, value, fallback):
-        """``value``, else the checkpoint's default ``name``, else ``fallback``."""
+    def _default(self, name: str, value, without_config=None):
+        """``value``, else the checkpoint's default ``name``; a pipeline built without a zeroft config takes
+        ``without_config`` where given (the native size), else zeroft's own (zeroft.config.GenerationDefaults)."""
         if value is not None:
             return value
-        defaults = self.zeroft_config.defaults if self.zeroft_config else None
-        return getattr(defaults, name) if defaults is not None else fallback
+        if self.zeroft_config is not None:
+            return getattr(self.zeroft_config.defaults, name)
+        return without_config if without_config is not None else getattr(GenerationDefaults(), name)
 
     @torch.no_grad()
     def __call__(
@@ -305,11 +313,11 @@ class ZeroFTMixin:
         if not prompts:
             raise InputError("Give at least one prompt.")
         prompts = [check_prompt("prompt", p) for p in prompts]
-        negative_prompt = check_prompt("negative prompt", self._default("negative_prompt", negative_prompt, ""))
-        text_guidance = check_guidance("text guidance", self._default("text_guidance", text_guidance, 7.5))
-        object_guidance = check_guidance("object guidance", self._default("object_guidance", object_guidance, 5.0))
+        negative_prompt = check_prompt("negative prompt", self._default("negative_prompt", negative_prompt))
+        text_guidance = check_guidance("text guidance", self._default("text_guidance", text_guidance))
+        object_guidance = check_guidance("object guidance", self._default("object_guidance", object_guidance))
         num_images = check_num_images(num_images)
-        steps = check_steps(self._default("steps", num_inference_steps, 30))
+        steps = check_steps(self._default("steps", num_inference_steps))
         native = self.native_size
         device = self._execution_device
         height = check_size_for("height", self._default("height", height, native), native, device)
@@ -403,7 +411,7 @@ class ZeroFTMixin:
             prompt=prompt if isinstance(prompt, str) else prompts, negative_prompt=negative_prompt,
             text_guidance=text_guidance, object_guidance=object_guidance, steps=steps, num_images=num_images,
             height=height, width=width, seed=seed if seeds else None, seeds=seeds, masks=[c.source for c in chosen],
-            quantization=getattr(self, "quantization", "none"), device=str(device),
+            quantization=self.quantization, device=str(device),
             dtype=str(self.unet.dtype).removeprefix("torch."),
         )
         return ZeroFTOutput(images=images, masks=[c.mask for c in chosen], image_embeds=image_embeds.cpu(), seeds=seeds,
@@ -413,8 +421,9 @@ class ZeroFTMixin:
 
     @classmethod
     def from_pretrained(cls, checkpoint, **kwargs):
-        """Load a zeroft checkpoint folder, Hub repo or preset as this class; see :func:`zeroft.checkpoint.load_pipeline`."""
-        return load_pipeline(checkpoint, pipeline_class=cls, **kwargs)
+        """Load a zeroft checkpoint folder, Hub repo or preset as this class; see :func:`zeroft.assemble.assemble_pipeline`
+        (``zeroft.load_pipeline`` picks the class a checkpoint records)."""
+        return assemble_pipeline(checkpoint, pipeline_class=cls, **kwargs)
 
     def save_pretrained(self, folder, unet_tuned: bool | None = None, **kwargs) -> None:
         """Write a zeroft checkpoint folder; see :func:`zeroft.checkpoint.save_checkpoint`."""

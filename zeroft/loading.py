@@ -2,7 +2,7 @@
 
 ``load_pipeline`` is the entry point for code that holds a checkpoint name and no class:
 the CLI, the app, the evaluator. It reads the checkpoint's config and calls the matching
-class's ``from_pretrained`` (which goes through zeroft.checkpoint). ``get_pipeline`` adds
+class's ``from_pretrained`` (which goes through zeroft.assemble). ``get_pipeline`` adds
 a cache, so an app's first concurrent requests load one copy.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .cache import LRUCache
-from .checkpoint import resolve_checkpoint
+from .locate import resolve_checkpoint
 from .config import ZeroFTConfig
 from .generation import ZeroFTMixin
 from .pipeline import ZeroFTPipeline
@@ -39,7 +39,7 @@ def load_pipeline(checkpoint: str | os.PathLike, revision: str | None = None, **
         checkpoint: local checkpoint folder, Hub repo id (``org/name``) or preset name.
         revision: Hub revision of the checkpoint.
         **kwargs: device, dtype, quantization, offload, masker: see
-            :func:`zeroft.checkpoint.load_pipeline`.
+            :func:`zeroft.assemble.assemble_pipeline`.
     """
     device = pick_device(kwargs.pop("device", None))
     dtype = pick_dtype(device, kwargs.pop("dtype", None))

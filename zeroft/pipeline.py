@@ -25,7 +25,7 @@ __all__ = ["GenerationSettings", "ZeroFTOutput", "ZeroFTPipeline", "combine_guid
 class ZeroFTPipeline(ZeroFTMixin, StableDiffusionPipeline):
     r"""Generate images of the object in one photo, in the scene a prompt describes (Stable Diffusion 1.x).
 
-    Load a checkpoint with :meth:`from_pretrained` (see zeroft.checkpoint) and call it::
+    Load a checkpoint with :meth:`from_pretrained` (see zeroft.assemble) and call it::
 
         pipe = ZeroFTPipeline.from_pretrained("assets/zeroft-toy")
         out = pipe("two objects on a green background", object_image="dog.png", num_images=4, seed=0)
@@ -51,13 +51,14 @@ class ZeroFTPipeline(ZeroFTMixin, StableDiffusionPipeline):
         zeroft_config: ZeroFTConfig | None = None,
         masker: Masker | None = None,
         cache_size: int = 64,
+        quantization: str = "none",
     ):
         super().__init__(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
             safety_checker=safety_checker, feature_extractor=feature_extractor, image_encoder=image_encoder,
             requires_safety_checker=requires_safety_checker,
         )
-        self._init_zeroft(object_encoder, zeroft_config, masker, cache_size)
+        self._init_zeroft(object_encoder, zeroft_config, masker, cache_size, quantization)
 
     def _text_conditions(self, prompt: str, negative_prompt: str) -> tuple[dict, dict]:
         """({"encoder_hidden_states": (1, T, C)} for the prompt, the same for the negative prompt)."""

@@ -52,6 +52,7 @@ class ZeroFTXLPipeline(ZeroFTMixin, StableDiffusionXLPipeline):
         zeroft_config: ZeroFTConfig | None = None,
         masker: Masker | None = None,
         cache_size: int = 64,
+        quantization: str = "none",
     ):
         super().__init__(
             vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
@@ -59,7 +60,7 @@ class ZeroFTXLPipeline(ZeroFTMixin, StableDiffusionXLPipeline):
             feature_extractor=feature_extractor, force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
             add_watermarker=add_watermarker,
         )
-        self._init_zeroft(object_encoder, zeroft_config, masker, cache_size)
+        self._init_zeroft(object_encoder, zeroft_config, masker, cache_size, quantization)
 
     def _text_conditions(self, prompt: str, negative_prompt: str) -> tuple[dict, dict]:
         """Tokens (1, T, C1+C2) and pooled embedding (1, P) of the prompt and of the negative prompt."""

@@ -234,7 +234,7 @@ def import_ip_adapter(folder: str | Path, adapter_file: str | Path | None = None
         try:
             adapter_file = hf_hub_download(preset.adapter_repo, preset.adapter_file)
         except Exception as error:
-            # Advice as a command: most callers take no file (a preset name given to zeroft.checkpoint, the
+            # Advice as a command: most callers take no file (a preset name given to zeroft.locate, the
             # app or the evaluator imports into $ZEROFT_HOME, where this command's result is then found).
             name = next((n for n, p in IP_ADAPTER_PRESETS.items() if p == preset), None)
             file_name = Path(preset.adapter_file).name
