@@ -14,6 +14,7 @@ from pathlib import Path
 
 from zeroft.config import CONFIG_NAME
 from zeroft.errors import InputError
+from zeroft.flags import ArgumentParser
 
 from .ablations import run_ablations
 from .build import build
@@ -140,7 +141,7 @@ def _benchmark_parsers(commands) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m toyworld",
+    parser = ArgumentParser(prog="python -m toyworld",
                                      description="The toy world: build the embedded checkpoint, evaluate it, benchmark it.")
     commands = parser.add_subparsers(dest="command", required=True)
     _build_parser(commands)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from zeroft.flags import ArgumentParser
+
 from .config import (BACKGROUND_FILL_CHOICES, ENCODER_VIEWS, MIXED_PRECISIONS, PREDICTION_TYPES, REPORTERS,
                      TRAINED_PARTS, TrainConfig, default_of)
 from .data import Regularization
@@ -24,7 +26,7 @@ def _flag(group, name: str, **kwargs) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m train.train`` (train.flag_table documents it)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m train.train",
         description="Train a zeroft checkpoint with the paper's regularized joint training (Jia et al., 2023).",
     )

@@ -16,6 +16,7 @@ import sys
 import gradio as gr
 
 import zeroft
+from zeroft.flags import ArgumentParser
 
 from . import zerogpu
 from .catalogue import CHECKPOINT_ENV, REAL_DEFAULT, Checkpoints, default_checkpoint
@@ -44,7 +45,7 @@ def create_app(checkpoint: str | None = None, time_budget: float = TIME_BUDGET) 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="app.py", description="zeroft's Gradio app")
+    parser = ArgumentParser(prog="app.py", description="zeroft's Gradio app")
     parser.add_argument("--checkpoint", default=None, help=f"checkpoint folder, Hub id or preset (default: ${CHECKPOINT_ENV}, "
                         f"else {REAL_DEFAULT} on a CUDA GPU, else the embedded toy model zeroft-toy)")
     parser.add_argument("--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1)")
