@@ -68,12 +68,8 @@ class CLIPScorer:
         except (InputError, ModelUnavailableError):
             raise
         except Exception as error:
-            if Path(name).is_dir():
-                raise ModelUnavailableError(f"Could not load the CLIP model folder {name} ({_reason(error)}).") from error
-            raise HubUnavailableError(
-                f"Could not load the CLIP model {name} with {pretrained} weights ({_reason(error)}). open_clip "
-                "downloads it once on first use; without network access give a local open_clip folder instead."
-            ) from error
+            raise _unloadable("CLIP", name, error, f" with {pretrained} weights", "open_clip downloads it once on first "
+                              "use; without network access give a local open_clip folder instead.") from error
         self.model = self.model.to(device).eval()
         self.device = device
 
@@ -85,6 +81,14 @@ class CLIPScorer:
     @torch.no_grad()
     def texts(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts).to(self.device), normalize=True).float().cpu()
+
+
+def _unloadable(kind: str, name: str, error: Exception, weights: str, download: str) -> ModelUnavailableError:
+    """The error for a metric model that did not load: a local folder's (ModelUnavailableError), or one to be
+    downloaded (HubUnavailableError, with ``download`` saying how it is fetched)."""
+    if Path(name).is_dir():
+        return ModelUnavailableError(f"Could not load the {kind} model folder {name} ({_reason(error)}).")
+    return HubUnavailableError(f"Could not load the {kind} model {name}{weights} ({_reason(error)}). {download}")
 
 
 class DINOScorer:
@@ -101,12 +105,8 @@ class DINOScorer:
             self.processor = AutoImageProcessor.from_pretrained(name)
             self.model = AutoModel.from_pretrained(name).to(device).eval()
         except Exception as error:
-            if Path(name).is_dir():
-                raise ModelUnavailableError(f"Could not load the DINO model folder {name} ({_reason(error)}).") from error
-            raise HubUnavailableError(
-                f"Could not load the DINO model {name} ({_reason(error)}). transformers downloads it once on "
-                "first use from the Hugging Face Hub; without network access give a local model folder instead."
-            ) from error
+            raise _unloadable("DINO", name, error, "", "transformers downloads it once on first use from the Hugging "
+                              "Face Hub; without network access give a local model folder instead.") from error
         self.device = device
 
     @torch.no_grad()
