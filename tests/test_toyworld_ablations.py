@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from toyworld import recipes
-from toyworld.ablations import VARIANTS, run_ablations
-from toyworld.recipe import Budget, train_config, with_overrides
+from toyworld.budget import Budget, train_config, with_overrides
+from toyworld.experiments import recipes
+from toyworld.experiments.ablations import VARIANTS, run_ablations
 from toyworld.stages import train_vae
 from toyworld.world import split_identities
 

@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 
 from toyworld.__main__ import run
+from toyworld.budget import QUICK
 from toyworld.build import build, trained_steps, zeroft_resume
-from toyworld.recipe import QUICK
 from zeroft import ZeroFTPipeline
 from zeroft.config import ZeroFTConfig
 from zeroft.errors import InputError

@@ -3,7 +3,7 @@
 import pytest
 
 from toyworld.__main__ import budget_from_args, main, parse_args
-from toyworld.recipe import GPU, QUICK, Budget
+from toyworld.budget import GPU, QUICK, Budget
 from zeroft.errors import InputError
 
 

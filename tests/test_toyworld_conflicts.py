@@ -1,12 +1,12 @@
-"""The conflict evaluation (toyworld.conflicts): conflict pairs really conflict, background copy is read right on
-renderings whose answer is known, unmasked references keep their background, and the ceiling uses no photo."""
+"""The conflict evaluation (toyworld.experiments.conflicts): conflict pairs really conflict, background copy is read
+right on renderings whose answer is known, unmasked references keep their background, and the ceiling uses no photo."""
 
 import numpy as np
 import pytest
 import torch
 
-from toyworld import conflicts
 from toyworld.evaluate import Pair, generate, load_judge, make_pairs, whole_photo
+from toyworld.experiments import conflicts
 from toyworld.world import BACKGROUNDS, Context, general_caption, random_pose, render, split_identities
 from zeroft import ZeroFTPipeline
 

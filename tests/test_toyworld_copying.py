@@ -1,5 +1,6 @@
-"""The copy-failure experiment (toyworld.copying): every arm starts from the shipped model and differs from the others
-only in the data recipe; a short real run trains and saves states that load; a stopped run scores each point once."""
+"""The copy-failure experiment (toyworld.experiments.copying): every arm starts from the shipped model and differs from
+the others only in the data recipe; a short real run trains and saves states that load; a stopped run scores each point
+once."""
 
 import json
 from dataclasses import asdict, replace
@@ -9,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from toyworld import copying
-from toyworld.recipe import QUICK, Budget, train_config, with_overrides
+from toyworld.budget import QUICK, Budget, train_config, with_overrides
+from toyworld.experiments import copying
 from train.checkpointing import STATE_FILE, list_checkpoints
 from zeroft import ZeroFTConfig, ZeroFTPipeline
 

@@ -16,17 +16,17 @@ from zeroft.config import CONFIG_NAME
 from zeroft.errors import InputError
 from zeroft.flags import ArgumentParser
 
-from .ablations import run_ablations
+from .budget import BUDGETS, QUICK, Budget
 from .build import build
-from .conflicts import evaluate_recipes
-from .copying import ARMS, run_copying
+from .experiments.ablations import run_ablations
+from .experiments.conflicts import evaluate_recipes
+from .experiments.copying import ARMS, run_copying
+from .experiments.patterns import pattern_confusions
+from .experiments.personalization import personalization
+from .experiments.recipes import train_recipes
+from .experiments.report import EvalOptions, evaluate_checkpoint
+from .experiments.steps import step_costs
 from .models import UNETS
-from .patterns import pattern_confusions
-from .personalization import personalization
-from .recipe import BUDGETS, QUICK, Budget
-from .recipes import train_recipes
-from .report import EvalOptions, evaluate_checkpoint
-from .steps import step_costs
 
 JUDGE = "assets/toyworld-judge/judge.safetensors"
 DEVICE_HELP = "auto (the GPU when there is one), cpu or cuda"
@@ -56,13 +56,14 @@ def _build_parser(commands) -> None:
     b.add_argument("--device", default="auto", help=DEVICE_HELP)
     b.add_argument("--workers", type=int, default=None,
                    help="processes rendering training scenes ahead (default: 0 on a CPU, up to 8 beside a GPU)")
-    a = commands.add_parser("ablations", help="retrain the paper's ablations at one budget, after build (toyworld.ablations)")
+    a = commands.add_parser("ablations", help="retrain the paper's ablations at one budget, after build "
+                                              "(toyworld.experiments.ablations)")
     a.add_argument("--work", default="runs/toyworld")
     a.add_argument("--steps", type=int, default=2000, help="training steps of every variant")
     a.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
     a.add_argument("--seed", type=int, default=0)
     r = commands.add_parser("recipes", help="the paper's recipe against IP-Adapter's at one budget, scored on conflicts "
-                                            "(toyworld.recipes, toyworld.conflicts)")
+                                            "(toyworld.experiments.recipes, .conflicts)")
     r.add_argument("--work", default="runs/recipes", help="the shared base, the streams and the variants")
     r.add_argument("--checkpoint", default="assets/zeroft-toy",
                    help="the VAE and object encoder every variant shares, and the guidance every row is scored at")
@@ -75,7 +76,8 @@ def _build_parser(commands) -> None:
     r.add_argument("--train-only", action="store_true", help="train, do not score")
     r.add_argument("--seed", type=int, default=0)
     c = commands.add_parser("copying", help="continue the shipped model under IP-Adapter's data recipe and the paper's, "
-                                            "scored on conflicts every --score-every steps (toyworld.copying)")
+                                            "scored on conflicts every --score-every steps "
+                                            "(toyworld.experiments.copying)")
     c.add_argument("--work", default="runs/copying", help="the starting point, the streams and each arm's training states")
     c.add_argument("--checkpoint", default="assets/zeroft-toy",
                    help="the model every arm continues, and the guidance every point is scored at")
@@ -99,7 +101,7 @@ def _scoring_options(parser, work_help: str, out: str) -> None:
 
 
 def _eval_parser(commands) -> None:
-    e = commands.add_parser("eval", help="score a checkpoint on held-out identities (toyworld.report)")
+    e = commands.add_parser("eval", help="score a checkpoint on held-out identities (toyworld.experiments.report)")
     _scoring_options(e, "build folder: base model, ablations, training states", "toyworld/results/toyworld")
     e.add_argument("--references", type=int, default=3, help="reference photos per held-out identity")
     e.add_argument("--finetune-objects", type=int, default=4)
@@ -117,11 +119,13 @@ def _eval_parser(commands) -> None:
 
 
 def _benchmark_parsers(commands) -> None:
-    p = commands.add_parser("patterns", help="can the generator draw each pattern at all? (toyworld.patterns)")
+    p = commands.add_parser("patterns", help="can the generator draw each pattern at all? "
+                                             "(toyworld.experiments.patterns)")
     _scoring_options(p, "build folder with the base model (base/base)", "toyworld/results/toyworld-patterns")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
-    s = commands.add_parser("steps", help="cost of one base training step per UNet and batch (toyworld.steps)")
+    s = commands.add_parser("steps", help="cost of one base training step per UNet and batch "
+                                          "(toyworld.experiments.steps)")
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--batches", type=int, nargs="+", default=[32, 128, 256])
     s.add_argument("--unets", nargs="+", default=list(UNETS), choices=UNETS)
@@ -130,7 +134,8 @@ def _benchmark_parsers(commands) -> None:
     s.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "bf16"),
                    help="fp32, or bf16 autocast around the forward passes (what --mixed_precision bf16 does)")
     z = commands.add_parser("personalization",
-                            help="one encoder pass vs per-object fine-tuning to the same score (toyworld.personalization)")
+                            help="one encoder pass vs per-object fine-tuning to the same score "
+                                 "(toyworld.experiments.personalization)")
     z.add_argument("--checkpoint", default="assets/zeroft-toy")
     z.add_argument("--judge", default=JUDGE)
     z.add_argument("--work", default="runs/toyworld")

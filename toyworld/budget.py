@@ -1,8 +1,9 @@
-"""The toy world's training recipe: steps and batch sizes per stage (``Budget``), and the zeroft stage's trainer call.
+"""The toy world's training budget: steps and batch sizes per stage (``Budget``), and the zeroft stage's trainer call.
 
-``build`` trains every stage under one ``Budget``; ``ablations`` retrains the zeroft stage under
-the paper's recipe with one setting changed. Both take the trainer's settings from ``train_config``
-(a train.config.TrainConfig for train.train.run), the ablations with ``with_overrides`` applied.
+``build`` trains every stage under one ``Budget``; the experiments (toyworld.experiments: ablations,
+recipes, copying) retrain the zeroft stage under the paper's recipe with settings changed. All take the
+trainer's settings from ``train_config`` (a train.config.TrainConfig for train.train.run), the experiments
+with ``with_overrides`` applied.
 """
 
 from __future__ import annotations

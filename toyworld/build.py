@@ -34,10 +34,10 @@ from zeroft.config import CONFIG_NAME, GenerationDefaults, ZeroFTConfig
 from zeroft.errors import InputError
 from zeroft.pipeline import ZeroFTPipeline
 
+from .budget import Budget, train_config
 from .evaluate import choose_guidance, choose_views, load_judge, make_pairs
 from .grow import grow_stage
 from .models import latent_size
-from .recipe import Budget, train_config
 from .runtime import build_device, default_workers
 from .scenes import write_streams
 from .stages import train_base, train_encoder, train_judge, train_vae
@@ -232,7 +232,7 @@ def build(work: Path, out: Path, assets: Path, budget: Budget, seed: int = 0, de
         work: stage outputs and resumable state (build.json holds the report returned).
         out: the exported zeroft checkpoint.
         assets: where examples/ and toyworld-judge/ go.
-        budget: steps and batch sizes per stage (recipe.Budget).
+        budget: steps and batch sizes per stage (budget.Budget).
         grow_from: a trained v1 zeroft checkpoint (lat32 only): instead of training the encoder and base stages,
             grow the lat32 model out of it (grow.py) and start the zeroft stage there; the judge is then the one
             in ``assets``/toyworld-judge when there is one (the source build's instrument, so scores stay comparable).

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from train.train import run as train_run
 
-from .recipe import Budget, train_config, with_overrides
+from ..budget import Budget, train_config, with_overrides
 
-VARIANTS = {  # overrides of the recipe (recipe.with_overrides): setting → value
+VARIANTS = {  # overrides of the recipe (budget.with_overrides): setting → value
     "recipe": {},  # r = 0.3, ω = 0.5, ϕ for general images, whole network
     "no_cross_reference": {"cross_reference": 0.0},
     "no_embedding_dropping": {"drop_general_object": False},

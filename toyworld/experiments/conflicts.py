@@ -29,10 +29,10 @@ from zeroft import ZeroFTPipeline
 from zeroft.config import GenerationDefaults, ZeroFTConfig
 from zeroft.grid import make_grid
 
-from .evaluate import (CHANCE, Pair, generate, in_batches, judged, load_judge, make_pairs, position_copy_chance,
+from ..evaluate import (CHANCE, Pair, generate, in_batches, judged, load_judge, make_pairs, position_copy_chance,
                        score_judged)
+from ..world import BACKGROUNDS, Context, general_caption, random_pose, render, shapes_in_turn, split_identities
 from .recipes import FOLDER, VARIANTS
-from .world import BACKGROUNDS, Context, general_caption, random_pose, render, shapes_in_turn, split_identities
 
 TABLE = (("identity", "identity"), ("text", "text"), ("text on conflicts", "text_on_conflicts"),
          ("background copy", "background_copy"), ("position copy", "position_copy"), ("rotation copy", "rotation_copy"))

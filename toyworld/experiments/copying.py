@@ -5,7 +5,7 @@ Every arm continues the shipped ``zeroft-toy`` (26,000 steps of the paper's reci
 deal from the photo) for the same further steps, at the shipped batch, learning rate, EMA, streams and seed,
 training the same parameters (the whole network): only the data recipe differs (:data:`ARMS`). The starting
 point is scored once (step 0); each arm's saved training states (every ``score_every`` steps) are scored by
-toyworld.conflicts on the same held-out pairs, references masked and unmasked, each state beside its own
+toyworld.experiments.conflicts on the same held-out pairs, references masked and unmasked, each state beside its own
 ceiling (the same weights with no photo, the identity told in words).
 
 Everything is resumable: training resumes from the arm's newest saved state (train.train), and each scored
@@ -28,15 +28,15 @@ from train.train import run as train_run
 from zeroft import ZeroFTPipeline
 from zeroft.config import ZeroFTConfig
 
-from .build import start_run, trained_steps, write_training_streams, zeroft_resume
+from ..budget import Budget, train_config, with_overrides
+from ..build import start_run, trained_steps, write_training_streams, zeroft_resume
+from ..curve import load_training_state
+from ..evaluate import load_judge, make_pairs
+from ..world import split_identities
 from .conflicts import _chance, conflicts, table, variant_rows
-from .curve import load_training_state
-from .evaluate import load_judge, make_pairs
-from .recipe import Budget, train_config, with_overrides
 from .recipes import _fp32_copy, shared_parts
-from .world import split_identities
 
-# Overrides of the paper's recipe (recipe.with_overrides); every arm trains the whole network, as the shipped model did.
+# Overrides of the paper's recipe (budget.with_overrides); every arm trains the whole network, as the shipped model did.
 ARMS = {
     # IP-Adapter's data recipe: the photo unmasked and conditioned on itself (no cross-reference), general-domain
     # images conditioned on their own photo (no dropping to the null object).
@@ -51,7 +51,7 @@ RESULTS = "copying_eval.json"
 
 
 def prepare(checkpoint: Path, work: Path, judge_folder: Path, budget: Budget, seed: int) -> Path:
-    """Everything the arms share, made once in ``work``: the VAE, object encoder and judge (toyworld.recipes), the
+    """Everything the arms share, made once in ``work``: the VAE, object encoder and judge (toyworld.experiments.recipes), the
     starting point (:func:`prepare_start`) and the training streams at ``budget``'s size; returns the start."""
     shared_parts(checkpoint, work, judge_folder)
     start = prepare_start(checkpoint, work)
@@ -104,7 +104,7 @@ def _save(results: Path, record: dict) -> None:
 
 
 def score_point(pipe, judge, pairs, defaults, label: str) -> dict:
-    """One point: masked and unmasked references at ``defaults`` and the ceiling (toyworld.conflicts.variant_rows),
+    """One point: masked and unmasked references at ``defaults`` and the ceiling (conflicts.variant_rows),
     keyed "masked", "unmasked", "ceiling", with the seconds it took."""
     started = time.perf_counter()
     rows = variant_rows(label, pipe, judge, pairs, defaults)

@@ -17,9 +17,9 @@ from PIL import Image
 
 from train.losses import diffusion_loss, step_generator
 
-from .evaluate import Pair
-from .scenes import to_tensor
-from .world import RARE_TOKEN, context_caption
+from ..evaluate import Pair
+from ..scenes import to_tensor
+from ..world import RARE_TOKEN, context_caption
 
 BATCH = 4  # copies of the one photo per step, each with its own noise and timestep
 

@@ -30,8 +30,8 @@ from bench.common import machine, report
 from zeroft import ZeroFTPipeline
 from zeroft.errors import InputError
 
-from .evaluate import generate, judge_images, load_judge, make_pairs
-from .world import PATTERNS, general_caption, split_identities
+from ..evaluate import generate, judge_images, load_judge, make_pairs
+from ..world import PATTERNS, general_caption, split_identities
 
 
 def confusion(judge, images, pairs) -> dict:

@@ -21,9 +21,9 @@ from bench.common import machine, report
 from zeroft import ZeroFTPipeline
 from zeroft.errors import InputError
 
-from .evaluate import Pair, generate, load_judge, make_pairs, score
+from ..evaluate import Pair, generate, load_judge, make_pairs, score
+from ..world import Identity, shapes_in_turn, split_identities
 from .finetune import ObjectFineTuning
-from .world import Identity, shapes_in_turn, split_identities
 
 
 def encoding_seconds(pipe: ZeroFTPipeline, photo: Image.Image, repeats: int = 5) -> float:

@@ -1,14 +1,14 @@
 """``python -m toyworld recipes``: what the paper's recipe buys over IP-Adapter's, at one equal budget.
 
 Five variants train the zeroft stage from the same base model, with the same steps, batch and seed
-(``VARIANTS``); ``toyworld.conflicts`` then scores them on the same held-out pairs, with masked and
+(``VARIANTS``); ``toyworld.experiments.conflicts`` then scores them on the same held-out pairs, with masked and
 unmasked references, against the text-only row and the generator's own ceiling.
 
 The parts the variants share come from the shipped checkpoint where the build made them once:
 its VAE and object encoder (build stages 1 and 2, frozen in every later stage) and the shipped
 judge. The base text-to-image model is trained here, ``--base-steps`` steps of build stage 4 on
 that VAE, because the shipped checkpoint holds only the UNet after zeroft training. Every variant
-then starts from that one base (``toyworld.ablations.run_ablations``).
+then starts from that one base (``toyworld.experiments.ablations.run_ablations``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 
+from ..budget import Budget
+from ..build import copy_shipped_judge, pretrain, start_run, write_training_streams
 from .ablations import run_ablations
-from .build import copy_shipped_judge, pretrain, start_run, write_training_streams
-from .recipe import Budget
 
-# Overrides of the paper's recipe (recipe.with_overrides), in the order of the report's table.
+# Overrides of the paper's recipe (budget.with_overrides), in the order of the report's table.
 VARIANTS = {
     # IP-Adapter's trainer: the condition is the target image itself (ω = 0), unmasked, general-domain images
     # conditioned on their own photo, only the adapter trained.

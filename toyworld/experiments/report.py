@@ -28,12 +28,12 @@ from zeroft.config import GenerationDefaults, ZeroFTConfig
 from zeroft.errors import InputError
 from zeroft.grid import make_grid
 
-from .curve import curve, plot
-from .evaluate import CHANCE, Pair, evaluate, load_judge, make_pairs, position_copy_chance, score
+from ..curve import curve, plot
+from ..evaluate import CHANCE, Pair, evaluate, load_judge, make_pairs, position_copy_chance, score
+from ..runtime import build_device
+from ..world import shapes_in_turn, split_identities
 from .finetune import ObjectFineTuning
 from .personalization import encoding_seconds
-from .runtime import build_device
-from .world import shapes_in_turn, split_identities
 
 METRICS = ("identity", "text", "both", "position_copy", "rotation_copy")
 SAMPLE_PROMPTS = ["one object on a white background", "two objects on a black background",

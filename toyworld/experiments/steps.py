@@ -2,9 +2,9 @@
 
 One step = text encoder + UNet forward and backward (v-prediction loss) and AdamW, on a FIXED batch, so data
 loading is left out; the CPU time to render one batch of scenes is printed beside it, since rendering feeds
-every step of the base stage. Sizes a build's budget for a device (see toyworld.recipe.GPU).
+every step of the base stage. Sizes a build's budget for a device (see toyworld.budget.GPU).
 
-    python -m toyworld steps --device cuda            # measured on an H200: bench/results/gpu-h200-2026-11-27
+    python -m toyworld steps --device cuda            # measured on an H200: toyworld/results/gpu-h200-2026-11-27
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from diffusers import DDPMScheduler
 
 from train.losses import diffusion_loss, step_generator
 
-from .models import make_scheduler, make_text_encoder, make_tokenizer, make_unet
-from .runtime import build_device
-from .scenes import Scenes
-from .stages import SceneBatch, caption_tokens
-from .world import split_identities
+from ..models import make_scheduler, make_text_encoder, make_tokenizer, make_unet
+from ..runtime import build_device
+from ..scenes import Scenes
+from ..stages import SceneBatch, caption_tokens
+from ..world import split_identities
 
 WARMUP = 3  # untimed steps first: allocator, kernels and caches settle
 
