@@ -64,30 +64,32 @@ def _build_parser(commands) -> None:
     a.add_argument("--seed", type=int, default=0)
     r = commands.add_parser("recipes", help="the paper's recipe against IP-Adapter's at one budget, scored on conflicts "
                                             "(toyworld.experiments.recipes, .conflicts)")
-    r.add_argument("--work", default="runs/recipes", help="the shared base, the streams and the variants")
-    r.add_argument("--checkpoint", default="assets/zeroft-toy",
-                   help="the VAE and object encoder every variant shares, and the guidance every row is scored at")
-    r.add_argument("--judge", default=JUDGE)
-    r.add_argument("--out", default="toyworld/results/toyworld-recipes")
+    _recipe_experiment_options(r, "runs/recipes", "the shared base, the streams and the variants",
+                               "the VAE and object encoder every variant shares, and the guidance every row is scored at",
+                               "toyworld/results/toyworld-recipes")
     r.add_argument("--base-steps", type=int, default=1500, help="steps of the shared base model")
     r.add_argument("--steps", type=int, default=1000, help="zeroft training steps of every variant")
     r.add_argument("--only", nargs="*", default=None, help="variants to train (default: all)")
-    r.add_argument("--references", type=int, default=3, help="reference photos per held-out identity (× 8 prompts)")
     r.add_argument("--train-only", action="store_true", help="train, do not score")
-    r.add_argument("--seed", type=int, default=0)
     c = commands.add_parser("copying", help="continue the shipped model under IP-Adapter's data recipe and the paper's, "
                                             "scored on conflicts every --score-every steps "
                                             "(toyworld.experiments.copying)")
-    c.add_argument("--work", default="runs/copying", help="the starting point, the streams and each arm's training states")
-    c.add_argument("--checkpoint", default="assets/zeroft-toy",
-                   help="the model every arm continues, and the guidance every point is scored at")
-    c.add_argument("--judge", default=JUDGE)
-    c.add_argument("--out", default="toyworld/results/toyworld-copying")
+    _recipe_experiment_options(c, "runs/copying", "the starting point, the streams and each arm's training states",
+                               "the model every arm continues, and the guidance every point is scored at",
+                               "toyworld/results/toyworld-copying")
     c.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="arms to train and score, in order")
     c.add_argument("--steps", type=int, default=3000, help="further training steps of every arm")
     c.add_argument("--score-every", type=int, default=1000, help="steps between scored (saved) training states")
-    c.add_argument("--references", type=int, default=3, help="reference photos per held-out identity (× 8 prompts)")
-    c.add_argument("--seed", type=int, default=0)
+
+
+def _recipe_experiment_options(parser, work: str, work_help: str, checkpoint_help: str, out: str) -> None:
+    """The options the two training-recipe experiments (recipes, copying) share: where they work and score."""
+    parser.add_argument("--work", default=work, help=work_help)
+    parser.add_argument("--checkpoint", default="assets/zeroft-toy", help=checkpoint_help)
+    parser.add_argument("--judge", default=JUDGE)
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--references", type=int, default=3, help="reference photos per held-out identity (× 8 prompts)")
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def _scoring_options(parser, work_help: str, out: str) -> None:

@@ -33,7 +33,7 @@ from ..build import start_run, trained_steps, write_training_streams, zeroft_res
 from ..curve import load_training_state
 from ..evaluate import load_judge, make_pairs
 from ..world import split_identities
-from .conflicts import _chance, conflicts, table, variant_rows
+from .conflicts import _chance, conflicts, variant_rows
 from .recipes import _fp32_copy, shared_parts
 
 # Overrides of the paper's recipe (budget.with_overrides); every arm trains the whole network, as the shipped model did.
