@@ -101,8 +101,10 @@ def test_a_stopped_run_scores_each_point_once_and_reports_them(tmp_path, monkeyp
     run = lambda arms, steps: copying.run_copying(work, SHIPPED, JUDGE, out, arms, steps, 1000, budget=SMALL)  # noqa: E731
     run(["ip_adapter_data"], 2000)
     assert scored == ["start", "ip_adapter_data 1000", "ip_adapter_data 2000"]
-    run(["ip_adapter_data", "paper_recipe"], 2000)  # the first arm is done: only the second is scored
+    run(["paper_recipe"], 2000)  # one command per arm: the second arm is scored, the first stays in the record
     assert scored[3:] == ["paper_recipe 1000", "paper_recipe 2000"]
+    run(["ip_adapter_data", "paper_recipe"], 2000)  # both done: nothing is scored again
+    assert len(scored) == 5
     record = json.loads((out / copying.RESULTS).read_text())
     assert set(record["points"]) == {copying.START, "ip_adapter_data", "paper_recipe"}
     table = (out / "table.md").read_text()

@@ -130,7 +130,9 @@ def run_copying(work: Path, checkpoint: Path, judge_path: Path, out: Path, arms:
                    "conflict_pairs": int(sum(conflicts(p) for p in pairs)), "chance": _chance(),
                    "guidance": {"text": defaults.text_guidance, "object": defaults.object_guidance},
                    "sampler_steps": defaults.steps, "views": chosen.encoder.views,
-                   "arms": {name: ARMS[name] for name in arms}, "score_every": score_every})
+                   "score_every": score_every})
+    # every arm run so far, in ARMS order: one command per arm adds its arm to the table, it does not drop the others
+    record["arms"] = {name: ARMS[name] for name in ARMS if name in arms or name in record["points"]}
     pipe = ZeroFTPipeline.from_pretrained(start, device="cpu")
     pipe.set_encoder_views(chosen.encoder.views)
     if "0" not in record["points"].get(START, {}):
