@@ -72,8 +72,10 @@ def _editor(path, layers=()):
     return {"background": handle_file(str(path)), "layers": [handle_file(str(p)) for p in layers], "composite": None}
 
 
-def _generate_args(checkpoint, editor, prompt="a red square", text=5.0, obj=3.0, steps=2, n=2, seed=7, size=64):
-    return editor, prompt, "", text, obj, steps, n, seed, False, size, "none", checkpoint
+def _generate_args(checkpoint, editor, prompt="a red square", text=5.0, obj=3.0, steps=2, n=2, seed=7, size=64,
+                   interval=None):
+    interval = () if interval is None else interval  # (on, low, high); left out, as older clients send
+    return editor, prompt, "", text, obj, steps, n, seed, False, size, "none", checkpoint, *interval
 
 
 def _generate(client, checkpoint, editor, **kwargs):
@@ -117,6 +119,19 @@ def test_generate_returns_n_images_with_settings(client, server, tmp_path):
     assert settings["checkpoint"] == server[1]
     assert all(Image.open(item["image"]).size == (64, 64) for item in gallery)
     assert gallery[0]["caption"].startswith("seed 7")
+
+
+def test_guidance_interval_from_the_advanced_controls(client, server, tmp_path):
+    """On: the interval is used and recorded; off: every step; left out (older clients): the model's default;
+    a reversed interval: a plain message."""
+    square_photo().save(tmp_path / "photo.png")
+    editor = _editor(tmp_path / "photo.png")
+    assert _generate(client, server[1], editor, n=1, interval=(True, 0.5, 2.0))[1]["guidance_interval"] == [0.5, 2.0]
+    assert _generate(client, server[1], editor, n=1, interval=(False, 0.5, 2.0))[1]["guidance_interval"] is None
+    assert _generate(client, server[1], editor, n=1)[1]["guidance_interval"] is None
+    message = _error(client, server[1], editor=editor, interval=(True, 3.0, 1.0))
+    assert message == "The guidance interval's low end (3) must be below its high end (1)."
+    assert "must be a number" in _error(client, server[1], editor=editor, interval=(True, None, 1.0))
 
 
 def test_no_server_path_reaches_a_visitor(client, server, tiny_checkpoint, tmp_path):

@@ -94,6 +94,11 @@ class Setting(NumberSetting, gr.Slider):
         return "slider"
 
 
+class NumberBox(NumberSetting, gr.Number):
+    def get_block_name(self) -> str:
+        return "number"
+
+
 class SeedBox(NumberSetting, gr.Number):
     optional = True  # no seed: the handler draws one
 

@@ -157,8 +157,12 @@ class Handlers:
     # ------------------------------------------------------------------ generation
 
     def generate(self, editor, prompt, negative_prompt, text_guidance, object_guidance, steps, num_images, seed,
-                 random_seed, size, quantization, checkpoint, session=None, progress=gr.Progress()):
-        """The page's and the API's /generate: (gallery of (image, caption), settings used, seed)."""
+                 random_seed, size, quantization, checkpoint, interval_on=None, interval_low=None, interval_high=None,
+                 session=None, progress=gr.Progress()):
+        """The page's and the API's /generate: (gallery of (image, caption), settings used, seed).
+
+        ``interval_on``: guidance only for noise levels in (``interval_low``, ``interval_high``] (True), at every
+        step (False), or as the model's defaults say (None, what an API call that leaves it out gets)."""
         photo, chosen = photo_and_mask(editor, session)
         if chosen is None:  # nothing painted on a photo the server did not show (an example, an API call)
             committed = committed_mask(photo)
@@ -172,6 +176,7 @@ class Handlers:
                 prompt, object_image=as_image(photo), object_mask=chosen, negative_prompt=negative_prompt,
                 text_guidance=text_guidance, object_guidance=object_guidance, num_images=num_images,
                 num_inference_steps=steps, seed=seed, height=size, width=size, time_budget=self.time_budget,
+                guidance_interval=None if interval_on is None else (interval_low, interval_high) if interval_on else "off",
                 callback=lambda step, total: progress((step, total), desc="generating"),
             )
         except EmptyMaskError as error:
@@ -195,7 +200,8 @@ class Handlers:
                              session=None, progress=progress)
 
     def gpu_seconds(self, editor, prompt, negative_prompt, text_guidance, object_guidance, steps, num_images, seed,
-                    random_seed, size, quantization, checkpoint, session=None, progress=None) -> int:
+                    random_seed, size, quantization, checkpoint, interval_on=None, interval_low=None, interval_high=None,
+                    session=None, progress=None) -> int:
         """The GPU time a ZeroGPU call asks for (its duration function, called with generate's arguments)."""
         config = self.offered.config(checkpoint)
         native = self.offered.native_size(checkpoint) or (config.defaults.height if config else 1024)

@@ -7,10 +7,11 @@ import gradio as gr
 import torch
 
 import zeroft
+from zeroft.guidance import PAPER_SDXL_INTERVAL
 from zeroft.validation import GUIDANCE_RANGE, MAX_PROMPT_CHARS, NUM_IMAGES_RANGE, STEPS_RANGE
 
 from .catalogue import GPU_PRESETS, REAL_DEFAULT, Checkpoints
-from .components import App, CheckpointChoice, PhotoEditor, PhotoInput, PhotoUpload, SeedBox, Setting
+from .components import App, CheckpointChoice, NumberBox, PhotoEditor, PhotoInput, PhotoUpload, SeedBox, Setting
 from .examples import Example
 from .handlers import SIZE_FALLBACK
 
@@ -91,6 +92,16 @@ def build_demo(handlers, checkpoints: Checkpoints, examples: list[Example] | Non
                     quantization = gr.Dropdown(quantization_choices(), value="none", label="Quantization",
                                                info="int8 shrinks the weights about 4x (CPU or GPU); bnb modes need a CUDA GPU.",
                                                elem_id="quantization")
+                    interval = d.guidance_interval or PAPER_SDXL_INTERVAL
+                    interval_on = gr.Checkbox(value=d.guidance_interval is not None, label="Guidance on a noise interval only",
+                                              info="Guide only at steps whose noise level σ is in (low, high]; the other "
+                                                   "steps run one branch instead of three, so it is faster. "
+                                                   "0.28 to 5.42 is Kynkäänniemi et al.'s interval for SD-XL.",
+                                              elem_id="interval-on")
+                    with gr.Row():
+                        interval_low = NumberBox(value=interval[0], minimum=0, step=0.01, label="σ low", elem_id="interval-low")
+                        interval_high = NumberBox(value=interval[1], minimum=0, step=0.01, label="σ high",
+                                                  elem_id="interval-high")
                     checkpoint = CheckpointChoice(checkpoints.names, value=default, label="Model", elem_id="checkpoint")
                     checkpoint.offered = checkpoints
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -98,7 +109,7 @@ def build_demo(handlers, checkpoints: Checkpoints, examples: list[Example] | Non
         used = gr.JSON(label="Settings used", elem_id="settings")
 
         inputs = [editor, prompt, negative, text_guidance, object_guidance, steps, num_images, seed, random_seed,
-                  size, quantization, checkpoint]
+                  size, quantization, checkpoint, interval_on, interval_low, interval_high]
         session = gr.State(None)  # the images this visitor was shown, with their photos and masks (webapp.editor)
         upload.upload(h.on_upload, [upload, checkpoint, session], session, show_progress="hidden",
                       api_visibility="private").success(

@@ -43,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen.add_argument("--text-guidance", type=float, default=None, help="w_text, 0..30 (default: the checkpoint's)")
     gen.add_argument("--object-guidance", type=float, default=None, help="w_obj, 0..30 (default: the checkpoint's)")
     gen.add_argument("--steps", type=int, default=None)
+    gen.add_argument("--guidance-interval", nargs="+", default=None, metavar="LO HI | off",
+                     help="guide only at steps whose noise level sigma is in (LO, HI], one branch elsewhere: cheaper; "
+                          "0.28 5.42 is Kynkaanniemi et al.'s SD-XL interval; off: every step (default: the checkpoint's)")
     gen.add_argument("--seed", type=int, default=None, help="default: random (recorded in the settings JSON)")
     gen.add_argument("--height", type=int, default=None)
     gen.add_argument("--width", type=int, default=None)
@@ -132,6 +135,7 @@ def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> Path:
             check_guidance(name, value)
     if args.steps is not None:
         check_steps(args.steps)
+    args.guidance_interval = _guidance_interval(args.guidance_interval)
     if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
         raise InputError(f"--time-budget must be a positive number of seconds, not {args.time_budget:g}.")
     if args.masker is not None:
@@ -149,6 +153,23 @@ def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> Path:
             check_size_for(name, value, native, device)
     _check_writable_folder(Path(args.out), "output folder")
     return folder
+
+
+def _guidance_interval(words: list[str] | None):
+    """--guidance-interval's words as the pipeline takes them: None (the checkpoint's), "off", or (lo, hi) checked."""
+    from .guidance import check_interval
+
+    if words is None:
+        return None
+    if len(words) == 1 and words[0].lower() == "off":
+        return "off"
+    try:
+        numbers = tuple(float(word) for word in words)
+    except ValueError:
+        numbers = None
+    if numbers is None or len(numbers) != 2:
+        raise InputError(f"--guidance-interval takes two noise levels LO HI (like 0.28 5.42) or off, not {' '.join(words)}.")
+    return check_interval(numbers)
 
 
 def generate(args: argparse.Namespace) -> Path:
@@ -175,7 +196,7 @@ def generate(args: argparse.Namespace) -> Path:
             args.prompt, object_image=args.image, object_mask=args.mask, negative_prompt=args.negative_prompt,
             text_guidance=args.text_guidance, object_guidance=args.object_guidance, num_images=args.num_images,
             num_inference_steps=args.steps, seed=seed, height=args.height, width=args.width, callback=progress,
-            time_budget=args.time_budget,
+            time_budget=args.time_budget, guidance_interval=args.guidance_interval,
         )
     seconds = time.perf_counter() - start
     out = Path(args.out)

@@ -51,6 +51,7 @@ class GenerationDefaults:
     height: int = 512  # the base model's native size
     width: int = 512
     negative_prompt: str = ""  # what ε(∅, ϕ) is conditioned on
+    guidance_interval: tuple[float, float] | None = None  # (σ_lo, σ_hi): guidance only there (zeroft.guidance)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class ZeroFTConfig:
     def to_json(self) -> str:
         data = asdict(self)
         data["format_version"] = FORMAT_VERSION  # what is written is the current format, whatever was read
+        if data["defaults"]["guidance_interval"] is None:  # unset: the file stays as older zeroft versions read it
+            del data["defaults"]["guidance_interval"]
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -93,6 +96,8 @@ class ZeroFTConfig:
             raise ValueError(f"Unknown keys in {CONFIG_NAME}: {unknown}")
         data["encoder"] = _sub(EncoderConfig, data.get("encoder", {}))
         data["defaults"] = _sub(GenerationDefaults, data.get("defaults", {}))
+        if data["defaults"].guidance_interval is not None:  # a JSON list; checked where it is used (zeroft.guidance)
+            data["defaults"] = replace(data["defaults"], guidance_interval=tuple(data["defaults"].guidance_interval))
         return cls(**data)
 
     @classmethod

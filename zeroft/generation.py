@@ -30,7 +30,7 @@ from .checkpoint import save_checkpoint
 from .config import GenerationDefaults, ZeroFTConfig
 from .encoder import ObjectEncoder, check_views
 from .errors import InputError
-from .guidance import batch_branches, combine_guidance, needed_branches
+from .guidance import batch_branches, check_interval, combine_guidance, needed_branches, noise_levels, step_branches
 from .images import ImageInput, load_image
 from .masking import ChosenMask, Masker, choose_mask, mask_cache
 from .timing import BudgetWatch, StepTimes, StepWork
@@ -56,6 +56,7 @@ class GenerationSettings:
     quantization: str
     device: str
     dtype: str  # the UNet's weights' dtype ("float32", "bfloat16", ...): it changes the pixels
+    guidance_interval: list[float] | None = None  # [σ_lo, σ_hi]: guidance only at steps with σ in (σ_lo, σ_hi]
 
     def to_dict(self) -> dict:
         """The settings as a JSON-ready dict (the CLI's settings file, the app's "Settings used")."""
@@ -277,6 +278,7 @@ class ZeroFTMixin:
         callback: Callable[[int, int], None] | None = None,
         output_type: str = "pil",
         time_budget: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> ZeroFTOutput:
         r"""Generate ``num_images`` images of the reference object in the scene of ``prompt``.
 
@@ -303,6 +305,9 @@ class ZeroFTMixin:
                 machine (zeroft.timing): a request whose single step would not fit is refused before any
                 denoising; one estimated over the budget is refused after its first two steps if they,
                 as measured, say so.
+            guidance_interval: (σ_lo, σ_hi): the three-branch guidance only at steps whose noise level σ
+                (zeroft.guidance.noise_levels) is in (σ_lo, σ_hi], one conditional branch ε(c,o) at the others;
+                default from the checkpoint (None: every step). Kynkäänniemi et al. (2024) use (0.28, 5.42] for SD-XL.
 
         Raises:
             InputError: a setting out of range, a size outside :meth:`size_limits`, an empty mask,
@@ -323,6 +328,7 @@ class ZeroFTMixin:
         height = check_size_for("height", self._default("height", height, native), native, device)
         width = check_size_for("width", self._default("width", width, native), native, device)
         seed = check_seed(seed)
+        guidance_interval = check_interval(self._default("guidance_interval", guidance_interval))
         if object_image is not None and image_embeds is not None:
             raise InputError("Give either a reference photo or precomputed image_embeds, not both.")
         if object_image is None and image_embeds is None:
@@ -352,10 +358,13 @@ class ZeroFTMixin:
         self.scheduler.set_timesteps(steps, device=device)
         timesteps = self.scheduler.timesteps
         branches = needed_branches(text_guidance, object_guidance)
+        sigmas = noise_levels(self.scheduler, timesteps) if guidance_interval is not None else [0.0] * len(timesteps)
+        per_step = [step_branches(branches, sigma, guidance_interval) for sigma in sigmas]
+        mean_branches = sum(map(len, per_step)) / len(per_step)  # cost units per image and step, on average
         watch = None
         if time_budget is not None:
             work = StepWork(steps=len(timesteps), num_images=batch, height=height, width=width, native_size=native,
-                            branches=len(branches))
+                            branches=len(branches) if guidance_interval is None else mean_branches)
             if self.step_times.estimate(work) is None:
                 self.measure_unit_seconds()
             watch = BudgetWatch(time_budget, work, self.step_times.estimate(work), clock=self.clock,
@@ -372,9 +381,10 @@ class ZeroFTMixin:
         )
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
 
-        # 6. Batch the guidance branches: (∅,ϕ), (c,ϕ), (c,o), only those with non-zero weight
-        text_batch, added_cond_kwargs = batch_branches(branches, positive, negative, object_embeds, null_embeds,
-                                                       size_conditions)  # (k·N, T, C), added conditions
+        # 6. Batch the guidance branches: (∅,ϕ), (c,ϕ), (c,o), only those with non-zero weight (and outside a
+        # guidance interval only the conditional one)
+        batched = {tuple(b): batch_branches(b, positive, negative, object_embeds, null_embeds, size_conditions)
+                   for b in per_step}  # branches -> ((k·N, T, C), added conditions)
 
         # 7. Denoising loop
         self._num_timesteps = len(timesteps)
@@ -383,18 +393,20 @@ class ZeroFTMixin:
             for i, t in enumerate(timesteps):
                 if watch is not None:
                     watch.begin_step()
-                model_input = torch.cat([latents] * len(branches))
+                running = per_step[i]
+                text_batch, added_cond_kwargs = batched[tuple(running)]
+                model_input = torch.cat([latents] * len(running))
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 noise_pred = self.unet(
                     model_input, t, encoder_hidden_states=text_batch, added_cond_kwargs=added_cond_kwargs, return_dict=False
                 )[0]
-                eps = dict(zip(branches, noise_pred.chunk(len(branches))))
+                eps = dict(zip(running, noise_pred.chunk(len(running))))
                 noise_pred = combine_guidance(eps, text_guidance, object_guidance)
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if watch is not None:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)  # time the step, not its launch
-                    watch.end_step()  # may refuse the request after its probe steps
+                    watch.end_step(len(running) / work.branches)  # may refuse the request after its probe steps
                 progress_bar.update()
                 if callback is not None:
                     callback(i + 1, total)
@@ -413,6 +425,7 @@ class ZeroFTMixin:
             height=height, width=width, seed=seed if seeds else None, seeds=seeds, masks=[c.source for c in chosen],
             quantization=self.quantization, device=str(device),
             dtype=str(self.unet.dtype).removeprefix("torch."),
+            guidance_interval=list(guidance_interval) if guidance_interval is not None else None,
         )
         return ZeroFTOutput(images=images, masks=[c.mask for c in chosen], image_embeds=image_embeds.cpu(), seeds=seeds,
                             settings=settings)

@@ -46,7 +46,7 @@ class StepWork:
     height: int
     width: int
     native_size: int
-    branches: int  # guidance branches per step, 1..3
+    branches: float  # guidance branches per step, 1..3 (their mean over the steps with a guidance interval)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -122,13 +122,18 @@ class BudgetWatch:
     def begin_step(self) -> None:
         self._started = self.clock()
 
-    def end_step(self) -> None:
+    def end_step(self, share: float = 1.0) -> None:
         """Record a step; after the probe steps of a request estimated over the budget, refuse it if they say so.
+
+        Args:
+            share: this step's branches over the work's mean branches per step (a guidance interval runs fewer
+                branches at some steps): the step's duration is recorded as ``duration / share``, what a mean step
+                would cost, so probes taken outside the interval do not make the whole request look cheap.
 
         Raises:
             InputError: the probe steps, as measured, put the request over the budget.
         """
-        self.durations.append(max(self.clock() - self._started, 1e-9))
+        self.durations.append(max(self.clock() - self._started, 1e-9) / share)
         if self.probing and len(self.durations) == min(PROBE_STEPS, self.work.steps):
             self.probing = False
             self.work.check(self.budget, min(self.durations))
