@@ -11,7 +11,8 @@ layers for 1024-d (SD1.5, ViT-H/14) or 1280-d (SDXL, ViT-bigG/14) image embeddin
 embeddings stand in for the encoder output, which zeroft caches per photo anyway. For fp16,
 bnb-8bit and bnb-4bit (UNet and text encoder(s) quantized at load, as zeroft.load_pipeline does),
 each row times diffusers' pipeline with ip_adapter_image_embeds at guidance w, zeroft with
-w_text = w_obj = w, and zeroft with two weights (three branches). Peak VRAM is over the timed
+w_text = w_obj = w, and zeroft with two weights (three branches); the fp16 row also times zeroft with
+two weights on the guidance interval (0.28, 5.42] (three branches inside, one outside). Peak VRAM is over the timed
 calls (latents out) and, separately, one call that decodes an image.
 """
 
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from zeroft.guidance import PAPER_SDXL_INTERVAL
 
 from .common import interleaved, machine
 
@@ -120,7 +123,7 @@ def build(folder: Path, backbone: str, mode: str, size: int, image_embed_dim: in
 
 
 def measure(folder: Path, backbone: str, mode: str, size: int, steps: int, images: int, repeats: int,
-            image_embed_dim: int) -> dict:
+            image_embed_dim: int, interval: tuple[float, float] | None = None) -> dict:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.empty_cache()
@@ -139,6 +142,10 @@ def measure(folder: Path, backbone: str, mode: str, size: int, steps: int, image
         "zeroft_three_branches": lambda: ours(prompt, image_embeds=embeds, text_guidance=7.5, object_guidance=3.0,
                                               num_images=images, num_inference_steps=steps, output_type="latent"),
     }
+    if interval is not None:  # three branches only for noise levels in the interval (zeroft.guidance), one elsewhere
+        calls["zeroft_interval"] = lambda: ours(prompt, image_embeds=embeds, text_guidance=7.5, object_guidance=3.0,
+                                                num_images=images, num_inference_steps=steps, output_type="latent",
+                                                guidance_interval=interval)
     seconds = interleaved(calls, repeats)
     peak = torch.cuda.max_memory_allocated() if cuda else None
     if cuda:
@@ -151,6 +158,9 @@ def measure(folder: Path, backbone: str, mode: str, size: int, steps: int, image
         "images_per_second": {k: round(images / v, 3) for k, v in seconds.items()},
         "ratio_equal_weights": round(seconds["zeroft_equal_weights"] / seconds["diffusers_ip_adapter"], 3),
         "ratio_three_branches": round(seconds["zeroft_three_branches"] / seconds["diffusers_ip_adapter"], 3),
+        **({"interval": list(interval), "seconds_per_image_interval": round(seconds["zeroft_interval"] / images, 4),
+            "ratio_interval": round(seconds["zeroft_interval"] / seconds["diffusers_ip_adapter"], 3)}
+           if interval is not None else {}),
         "peak_vram_gib": None if peak is None else round(peak / 2**30, 2),
         "peak_vram_gib_one_decoded_image": None if peak_decode is None else round(peak_decode / 2**30, 2),
         "note": "timed calls return latents (VAE decode excluded); UNet + text encoder(s) quantized for bnb modes",
@@ -182,7 +192,8 @@ def main(argv=None) -> dict:
             save_base(backbone, parts, temp, dtype)
             del parts
             modes = ["fp16"] if args.dry_run else ["fp16", "bnb-8bit", "bnb-4bit"]
-            rows = {mode: measure(Path(temp), backbone, mode, size, args.steps, images, args.repeats, image_embed_dim)
+            rows = {mode: measure(Path(temp), backbone, mode, size, args.steps, images, args.repeats, image_embed_dim,
+                                  interval=PAPER_SDXL_INTERVAL if mode == "fp16" else None)  # one interval row each
                     for mode in modes}
         result["backbones"][backbone] = {"size": size, "images_per_call": images, "rows": rows}
         result["seconds"] = round(time.perf_counter() - started, 1)
@@ -191,7 +202,9 @@ def main(argv=None) -> dict:
             print(f"{backbone} {size}px {mode}: zeroft {row['images_per_second']['zeroft_equal_weights']} img/s (equal "
                   f"weights, {row['ratio_equal_weights']}x diffusers), {row['images_per_second']['zeroft_three_branches']} "
                   f"(three branches), diffusers {row['images_per_second']['diffusers_ip_adapter']}; peak "
-                  f"{row['peak_vram_gib']} GiB, {row['peak_vram_gib_one_decoded_image']} GiB with a decode", flush=True)
+                  f"{row['peak_vram_gib']} GiB, {row['peak_vram_gib_one_decoded_image']} GiB with a decode"
+                  + (f"; guidance interval {row['interval']}: {row['seconds_per_image_interval']} s/image, "
+                     f"{row['ratio_interval']}x diffusers" if "interval" in row else ""), flush=True)
     print(json.dumps(result, indent=2))
     return result
 

@@ -1,11 +1,14 @@
 """zeroft's guidance vs diffusers' own IP-Adapter pipeline, same weights, steps, size and seed.
 
-    python -m bench.pipeline_overhead [--steps 10] [--repeats 5]
+    python -m bench.pipeline_overhead [--steps 10] [--repeats 5] [--intervals LO HI [LO HI ...]]
 
 Rows per UNet size (tiny: the test model; medium: SD's block layout at ~1/10 width):
 diffusers StableDiffusionPipeline + load_ip_adapter with guidance_scale w; zeroft with
 w_text = w_obj = w (two branches, must cost the same: target ≤ 1.03x); zeroft with two different
-weights (three branches: target ≤ 1.55x). Times are medians of round-robin runs in one process.
+weights (three branches: target ≤ 1.55x); zeroft with two different weights and guidance only on each
+interval of noise levels in ``--intervals`` (zeroft.guidance: three branches inside, one outside; its
+fraction f of steps inside is reported, the expected cost being (1 + 2f)/2 of the baseline).
+Times are medians of round-robin runs in one process.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from zeroft.adapter import initial_adapter_state_dict, load_object_attention
 from zeroft.config import GenerationDefaults, ZeroFTConfig
+from zeroft.guidance import PAPER_SDXL_INTERVAL, needed_branches, noise_levels, step_branches
 from zeroft.pipeline import ZeroFTPipeline
 from zeroft.tiny import tiny_encoder, tiny_scheduler, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
 
@@ -48,7 +52,23 @@ def pipelines(size: str):
     return stock, ours
 
 
-def measure(size: str, steps: int, repeats: int, w: float = 7.5, w_object: float = 3.0) -> dict:
+NARROW_INTERVAL = (0.40, 2.50)  # half the steps of a 20-step trailing schedule: the toy world's narrow interval
+
+
+def _label(interval) -> str:
+    return f"zeroft_interval_{interval[0]:g}_{interval[1]:g}"
+
+
+def fraction_inside(scheduler, steps: int, interval) -> float:
+    """f: the share of ``steps`` steps at which all branches run, on ``scheduler``'s schedule."""
+    scheduler.set_timesteps(steps)
+    per_step = [step_branches(needed_branches(7.5, 3.0), sigma, interval)
+                for sigma in noise_levels(scheduler, scheduler.timesteps)]
+    return sum(len(b) > 1 for b in per_step) / len(per_step)
+
+
+def measure(size: str, steps: int, repeats: int, w: float = 7.5, w_object: float = 3.0,
+            intervals=(PAPER_SDXL_INTERVAL, NARROW_INTERVAL)) -> dict:
     stock, ours = pipelines(size)
     embeds = torch.randn(1, 16)
     ip_embeds = [torch.cat([torch.zeros_like(embeds), embeds])[:, None]]
@@ -64,6 +84,10 @@ def measure(size: str, steps: int, repeats: int, w: float = 7.5, w_object: float
         "zeroft_three_branches": lambda: ours(prompt, image_embeds=embeds, text_guidance=w, object_guidance=w_object,
                                               num_inference_steps=steps, latents=latents.clone(), output_type="np").images,
     }
+    for interval in intervals:
+        calls[_label(interval)] = (lambda interval=interval: ours(
+            prompt, image_embeds=embeds, text_guidance=w, object_guidance=w_object, num_inference_steps=steps,
+            latents=latents.clone(), output_type="np", guidance_interval=interval).images)
     difference = float(np.abs(calls["diffusers_ip_adapter"]() - calls["zeroft_equal_weights"]()).max())
     seconds = interleaved(calls, repeats)
     base = seconds["diffusers_ip_adapter"]
@@ -73,6 +97,8 @@ def measure(size: str, steps: int, repeats: int, w: float = 7.5, w_object: float
         "ratio_equal_weights": round(seconds["zeroft_equal_weights"] / base, 3),
         "ratio_three_branches": round(seconds["zeroft_three_branches"] / base, 3),
         "max_pixel_difference_equal_weights": difference,
+        "intervals": {f"{lo:g}-{hi:g}": {"fraction_inside": round(fraction_inside(ours.scheduler, steps, (lo, hi)), 3),
+                                         "ratio": round(seconds[_label((lo, hi))] / base, 3)} for lo, hi in intervals},
     }
 
 
@@ -80,10 +106,16 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--intervals", type=float, nargs="+", default=[*PAPER_SDXL_INTERVAL, *NARROW_INTERVAL],
+                        metavar="LO HI", help="guidance intervals to time, as pairs of noise levels")
     args = parser.parse_args(argv)
-    results = {size: measure(size, args.steps, args.repeats) for size in ("tiny", "medium")}
-    summary = "; ".join(f"{size}: equal weights {r['ratio_equal_weights']}x, three branches {r['ratio_three_branches']}x "
-                        f"of diffusers' IP-Adapter pipeline" for size, r in results.items())
+    if len(args.intervals) % 2:
+        parser.error("--intervals takes pairs LO HI")
+    intervals = list(zip(args.intervals[::2], args.intervals[1::2]))
+    results = {size: measure(size, args.steps, args.repeats, intervals=intervals) for size in ("tiny", "medium")}
+    summary = "; ".join(f"{size}: equal weights {r['ratio_equal_weights']}x, three branches {r['ratio_three_branches']}x, "
+                        + ", ".join(f"interval {name} (f {i['fraction_inside']}) {i['ratio']}x" for name, i in r["intervals"].items())
+                        + " of diffusers' IP-Adapter pipeline" for size, r in results.items())
     return report({"benchmark": "pipeline_overhead", "steps": args.steps, "image_size": 64, **machine(), **results},
                   summary)
 
