@@ -1,4 +1,4 @@
-"""``python -m toyworld build | ablations | recipes | copying | eval | patterns | steps | personalization``: the toy world's command line.
+"""``python -m toyworld build | ablations | recipes | copying | interval | eval | patterns | steps | personalization``: the toy world's command line.
 
 The one place that reads flags and turns a bad request (zeroft.errors.InputError) into an
 ``error: ...`` line and exit status 2; every command is a function of the module named below.
@@ -21,6 +21,7 @@ from .build import build
 from .experiments.ablations import run_ablations
 from .experiments.conflicts import evaluate_recipes
 from .experiments.copying import ARMS, run_copying
+from .experiments.interval import run_interval
 from .experiments.patterns import pattern_confusions
 from .experiments.personalization import personalization
 from .experiments.recipes import train_recipes
@@ -121,6 +122,11 @@ def _eval_parser(commands) -> None:
 
 
 def _benchmark_parsers(commands) -> None:
+    i = commands.add_parser("interval", help="guidance only on an interval of noise levels against every step, "
+                                             "shipped model (toyworld.experiments.interval)")
+    _scoring_options(i, "unused (kept for the shared options)", "toyworld/results/toyworld-interval")
+    i.add_argument("--references", type=int, default=3, help="reference photos per held-out identity (× 8 prompts)")
+    i.add_argument("--seed", type=int, default=0)
     p = commands.add_parser("patterns", help="can the generator draw each pattern at all? "
                                              "(toyworld.experiments.patterns)")
     _scoring_options(p, "build folder with the base model (base/base)", "toyworld/results/toyworld-patterns")
@@ -216,6 +222,13 @@ def run(argv=None) -> dict:
     if args.command == "eval":
         at_least_one("identities", args.identities)
         return evaluate_checkpoint(EvalOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
+    if args.command == "interval":
+        at_least_one("identities", args.identities)
+        at_least_one("references", args.references)
+        checkpoint = checkpoint_option(args, "checkpoint")
+        if not Path(args.judge).is_file():
+            raise InputError(f"--judge {args.judge}: no such file")
+        return run_interval(checkpoint, Path(args.judge), Path(args.out), args.references, args.seed, args.identities)
     if args.command == "patterns":
         at_least_one("identities", args.identities)
         return pattern_confusions(args.checkpoint, args.judge, args.work, args.out, args.steps, args.seed,

@@ -129,14 +129,15 @@ def in_batches(pipe, pairs: list[Pair], call, batch_size: int = 48) -> list[Imag
 
 
 def generate(pipe, pairs: list[Pair], text_guidance: float, object_guidance: float, steps: int,
-             batch_size: int = 48, masked: bool = True) -> list[Image.Image]:
+             batch_size: int = 48, masked: bool = True, **settings) -> list[Image.Image]:
     """One image per pair, each from its own fixed seed, batched across pairs; ``masked`` False encodes each
-    reference photo as is (``whole_photo``) instead of under the checkpoint's automatic mask."""
+    reference photo as is (``whole_photo``) instead of under the checkpoint's automatic mask. ``settings``: further
+    pipeline arguments (``guidance_interval``)."""
     def call(chunk, generators):
         embeds = torch.cat([pipe.encode_object(p.reference, None if masked else whole_photo(p.reference))[0]
                             for p in chunk])
         return pipe([p.prompt for p in chunk], image_embeds=embeds, text_guidance=text_guidance,
-                    object_guidance=object_guidance, num_inference_steps=steps, generator=generators)
+                    object_guidance=object_guidance, num_inference_steps=steps, generator=generators, **settings)
     return in_batches(pipe, pairs, call, batch_size)
 
 
