@@ -330,6 +330,31 @@ class ObjectEncoder(nn.Module):
         embeddings = self.visual(view_batch(pixels, self.config.views))
         return embeddings.view(-1, pixels.shape[0], embeddings.shape[-1]).mean(0)
 
+    @property
+    def token_width(self) -> int:
+        """Width of the tokens :meth:`tokens` returns: the tower's own width (1280 for ViT-H/14)."""
+        return int(self.visual.transformer.width)
+
+    @torch.no_grad()
+    def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised pixels → (B, V·(1 + P), W): the tower's hidden states before its last block.
+
+        The class token and the P patch tokens after every block but the last, before ``ln_post``: what
+        IP-Adapter Plus resamples, the same tensor as transformers' ``CLIPVisionModelWithProjection(...,
+        output_hidden_states=True).hidden_states[-2]`` (257 x 1280 for ViT-H/14 at 224 px; tested against it).
+        With several ``config.views`` (V > 1) each view's tokens follow the last's along the token axis.
+        Uses open_clip's public ``VisionTransformer.forward_intermediates``.
+        """
+        pixels = pixel_values.to(device=self.device, dtype=self.dtype)
+        batch = pixels.shape[0]
+        views = pixels if self.config.views == "none" else view_batch(pixels, self.config.views)  # (V·B, 3, S, S)
+        depth = len(self.visual.transformer.resblocks)
+        out = self.visual.forward_intermediates(views, indices=[depth - 2], stop_early=True, intermediates_only=True,
+                                                output_fmt="NLC", output_extra_tokens=True)
+        tokens = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)  # (V·B, T, W)
+        count = tokens.shape[0] // batch
+        return tokens.view(count, batch, *tokens.shape[1:]).transpose(0, 1).reshape(batch, -1, tokens.shape[-1])
+
     def save(self, folder: str | Path) -> None:
         """Copy the local weights folder (open_clip layout) into ``folder``."""
         if self.source is None:
