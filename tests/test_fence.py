@@ -68,3 +68,16 @@ def test_rembg_finds_a_model_file_where_its_own_rule_looks(tmp_path, monkeypatch
     assert fence.rembg_model_file("u2net") is None
     (tmp_path / "u2net.onnx").write_bytes(b"onnx")
     assert fence.rembg_model_file("u2net") == tmp_path / "u2net.onnx"
+
+
+def test_a_plus_files_resampler_becomes_diffusers_own():
+    """diffusers' Plus key conversion: IP-Adapter Plus's layout into IPAdapterPlusImageProjection, strictly."""
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    from test_adapter_plus import QUERIES, plus_state_dict
+
+    unet = tiny_unet()
+    image_proj = {k[11:]: v for k, v in plus_state_dict(unet).items() if k.startswith("image_proj.")}
+    layer = fence.ip_adapter_plus_projection(unet, image_proj)
+    assert isinstance(layer, IPAdapterPlusImageProjection) and layer.latents.shape[1] == QUERIES
+    assert torch.equal(layer.layers[0].attn.to_k.weight, image_proj["layers.0.0.to_kv.weight"].chunk(2)[0])

@@ -12,6 +12,11 @@ attention code lives here, and the weights use IP-Adapter's key layout:
 
 (numbered over ``unet.attn_processors`` in order, odd numbers for the cross-attention
 entries), which plain diffusers loads with ``pipe.load_ip_adapter``.
+
+IP-Adapter **Plus** files replace ``image_proj.proj/norm`` by a Perceiver resampler from the encoder's patch
+tokens (``image_proj.latents``, ``proj_in``, ``layers.{i}.0.to_q/to_kv/to_out/norm1/norm2``,
+``layers.{i}.1.{0,1,3}``, ``proj_out``, ``norm_out``): loaded into diffusers' own
+``IPAdapterPlusImageProjection`` and written back in the same layout (:func:`adapter_state_dict`).
 """
 
 from __future__ import annotations
@@ -19,16 +24,20 @@ from __future__ import annotations
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
-from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
+from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection, MultiIPAdapterImageProjection
 
-from .fence import ip_adapter_processors
+from .fence import ip_adapter_plus_projection, ip_adapter_processors
+
+PLUS_DEPTH, PLUS_HEAD_WIDTH = 4, 64  # what diffusers' converter of Plus files assumes (zeroft.fence)
 
 IP_PROCESSORS = (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)
 
 
 def _cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
-    """Names of the cross-attention processors (attn2), in diffusers' numbering order."""
-    return [name for name in unet.attn_processors if not name.endswith("attn1.processor") and "motion_modules" not in name]
+    """Names of the UNet's cross-attention processors (attn2), in diffusers' numbering order (a Plus resampler's own
+    attention, under ``encoder_hid_proj``, is not one of them)."""
+    return [name for name in unet.attn_processors if not name.endswith("attn1.processor") and "motion_modules" not in name
+            and not name.startswith("encoder_hid_proj.")]
 
 
 def _attention_module(unet: UNet2DConditionModel, processor_name: str):
@@ -79,10 +88,14 @@ def load_object_attention(unet: UNet2DConditionModel, state_dict: dict[str, torc
         if group not in nested:
             raise ValueError(f"unexpected adapter weight {key!r} (expected image_proj.* or ip_adapter.*)")
         nested[group][rest] = value
+    plus = "latents" in nested["image_proj"]
     proj = nested["image_proj"].get("proj.weight")
-    if proj is None:
-        raise ValueError("adapter weights lack image_proj.proj.weight: only the plain IP-Adapter projection is supported")
-    cross_dim = nested["image_proj"]["norm.weight"].shape[0]
+    if plus:
+        check_plus_projection(nested["image_proj"])
+    elif proj is None:
+        raise ValueError("adapter weights lack image_proj.proj.weight (plain IP-Adapter) and image_proj.latents "
+                         "(IP-Adapter Plus): not an IP-Adapter file")
+    cross_dim = nested["image_proj"]["norm_out.weight" if plus else "norm.weight"].shape[0]
     if cross_dim != unet.config.cross_attention_dim:
         raise ValueError(
             f"adapter was made for cross_attention_dim {cross_dim}, this UNet has {unet.config.cross_attention_dim}"
@@ -93,7 +106,7 @@ def load_object_attention(unet: UNet2DConditionModel, state_dict: dict[str, torc
     # The steps of diffusers' `unet._load_ip_adapter_weights`, minus its final `unet.to(dtype)`,
     # which quantized UNets refuse: the new modules are moved on their own instead.
     reference = unet.conv_in.weight  # convolutions are never quantized: the compute dtype and device
-    num_tokens = proj.shape[0] // cross_dim
+    num_tokens = nested["image_proj"]["latents"].shape[1] if plus else proj.shape[0] // cross_dim
     unet.encoder_hid_proj = None
     processors = ip_adapter_processors(unet, nested)
     for processor in processors.values():
@@ -101,11 +114,51 @@ def load_object_attention(unet: UNet2DConditionModel, state_dict: dict[str, torc
             processor.to(device=reference.device, dtype=reference.dtype)
             processor.num_tokens = [num_tokens]
     unet.set_attn_processor(processors)
-    # diffusers' converter assumes IP-Adapter's 4 tokens for this layout; build the projection here.
-    layer = ImageProjection(proj.shape[1], cross_dim, num_tokens)
-    layer.load_state_dict({k.replace("proj.", "image_embeds."): v for k, v in nested["image_proj"].items()})
+    if plus:
+        layer = ip_adapter_plus_projection(unet, nested["image_proj"])
+    else:  # diffusers' converter assumes IP-Adapter's 4 tokens for this layout; build the projection here.
+        layer = ImageProjection(proj.shape[1], cross_dim, num_tokens)
+        layer.load_state_dict({k.replace("proj.", "image_embeds."): v for k, v in nested["image_proj"].items()})
     unet.encoder_hid_proj = MultiIPAdapterImageProjection([layer]).to(device=reference.device, dtype=reference.dtype)
     unet.config.encoder_hid_dim_type = "ip_image_proj"
+
+
+def check_plus_projection(image_proj: dict[str, torch.Tensor]) -> None:
+    """Refuse, with a message, a Plus resampler diffusers' converter would misread: depth other than 4, head width
+    other than 64."""
+    depth = len({key.split(".")[1] for key in image_proj if key.startswith("layers.")})
+    hidden = image_proj["latents"].shape[-1]
+    query = image_proj.get("layers.0.0.to_q.weight")
+    inner = query.shape[0] if query is not None else None
+    if depth != PLUS_DEPTH:
+        raise ValueError(f"this IP-Adapter Plus resampler has depth {depth}; diffusers (and so zeroft) read only "
+                         f"depth {PLUS_DEPTH}")
+    if inner is None or inner % PLUS_HEAD_WIDTH or hidden % PLUS_HEAD_WIDTH:
+        raise ValueError(f"this IP-Adapter Plus resampler's attention width {inner} is not a whole number of "
+                         f"{PLUS_HEAD_WIDTH}-wide heads, which diffusers (and so zeroft) assume")
+
+
+def _plus_state_dict(layer: IPAdapterPlusImageProjection) -> dict[str, torch.Tensor]:
+    """diffusers' resampler weights under IP-Adapter Plus's own key names (the inverse of diffusers' conversion)."""
+    state = {}
+    for key, value in layer.state_dict().items():
+        parts = key.split(".")
+        if parts[0] != "layers":
+            state[key] = value
+            continue
+        block, rest = parts[1], ".".join(parts[2:])
+        if rest in ("attn.to_k.weight", "attn.to_v.weight"):
+            continue  # joined as to_kv below
+        renamed = {"ln0.weight": "0.norm1.weight", "ln0.bias": "0.norm1.bias", "ln1.weight": "0.norm2.weight",
+                   "ln1.bias": "0.norm2.bias", "attn.to_q.weight": "0.to_q.weight",
+                   "attn.to_out.0.weight": "0.to_out.weight", "ff.0.weight": "1.0.weight", "ff.0.bias": "1.0.bias",
+                   "ff.1.net.0.proj.weight": "1.1.weight", "ff.1.net.2.weight": "1.3.weight"}
+        if rest not in renamed:
+            raise ValueError(f"unexpected resampler weight {key!r}")
+        state[f"layers.{block}.{renamed[rest]}"] = value
+    for block, module in enumerate(layer.layers):
+        state[f"layers.{block}.0.to_kv.weight"] = torch.cat([module.attn.to_k.weight, module.attn.to_v.weight])
+    return state
 
 
 def install_object_attention(
@@ -128,12 +181,15 @@ def adapter_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     if not has_object_attention(unet):
         raise ValueError("this UNet has no object attention installed")
     layer = unet.encoder_hid_proj.image_projection_layers[0]
-    state = {
-        "image_proj.proj.weight": layer.image_embeds.weight,
-        "image_proj.proj.bias": layer.image_embeds.bias,
-        "image_proj.norm.weight": layer.norm.weight,
-        "image_proj.norm.bias": layer.norm.bias,
-    }
+    if isinstance(layer, IPAdapterPlusImageProjection):
+        state = {f"image_proj.{key}": value for key, value in _plus_state_dict(layer).items()}
+    else:
+        state = {
+            "image_proj.proj.weight": layer.image_embeds.weight,
+            "image_proj.proj.bias": layer.image_embeds.bias,
+            "image_proj.norm.weight": layer.norm.weight,
+            "image_proj.norm.bias": layer.norm.bias,
+        }
     processors = unet.attn_processors
     for index, name in enumerate(_cross_attention_layers(unet)):
         processor = processors[name]

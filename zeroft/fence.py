@@ -28,6 +28,18 @@ def ip_adapter_processors(unet, state_dict: dict) -> dict:
     return unet._convert_ip_adapter_attn_to_diffusers([state_dict], low_cpu_mem_usage=False)
 
 
+def ip_adapter_plus_projection(unet, image_proj: dict):
+    """diffusers' ``IPAdapterPlusImageProjection`` (the Perceiver resampler of IP-Adapter Plus) loaded from the
+    ``image_proj`` part of a Plus file in IP-Adapter's own key layout (``latents``, ``proj_in``, ``layers.{i}.0.to_kv``,
+    ...).
+
+    diffusers 0.42.1: ``UNet2DConditionModel._convert_ip_adapter_image_proj_to_diffusers``, the key conversion
+    ``load_ip_adapter`` uses; its public callers also cast the whole UNet to one dtype (see above). It assumes depth 4
+    and head width 64, which zeroft.adapter checks before calling it.
+    """
+    return unet._convert_ip_adapter_image_proj_to_diffusers(image_proj, low_cpu_mem_usage=False)
+
+
 def sdxl_time_ids(pipe, height: int, width: int, dtype: torch.dtype, projection_dim: int | None) -> torch.Tensor:
     """SDXL's size conditions (1, 6) for an image generated whole at ``height`` x ``width``: original size, crop
     (0, 0), target size, as ``StableDiffusionXLPipeline.__call__`` builds them.
