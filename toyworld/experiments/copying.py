@@ -139,11 +139,12 @@ def run_copying(work: Path, checkpoint: Path, judge_path: Path, out: Path, arms:
         record["points"].setdefault(START, {})["0"] = score_point(pipe, judge, pairs, defaults, "start")
         _save(results, record)
     for name in arms:
-        started = time.perf_counter()
         output = train_arm(work, start, name, steps, score_every, seed, budget)
         training = ZeroFTConfig.load(output / "final").training
-        record.setdefault("training", {})[name] = {"steps": steps, "samples_per_second": training["samples_per_second"],
-                                                   "wall_seconds_this_run": round(time.perf_counter() - started, 1)}
+        # what training took, from the export (a resumed run's own wall time would leave out the earlier sittings)
+        record.setdefault("training", {})[name] = {
+            "steps": steps, "batch": training["batch_size"], "samples_per_second": training["samples_per_second"],
+            "training_seconds": round(steps * training["batch_size"] / training["samples_per_second"], 1)}
         done = record["points"].setdefault(name, {})
         for step, state in list_checkpoints(output):
             if step > steps or str(step) in done:
