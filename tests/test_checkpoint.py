@@ -177,7 +177,7 @@ def test_output_settings_hold_every_default_filled_in(tiny_pipe, photo):
         "object_guidance": defaults.object_guidance, "steps": defaults.steps, "num_images": 2,
         "height": defaults.height, "width": defaults.width, "seed": 3, "seeds": [3, 4],
         "masks": ["automatic:" + tiny_pipe.masker.spec], "quantization": "none", "device": "cpu",
-        "dtype": "float32",
+        "dtype": "float32", "guidance_interval": None,
     }
     again = tiny_pipe(**{k: settings[k] for k in ("prompt", "negative_prompt", "text_guidance", "object_guidance",
                                                   "num_images", "height", "width", "seed")},

@@ -121,8 +121,13 @@ def test_the_real_adapter_widths_name_the_encoder_they_need():
         check_adapter_encoder(vit_h, IP_ADAPTER_SDXL.encoder_config())
     check_adapter_encoder(sdxl, IP_ADAPTER_SDXL.encoder_config())
     check_adapter_encoder(vit_h, IP_ADAPTER_SDXL_VIT_H.encoder_config())
-    with pytest.raises(InputError, match="not a plain IP-Adapter"):
+    with pytest.raises(InputError, match="is not an IP-Adapter weight file"):
         check_adapter_encoder({"ip_adapter.1.to_k_ip.weight": torch.empty(1)}, IP_ADAPTER_SDXL.encoder_config())
+    # IP-Adapter Plus: the resampler's input is the tower's width (ViT-H/14 1280, bigG/14 1664), not the embedding's
+    plus_vit_h = {"image_proj.proj_in.weight": torch.empty(1280, 1280), "image_proj.latents": torch.empty(1, 16, 1280)}
+    check_adapter_encoder(plus_vit_h, IP_ADAPTER_SDXL_VIT_H.encoder_config())
+    with pytest.raises(InputError, match=r"1280-d patch tokens.*ViT-bigG-14 gives 1664-d.*ViT-H-14"):
+        check_adapter_encoder(plus_vit_h, IP_ADAPTER_SDXL.encoder_config())
 
 
 def test_an_sdxl_adapter_with_the_vit_h_encoder_is_refused_before_the_base_is_touched(

@@ -110,6 +110,9 @@ def build_models(config: TrainConfig) -> Models:
         if init_config.backbone != backbone.name:
             raise InputError(f"--init_checkpoint {init} is a {get_backbone(init_config.backbone).label} checkpoint; "
                              f"the base model is {backbone.label}.")
+        if init_config.projection != "linear":
+            raise InputError(f"--init_checkpoint {init} is an IP-Adapter Plus checkpoint (patch tokens through a "
+                             "resampler); the trainer learns the pooled projection only, for now.")
         if init_config.unet_tuned:
             from diffusers import UNet2DConditionModel
 

@@ -49,24 +49,40 @@ def has_object_attention(unet: UNet2DConditionModel) -> bool:
 
 
 def initial_adapter_state_dict(
-    unet: UNet2DConditionModel, image_embed_dim: int, num_tokens: int = 4, seed: int = 0
+    unet: UNet2DConditionModel, image_embed_dim: int, num_tokens: int = 4, seed: int = 0, projection: str = "linear",
+    resampler_width: int = 768,
 ) -> dict[str, torch.Tensor]:
     """Fresh adapter weights: object key/value copied from the text ones, a random projection.
 
     Starting the object key/value from the text key/value (as IP-Adapter does) lets object
     tokens, which the projection places in the text tokens' space, be attended to sensibly
     from the first training step.
+
+    Args:
+        projection: "linear" (IP-Adapter: ``image_embed_dim`` is the pooled embedding's width) or "plus" (IP-Adapter
+            Plus: diffusers' ``IPAdapterPlusImageProjection``, depth 4 and 64-wide heads, at its own initialisation,
+            from tokens ``image_embed_dim`` wide to ``num_tokens`` queries; ``resampler_width`` its inner width, 768
+            as in h94's SD1.5 Plus file).
     """
     cross_dim = unet.config.cross_attention_dim
     generator = torch.Generator().manual_seed(seed)
-    proj = torch.nn.Linear(image_embed_dim, num_tokens * cross_dim)
-    bound = 1.0 / image_embed_dim**0.5  # nn.Linear's default init, drawn from our own generator
-    state = {
-        "image_proj.proj.weight": (torch.rand(proj.weight.shape, generator=generator) * 2 - 1) * bound,
-        "image_proj.proj.bias": (torch.rand(proj.bias.shape, generator=generator) * 2 - 1) * bound,
-        "image_proj.norm.weight": torch.ones(cross_dim),
-        "image_proj.norm.bias": torch.zeros(cross_dim),
-    }
+    if projection == "plus":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            layer = IPAdapterPlusImageProjection(embed_dims=image_embed_dim, output_dims=cross_dim,
+                                                 hidden_dims=resampler_width, depth=PLUS_DEPTH,
+                                                 dim_head=PLUS_HEAD_WIDTH, heads=resampler_width // PLUS_HEAD_WIDTH,
+                                                 num_queries=num_tokens)
+        state = {f"image_proj.{k}": v.detach().clone() for k, v in _plus_state_dict(layer).items()}
+    else:
+        proj = torch.nn.Linear(image_embed_dim, num_tokens * cross_dim)
+        bound = 1.0 / image_embed_dim**0.5  # nn.Linear's default init, drawn from our own generator
+        state = {
+            "image_proj.proj.weight": (torch.rand(proj.weight.shape, generator=generator) * 2 - 1) * bound,
+            "image_proj.proj.bias": (torch.rand(proj.bias.shape, generator=generator) * 2 - 1) * bound,
+            "image_proj.norm.weight": torch.ones(cross_dim),
+            "image_proj.norm.bias": torch.zeros(cross_dim),
+        }
     for index, name in enumerate(_cross_attention_layers(unet)):
         attention = _attention_module(unet, name)
         key = 2 * index + 1
@@ -161,8 +177,16 @@ def _plus_state_dict(layer: IPAdapterPlusImageProjection) -> dict[str, torch.Ten
     return state
 
 
+def uses_patch_tokens(unet: UNet2DConditionModel) -> bool:
+    """True when ``unet``'s object projection is a Plus resampler, which takes the encoder's patch tokens."""
+    hid = getattr(unet, "encoder_hid_proj", None)
+    layers = getattr(hid, "image_projection_layers", None) or []
+    return any(isinstance(layer, IPAdapterPlusImageProjection) for layer in layers)
+
+
 def install_object_attention(
-    unet: UNet2DConditionModel, image_embed_dim: int, num_tokens: int = 4, seed: int = 0
+    unet: UNet2DConditionModel, image_embed_dim: int, num_tokens: int = 4, seed: int = 0, projection: str = "linear",
+    resampler_width: int = 768,
 ) -> None:
     """Add fresh, trainable object attention to ``unet`` (see :func:`initial_adapter_state_dict`).
 
@@ -173,7 +197,8 @@ def install_object_attention(
         >>> sorted(adapter_state_dict(unet))[:2]
         ['image_proj.norm.bias', 'image_proj.norm.weight']
     """
-    load_object_attention(unet, initial_adapter_state_dict(unet, image_embed_dim, num_tokens, seed))
+    load_object_attention(unet, initial_adapter_state_dict(unet, image_embed_dim, num_tokens, seed, projection,
+                                                           resampler_width))
 
 
 def adapter_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:

@@ -135,9 +135,16 @@ def assemble_pipeline(
 
     if encoder is None:
         encoder = ObjectEncoder.from_source(encoder_source, config.encoder).to(dtype=dtype)
-    if encoder.embed_dim != config.image_embed_dim:
-        raise ValueError(f"encoder gives {encoder.embed_dim}-d embeddings, the checkpoint expects {config.image_embed_dim}")
-    load_object_attention(base.unet, load_file(str(folder / ADAPTER_NAME)))
+    width = encoder.token_width if config.projection == "plus" else encoder.embed_dim
+    if width != config.image_embed_dim:
+        what = "tokens" if config.projection == "plus" else "embeddings"
+        raise ValueError(f"encoder gives {width}-d {what}, the checkpoint expects {config.image_embed_dim}")
+    adapter = load_file(str(folder / ADAPTER_NAME))
+    if ("image_proj.latents" in adapter) != (config.projection == "plus"):
+        kind = "an IP-Adapter Plus (resampler)" if "image_proj.latents" in adapter else "a plain IP-Adapter"
+        raise ValueError(f"{folder / ADAPTER_NAME} is {kind} file, but the checkpoint says its projection is "
+                         f"{config.projection!r}")
+    load_object_attention(base.unet, adapter)
     quantize_object_attention_(base.unet, quantization)
 
     components = {k: v for k, v in base.components.items() if k != "image_encoder"}

@@ -13,7 +13,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
-from .adapter import adapter_state_dict
+from .adapter import adapter_state_dict, uses_patch_tokens
 from .backbones import Backbone, get_backbone
 from .config import ADAPTER_NAME, ZeroFTConfig
 from .errors import HubUnavailableError
@@ -96,7 +96,9 @@ def save_checkpoint(
         raise ValueError("a quantized pipeline cannot be saved as a checkpoint; load it without quantization")
     unet_tuned = config.unet_tuned if unet_tuned is None else unet_tuned
     backbone = get_backbone(getattr(pipe, "backbone", "sd"))
-    config = config.replace(unet_tuned=unet_tuned, image_embed_dim=pipe.object_encoder.embed_dim,
+    plus = uses_patch_tokens(pipe.unet)
+    config = config.replace(unet_tuned=unet_tuned, projection="plus" if plus else "linear",
+                            image_embed_dim=pipe.object_encoder.token_width if plus else pipe.object_encoder.embed_dim,
                             cross_attention_dim=pipe.unet.config.cross_attention_dim, backbone=backbone.name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

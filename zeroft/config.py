@@ -25,7 +25,8 @@ from .masking import DEFAULT_MASKER
 
 CONFIG_NAME = "zeroft_config.json"
 ADAPTER_NAME = "adapter.safetensors"
-FORMAT_VERSION = 2  # 2 added `backbone`; version-1 files are Stable Diffusion 1.x checkpoints and load unchanged
+FORMAT_VERSION = 3  # 2 added `backbone`, 3 `projection`; older files load unchanged (SD 1.x, the pooled projection)
+PROJECTIONS = ("linear", "plus")  # the object projection: see ZeroFTConfig.projection
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class ZeroFTConfig:
     image_embed_dim: int = 1024  # width of the encoder output; checked against the encoder on load
     cross_attention_dim: int = 768  # the UNet's text-token width; object tokens share it
     num_tokens: int = 4  # object tokens per photo; plain diffusers `load_ip_adapter` assumes 4
+    # "linear": the encoder's pooled embedding (image_embed_dim wide) → num_tokens tokens (IP-Adapter);
+    # "plus": its patch tokens (image_embed_dim = the tower's width) → a Perceiver resampler (IP-Adapter Plus)
+    projection: str = "linear"
     unet_tuned: bool = False  # True when unet/ holds a whole-network fine-tune
     masker: str = DEFAULT_MASKER  # automatic mask (see zeroft.masking); "border" needs no download
     base_revision: str | None = None  # pinned Hub revision of base_model, for reproducibility
@@ -74,6 +78,8 @@ class ZeroFTConfig:
 
     def __post_init__(self):
         get_backbone(self.backbone)  # an unknown family is refused when the config is made or read
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"Unknown object projection {self.projection!r}: one of {', '.join(PROJECTIONS)}")
 
     def to_json(self) -> str:
         data = asdict(self)

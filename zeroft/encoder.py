@@ -345,15 +345,22 @@ class ObjectEncoder(nn.Module):
         With several ``config.views`` (V > 1) each view's tokens follow the last's along the token axis.
         Uses open_clip's public ``VisionTransformer.forward_intermediates``.
         """
+        depth = len(self.visual.transformer.resblocks)
+        if depth < 2:
+            raise ValueError("patch tokens come from the block before the last: this tower has only one block")
         pixels = pixel_values.to(device=self.device, dtype=self.dtype)
         batch = pixels.shape[0]
         views = pixels if self.config.views == "none" else view_batch(pixels, self.config.views)  # (V·B, 3, S, S)
-        depth = len(self.visual.transformer.resblocks)
         out = self.visual.forward_intermediates(views, indices=[depth - 2], stop_early=True, intermediates_only=True,
                                                 output_fmt="NLC", output_extra_tokens=True)
         tokens = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)  # (V·B, T, W)
         count = tokens.shape[0] // batch
         return tokens.view(count, batch, *tokens.shape[1:]).transpose(0, 1).reshape(batch, -1, tokens.shape[-1])
+
+    def null_tokens(self) -> torch.Tensor:
+        """(1, V·(1 + P), W): the tokens of an all-zero *normalised* image, IP-Adapter Plus's null object ϕ (what
+        Plus was trained to drop to, and what diffusers feeds its unconditional branch)."""
+        return self.tokens(torch.zeros(1, 3, self.image_size, self.image_size))
 
     def save(self, folder: str | Path) -> None:
         """Copy the local weights folder (open_clip layout) into ``folder``."""

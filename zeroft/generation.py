@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .adapter import set_object_scale
+from .adapter import set_object_scale, uses_patch_tokens
 from .cache import LRUCache, image_digest, mask_digest
 from .assemble import assemble_pipeline
 from .checkpoint import save_checkpoint
@@ -150,12 +150,14 @@ class ZeroFTMixin:
         for photo, mask in zip(photos, masks):
             loaded = load_image(photo, "reference photo")
             used = choose_mask(loaded, mask, self.masker, self.mask_cache)
-            key = (image_digest(loaded.rgb), mask_digest(used.mask), self.object_encoder.identity)
+            key = (image_digest(loaded.rgb), mask_digest(used.mask), self.object_encoder.identity, self.uses_patch_tokens)
 
             def encode(rgb=loaded.rgb, mask=used.mask):
                 self.encoder_calls += 1
                 pixels = self.object_encoder.preprocess(rgb, mask)[None]
-                return self.object_encoder(pixels).float().cpu()
+                if self.uses_patch_tokens:
+                    return self.object_encoder.tokens(pixels).float().cpu()  # (1, T, W)
+                return self.object_encoder(pixels).float().cpu()  # (1, D)
 
             embeddings.append(self.embedding_cache.get_or_create(key, encode))
             chosen.append(used)
@@ -184,6 +186,24 @@ class ZeroFTMixin:
         return {}
 
     # ------------------------------------------------------------------ limits of one request
+
+    @property
+    def uses_patch_tokens(self) -> bool:
+        """True for an IP-Adapter Plus model: o is the encoder's patch tokens (1, T, W), not its pooled (1, D)."""
+        if self.zeroft_config is not None:
+            return self.zeroft_config.projection == "plus"
+        return uses_patch_tokens(self.unet)
+
+    def null_object(self) -> torch.Tensor:
+        """ϕ on the CPU, float32: zeros (1, D) for the pooled projection, the tokens of an all-zero normalised image
+        (1, T, W) for Plus (zeroft.encoder.ObjectEncoder.null_tokens), computed once."""
+        if not self.uses_patch_tokens:
+            return torch.zeros(1, self.image_embed_dim)
+        if getattr(self, "_null_tokens", None) is None:
+            if self.object_encoder is None:
+                raise ValueError("an IP-Adapter Plus pipeline needs its object encoder for the null object")
+            self._null_tokens = self.object_encoder.null_tokens().float().cpu()
+        return self._null_tokens
 
     @property
     def image_embed_dim(self) -> int:
@@ -229,7 +249,7 @@ class ZeroFTMixin:
         side = native // self.vae_scale_factor
         latents = torch.zeros(1, self.unet.config.in_channels, side, side, device=device, dtype=self.unet.dtype)  # (1, C, h, w)
         positive, _ = self.encode_prompt_cached("", "")
-        null = torch.zeros(1, self.image_embed_dim, device=device)  # (1, D)
+        null = self.null_object().to(device)  # (1, D) or (1, T, W)
         text, added_cond_kwargs = batch_branches(["text"], positive, positive, null, null,
                                                  self._size_conditions(native, native, 1))
         timestep = torch.tensor(500, device=device)
@@ -339,13 +359,18 @@ class ZeroFTMixin:
         chosen: list[ChosenMask] = []
         if object_image is not None:
             image_embeds, chosen = self.encode_object(object_image, object_mask)
+        null = self.null_object()  # ϕ: (1, D), or (1, T, W) for Plus
         if image_embeds is None:
-            image_embeds = torch.zeros(1, self.image_embed_dim)
-        image_embeds = image_embeds.to(device).reshape(-1, image_embeds.shape[-1])  # (1 or P, D)
+            image_embeds = null
+        item = null.shape[1:]  # one object's shape
+        if image_embeds.shape[-len(item):] != item:
+            raise InputError(f"image_embeds of shape {tuple(image_embeds.shape)} do not fit this model, which takes "
+                             f"{'x'.join(map(str, item))} per object.")
+        image_embeds = image_embeds.to(device).reshape(-1, *item)  # (1 or P, D) or (1 or P, T, W)
         if image_embeds.shape[0] not in (1, len(prompts)):
             raise InputError(f"Got {image_embeds.shape[0]} object embeddings for {len(prompts)} prompts.")
-        object_embeds = image_embeds.expand(len(prompts), -1).repeat_interleave(num_images, 0)  # (N, D)
-        null_embeds = torch.zeros_like(object_embeds)
+        object_embeds = image_embeds.expand(len(prompts), *item).repeat_interleave(num_images, 0)  # (N, ...)
+        null_embeds = null.to(device=device, dtype=object_embeds.dtype).expand_as(object_embeds)
 
         # 3. Encode the prompts and the negative prompt (cached), and the size conditions
         encoded = [self.encode_prompt_cached(p, negative_prompt) for p in prompts]

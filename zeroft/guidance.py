@@ -82,11 +82,11 @@ def batch_branches(
         positive, negative: the prompt's and the negative prompt's conditions, each a dict of
             (N, ...) tensors: ``encoder_hidden_states`` (N, T, C), and for SDXL ``text_embeds``
             (N, P), the pooled text embedding, which goes with its branch's text.
-        object_embeds, null_embeds: o and ϕ, (N, D).
+        object_embeds, null_embeds: o and ϕ, (N, D), or (N, T, W) patch tokens for IP-Adapter Plus.
         size_conditions: conditions every branch shares, (N, ...) each (SDXL's ``time_ids``).
 
     Returns:
-        (encoder_hidden_states (k·N, T, C), added_cond_kwargs with ``image_embeds`` [(k·N, 1, D)]).
+        (encoder_hidden_states (k·N, T, C), added_cond_kwargs with ``image_embeds`` [(k·N, 1, ...)]).
     """
     conditions = {"uncond": (negative, null_embeds), "text": (positive, null_embeds), "object": (positive, object_embeds)}
     text = {key: torch.cat([conditions[b][0][key] for b in branches]) for key in positive}  # (k·N, ...) each
@@ -94,8 +94,8 @@ def batch_branches(
     added = dict(text)
     for key, value in (size_conditions or {}).items():
         added[key] = torch.cat([value] * len(branches))
-    objects = torch.cat([conditions[b][1] for b in branches])  # (k·N, D)
-    added["image_embeds"] = [objects[:, None, :].to(hidden.dtype)]  # (k·N, 1, D)
+    objects = torch.cat([conditions[b][1] for b in branches])  # (k·N, D) or (k·N, T, W)
+    added["image_embeds"] = [objects.unsqueeze(1).to(hidden.dtype)]  # (k·N, 1, ...): one image per prompt
     return hidden, added
 
 

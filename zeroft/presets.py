@@ -143,35 +143,54 @@ IP_ADAPTER_PRESETS = {"ip-adapter-sd15": IP_ADAPTER_SD15, "ip-adapter-sdxl-vit-h
 PRESET_NAMES = ("zeroft-toy", *IP_ADAPTER_PRESETS)
 
 
-def adapter_embed_dim(adapter: Mapping[str, torch.Tensor] | str | Path) -> int:
-    """The image-embedding width an IP-Adapter state dict or safetensors file was trained on.
+PLUS_INPUT = "image_proj.proj_in.weight"  # (resampler width, token width): what marks an IP-Adapter Plus file
 
-    ``image_proj.proj.weight`` is (num_tokens · cross_attention_dim, image_embed_dim); a file is
-    read for that one shape only, not its tensors.
-    """
+
+def _adapter_shapes(adapter: Mapping[str, torch.Tensor] | str | Path) -> dict[str, tuple[int, ...]]:
+    """The shapes of the projection's input weights, from a state dict or a file (one header read, no tensors)."""
+    names = ("image_proj.proj.weight", PLUS_INPUT)
     if isinstance(adapter, Mapping):
-        shape = tuple(adapter["image_proj.proj.weight"].shape) if "image_proj.proj.weight" in adapter else None
-    else:
-        from safetensors import safe_open
+        return {name: tuple(adapter[name].shape) for name in names if name in adapter}
+    from safetensors import safe_open
 
-        with safe_open(str(adapter), framework="pt") as f:
-            shape = tuple(f.get_slice("image_proj.proj.weight").get_shape()) if "image_proj.proj.weight" in f.keys() else None
+    with safe_open(str(adapter), framework="pt") as f:
+        return {name: tuple(f.get_slice(name).get_shape()) for name in names if name in f.keys()}
+
+
+def adapter_is_plus(adapter: Mapping[str, torch.Tensor] | str | Path) -> bool:
+    """True for an IP-Adapter Plus file (a resampler from the encoder's patch tokens)."""
+    return PLUS_INPUT in _adapter_shapes(adapter)
+
+
+def adapter_embed_dim(adapter: Mapping[str, torch.Tensor] | str | Path) -> int:
+    """The width of the encoder output an IP-Adapter state dict or safetensors file was trained on: the pooled
+    embedding's (``image_proj.proj.weight`` is (num_tokens · cross_attention_dim, D)), or for a Plus file the patch
+    tokens' (``image_proj.proj_in.weight`` is (resampler width, W)). Reads shapes only."""
+    shapes = _adapter_shapes(adapter)
+    shape = shapes.get(PLUS_INPUT, shapes.get("image_proj.proj.weight"))
     if shape is None or len(shape) != 2:
-        raise InputError(f"{_label(adapter)} is not a plain IP-Adapter weight file: it has no image_proj.proj.weight.")
+        raise InputError(f"{_label(adapter)} is not an IP-Adapter weight file: it has neither image_proj.proj.weight "
+                         f"(IP-Adapter) nor {PLUS_INPUT} (IP-Adapter Plus).")
     return int(shape[1])
 
 
-def encoder_embed_dim(encoder: EncoderConfig, root: str | Path | None = None) -> int | None:
-    """The embedding width ``encoder`` gives, from configs alone; None where that needs a download."""
+def encoder_embed_dim(encoder: EncoderConfig, root: str | Path | None = None, tokens: bool = False) -> int | None:
+    """The embedding width ``encoder`` gives (``tokens``: its patch tokens' width, the tower's), from configs alone;
+    None where that needs a download."""
     if encoder.path is not None:
         config_file = (Path(encoder.path) if root is None else Path(root) / encoder.path) / "open_clip_config.json"
-        return json.loads(config_file.read_text())["model_cfg"]["embed_dim"] if config_file.is_file() else None
-    if encoder.model_name.startswith("hf-hub:"):
+        if not config_file.is_file():
+            return None
+        model_cfg = json.loads(config_file.read_text())["model_cfg"]
+    elif encoder.model_name.startswith("hf-hub:"):
         return None
-    import open_clip
+    else:
+        import open_clip
 
-    model_cfg = open_clip.get_model_config(encoder.model_name)
-    return None if model_cfg is None else int(model_cfg["embed_dim"])
+        model_cfg = open_clip.get_model_config(encoder.model_name)
+        if model_cfg is None:
+            return None
+    return int(model_cfg["vision_cfg"]["width"] if tokens else model_cfg["embed_dim"])
 
 
 def _label(adapter) -> str:
@@ -192,18 +211,20 @@ def check_adapter_encoder(adapter: Mapping[str, torch.Tensor] | str | Path, enco
         InputError: the widths differ (e.g. ``ip-adapter_sdxl.safetensors``, 1280-d, with ViT-H/14,
             1024-d); the message names the encoders of the presets that fit.
     """
-    need, have = adapter_embed_dim(adapter), encoder_embed_dim(encoder, root)
+    plus = adapter_is_plus(adapter)
+    need, have = adapter_embed_dim(adapter), encoder_embed_dim(encoder, root, tokens=plus)
     if have is None or have == need:
         return
+    what = "patch tokens" if plus else "image embeddings"
     fits: dict[tuple[str, str, str], list[str]] = {}  # encoder → the presets that use it
     for name, p in IP_ADAPTER_PRESETS.items():
-        if encoder_embed_dim(p.encoder_config()) == need:
+        if encoder_embed_dim(p.encoder_config(), tokens=plus) == need:
             fits.setdefault((p.encoder_title, p.encoder_model, p.encoder_pretrained), []).append(name)
     hint = "; or ".join(f"{title} (open_clip {model}, weights {pretrained.removeprefix('hf-hub:')}, as in "
                         f"{' and '.join(names)})" for (title, model, pretrained), names in fits.items())
     raise InputError(
-        f"{_label(adapter)} was made for {need}-d image embeddings, but the encoder {encoder.model_name} gives "
-        f"{have}-d. " + (f"It needs {hint}." if hint else f"Use an image encoder with {need}-d embeddings.")
+        f"{_label(adapter)} was made for {need}-d {what}, but the encoder {encoder.model_name} gives "
+        f"{have}-d. " + (f"It needs {hint}." if hint else f"Use an image encoder with {need}-d {what}.")
     )
 
 

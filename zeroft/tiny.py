@@ -100,12 +100,19 @@ def tiny_scheduler() -> DDIMScheduler:
     )
 
 
-def tiny_open_clip(seed: int = 0):
-    """A whole (image + text) open_clip model at toy size, random weights."""
+def tiny_open_clip(seed: int = 0, layers: int | None = None):
+    """A whole (image + text) open_clip model at toy size, random weights; ``layers``: image-tower blocks (1 unless
+    given; patch tokens, IP-Adapter Plus's input, need 2)."""
     from open_clip.model import CLIP
 
     torch.manual_seed(seed)
-    return CLIP(**TINY_OPEN_CLIP).eval()
+    return CLIP(**tiny_open_clip_config(layers)).eval()
+
+
+def tiny_open_clip_config(layers: int | None = None) -> dict:
+    if layers is None:
+        return TINY_OPEN_CLIP
+    return {**TINY_OPEN_CLIP, "vision_cfg": {**TINY_OPEN_CLIP["vision_cfg"], "layers": layers}}
 
 
 def tiny_encoder(seed: int = 0, config: EncoderConfig | None = None) -> ObjectEncoder:
@@ -142,11 +149,13 @@ def tiny_sdxl_base_pipeline(seed: int = 0):
 
 
 def make_tiny_checkpoint(folder: str | Path, seed: int = 0, masker: str = "border", num_tokens: int = 4,
-                         backbone: str = "sd") -> Path:
+                         backbone: str = "sd", projection: str = "linear") -> Path:
     """Write a complete, self-contained zeroft checkpoint with random tiny weights.
 
     Args:
         backbone: "sd" (a tiny Stable Diffusion 1.x) or "sdxl" (a tiny SDXL: :func:`tiny_sdxl_base_pipeline`).
+        projection: "linear" (IP-Adapter) or "plus" (IP-Adapter Plus: a 2-block encoder's patch tokens through a
+            64-wide resampler to ``num_tokens`` queries).
 
     Example:
         >>> import tempfile
@@ -161,12 +170,15 @@ def make_tiny_checkpoint(folder: str | Path, seed: int = 0, masker: str = "borde
 
     folder = Path(folder)
     base = tiny_sdxl_base_pipeline(seed) if backbone == "sdxl" else tiny_base_pipeline(seed)
-    save_open_clip_folder(tiny_open_clip(seed), TINY_OPEN_CLIP, folder / "encoder", CLIP_MEAN, CLIP_STD)
+    plus = projection == "plus"
+    model_cfg = tiny_open_clip_config(2 if plus else None)
+    save_open_clip_folder(tiny_open_clip(seed, 2 if plus else None), model_cfg, folder / "encoder", CLIP_MEAN, CLIP_STD)
     config = ZeroFTConfig(
         base_model="base",
         backbone=backbone,
         encoder=EncoderConfig(model_name="tiny", pretrained=None, path="encoder"),
-        image_embed_dim=TINY_OPEN_CLIP["embed_dim"],
+        projection=projection,
+        image_embed_dim=model_cfg["vision_cfg"]["width"] if plus else model_cfg["embed_dim"],
         cross_attention_dim=base.unet.config.cross_attention_dim,
         num_tokens=num_tokens,
         masker=masker,
@@ -174,7 +186,8 @@ def make_tiny_checkpoint(folder: str | Path, seed: int = 0, masker: str = "borde
         licenses={"all": "Apache-2.0 (random weights made by zeroft.tiny)"},
     )
     encoder = ObjectEncoder.from_config(config.encoder, folder)
-    install_object_attention(base.unet, config.image_embed_dim, num_tokens, seed=seed)
+    install_object_attention(base.unet, config.image_embed_dim, num_tokens, seed=seed, projection=projection,
+                             resampler_width=64)
     pipe = PIPELINE_CLASSES[backbone](**base.components, object_encoder=encoder, zeroft_config=config)
     pipe.save_pretrained(folder)
     return folder

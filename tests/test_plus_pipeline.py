@@ -1,0 +1,117 @@
+"""IP-Adapter Plus in the pipelines (issue 34): the masked photo's patch tokens through the resampler, ϕ the tokens of
+an all-zero normalised image, zeroft at equal weights reproducing stock diffusers with the same Plus file (SD1.5
+and SDXL), the checkpoint recording its projection."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from zeroft import InputError, ZeroFTConfig, load_pipeline
+from zeroft.adapter import uses_patch_tokens
+from zeroft.backbones import get_backbone
+from zeroft.tiny import make_tiny_checkpoint
+
+from conftest import square_photo
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module", params=["sd", "sdxl"])
+def plus(request, tmp_path_factory):
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp(f"plus-{request.param}"), backbone=request.param,
+                                  projection="plus", num_tokens=16)
+    pipe = load_pipeline(folder, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    return request.param, folder, pipe
+
+
+def _stock(folder):
+    backbone = get_backbone(ZeroFTConfig.load(folder).backbone)
+    pipe = backbone.base_class().from_pretrained(folder / "base", **backbone.base_arguments())
+    pipe.load_ip_adapter(str(folder), subfolder="", weight_name="adapter.safetensors", image_encoder_folder=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _latents(pipe, seed=0):
+    side = 64 // pipe.vae_scale_factor
+    return torch.randn((1, pipe.unet.config.in_channels, side, side), generator=torch.Generator().manual_seed(seed))
+
+
+def test_a_plus_checkpoint_records_its_projection_and_encodes_patch_tokens(plus):
+    _, folder, pipe = plus
+    config = json.loads((folder / "zeroft_config.json").read_text())
+    assert config["projection"] == "plus" and config["image_embed_dim"] == pipe.object_encoder.token_width
+    assert pipe.uses_patch_tokens and uses_patch_tokens(pipe.unet)
+    tokens = pipe.encode_object(square_photo())[0]
+    assert tokens.shape == (1, 1 + 16, pipe.object_encoder.token_width)  # class token + 4x4 patches of 8 px
+    null = pipe.null_object()
+    assert null.shape == tokens.shape and null.abs().sum() > 0  # ϕ: an all-zero *normalised* image, not zeros
+    assert torch.allclose(null, pipe.object_encoder.tokens(torch.zeros(1, 3, 32, 32)))
+
+
+def test_equal_weights_reproduce_stock_diffusers_with_the_plus_file(plus):
+    _, folder, pipe = plus
+    embeds = pipe.encode_object(square_photo())[0]
+    latents = _latents(pipe)
+    ours = pipe("a red square", image_embeds=embeds, text_guidance=4.0, object_guidance=4.0,
+                num_inference_steps=STEPS, latents=latents.clone(), output_type="np").images
+    stock = _stock(folder)
+    theirs = stock("a red square", ip_adapter_image_embeds=[torch.cat([pipe.null_object(), embeds])[:, None]],
+                   guidance_scale=4.0, num_inference_steps=STEPS, latents=latents.clone(), output_type="np",
+                   height=64, width=64).images
+    assert np.abs(ours - theirs).max() < 1e-4
+    # object weight 0: every branch gets ϕ, which is stock diffusers given ϕ as the object too
+    text_only = pipe("a red square", image_embeds=embeds, text_guidance=4.0, object_guidance=0.0,
+                     num_inference_steps=STEPS, latents=latents.clone(), output_type="np").images
+    null = pipe.null_object()
+    theirs = stock("a red square", ip_adapter_image_embeds=[torch.cat([null, null])[:, None]], guidance_scale=4.0,
+                   num_inference_steps=STEPS, latents=latents.clone(), output_type="np", height=64, width=64).images
+    assert np.abs(text_only - theirs).max() < 1e-4
+
+
+def test_three_branches_batches_and_a_saved_plus_checkpoint_reloads(plus, tmp_path):
+    name, folder, pipe = plus
+    out = pipe(["a red square", "a blue square"], object_image=square_photo(), num_images=2, text_guidance=5.0,
+               object_guidance=2.0, num_inference_steps=2, seed=0, output_type="np")
+    assert out.images.shape[0] == 4 and out.image_embeds.shape[1:] == pipe.null_object().shape[1:]
+    pipe.save_pretrained(tmp_path / "again")
+    again = load_pipeline(tmp_path / "again", device="cpu")
+    again.set_progress_bar_config(disable=True)
+    same = again(["a red square", "a blue square"], object_image=square_photo(), num_images=2, text_guidance=5.0,
+                 object_guidance=2.0, num_inference_steps=2, seed=0, output_type="np")
+    assert np.abs(same.images - out.images).max() < 1e-5
+    with pytest.raises(InputError, match="do not fit this model"):
+        pipe("x", image_embeds=torch.zeros(1, 16), num_inference_steps=1)  # a pooled embedding given to Plus
+
+
+def test_a_config_that_misnames_its_projection_is_refused(tmp_path):
+    folder = make_tiny_checkpoint(tmp_path / "plus", projection="plus", num_tokens=16)
+    config = json.loads((folder / "zeroft_config.json").read_text())
+    (folder / "zeroft_config.json").write_text(json.dumps({**config, "projection": "linear", "image_embed_dim": 16}))
+    with pytest.raises(ValueError, match="is an IP-Adapter Plus \\(resampler\\) file, but the checkpoint says"):
+        load_pipeline(folder, device="cpu")
+    with pytest.raises(ValueError, match="Unknown object projection"):
+        ZeroFTConfig.from_dict({**config, "projection": "perceiver"})
+
+
+def test_older_files_read_as_the_pooled_projection(tiny_checkpoint):
+    data = json.loads((tiny_checkpoint / "zeroft_config.json").read_text())
+    data.pop("projection", None)
+    data["format_version"] = 2
+    assert ZeroFTConfig.from_dict(data).projection == "linear"
+
+
+def test_the_trainer_refuses_a_plus_checkpoint_to_start_from(tmp_path):
+    """Plus training is not there yet: said plainly, before anything trains."""
+    from train.config import Regularization, TrainConfig
+    from train.train import build_models
+    from zeroft import InputError as ZeroftInputError
+
+    folder = make_tiny_checkpoint(tmp_path / "plus", projection="plus", num_tokens=16)
+    config = TrainConfig(base_model=str(folder / "base"), init_checkpoint=str(folder), output_dir=str(tmp_path / "out"),
+                         encoder=str(folder / "encoder"), domain_data=str(tmp_path / "data"),
+                         regularization=Regularization(mix_ratio=1.0))
+    with pytest.raises(ZeroftInputError, match="IP-Adapter Plus checkpoint"):
+        build_models(config)
