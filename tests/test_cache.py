@@ -71,3 +71,27 @@ def test_pipelines_are_cached_per_settings(tiny_checkpoint):
     assert quantized is not first
     assert pipeline_cache.stats.misses == 2 and pipeline_cache.stats.hits == 1
     pipeline_cache.clear()
+
+
+def test_a_byte_bound_evicts_by_the_size_of_the_tensors_held():
+    """Patch tokens are 257 x 1280 floats per photo: the embedding cache is bounded in bytes as well as entries."""
+    import torch
+
+    from zeroft.cache import LRUCache
+
+    cache = LRUCache(maxsize=10, max_bytes=3 * 4000)
+    for key in "abcd":
+        cache.put(key, torch.zeros(1000))  # 4,000 bytes each
+    assert list(cache._items) == ["b", "c", "d"] and cache.bytes == 12000
+    cache.put("b", torch.zeros(10))  # replacing a value counts its new size only
+    assert cache.bytes == 8040
+    cache.put("huge", torch.zeros(10000))  # larger than the bound alone: kept, the rest go
+    assert list(cache._items) == ["huge"] and cache.bytes == 40000
+    cache.clear()
+    assert cache.bytes == 0 and len(cache) == 0
+
+
+def test_the_embedding_cache_of_a_pipeline_is_bounded_in_bytes(tiny_pipe):
+    from zeroft.generation import EMBEDDING_CACHE_BYTES
+
+    assert tiny_pipe.embedding_cache.max_bytes == EMBEDDING_CACHE_BYTES

@@ -41,10 +41,14 @@ class LRUCache:
         (1, 1)
     """
 
-    def __init__(self, maxsize: int):
+    def __init__(self, maxsize: int, max_bytes: int | None = None):
+        """``maxsize`` entries at most; with ``max_bytes``, also at most that many bytes of tensor values (the
+        most recent entry is kept even when it alone is larger)."""
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.RLock()
         self.hits = 0
@@ -61,10 +65,14 @@ class LRUCache:
 
     def put(self, key: Hashable, value: Any) -> None:
         with self._lock:
+            if key in self._items:
+                self.bytes -= value_bytes(self._items[key])
             self._items[key] = value
+            self.bytes += value_bytes(value)
             self._items.move_to_end(key)
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
+            while len(self._items) > self.maxsize or (
+                    self.max_bytes is not None and self.bytes > self.max_bytes and len(self._items) > 1):
+                self.bytes -= value_bytes(self._items.popitem(last=False)[1])
 
     def get_or_create(self, key: Hashable, create: Callable[[], Any]) -> Any:
         """Return the cached value, or ``create()`` it, store it and return it.
@@ -81,7 +89,7 @@ class LRUCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
-            self.hits = self.misses = 0
+            self.hits = self.misses = self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -92,6 +100,19 @@ class LRUCache:
     @property
     def stats(self) -> CacheStats:
         return CacheStats(self.hits, self.misses, len(self._items), self.maxsize)
+
+
+def value_bytes(value: Any) -> int:
+    """Bytes held by a cached value's tensors and arrays (in tuples, lists and dicts too); 0 for anything else."""
+    if hasattr(value, "element_size") and hasattr(value, "numel"):
+        return int(value.element_size() * value.numel())
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, (tuple, list)):
+        return sum(map(value_bytes, value))
+    if isinstance(value, dict):
+        return sum(map(value_bytes, value.values()))
+    return 0
 
 
 def image_digest(image: Image.Image) -> str:

@@ -63,6 +63,9 @@ class GenerationSettings:
         return asdict(self)
 
 
+EMBEDDING_CACHE_BYTES = 64 * 2**20  # object embeddings kept per pipeline: ~50 photos' ViT-H/14 patch tokens
+
+
 class EncodedObject(NamedTuple):
     """What :meth:`ZeroFTMixin.encode_object` returns; unpacks as ``(image_embeds, masks)``."""
 
@@ -96,7 +99,8 @@ class ZeroFTMixin:
         self.quantization = quantization
         self.masker = masker or Masker(zeroft_config.masker if zeroft_config else "border")
         self.mask_cache = mask_cache  # (photo digest, masker spec) -> automatic mask: one per process, the app's too
-        self.embedding_cache = LRUCache(cache_size)  # (photo, mask, encoder) digests -> (1, D) embedding
+        # (photo, mask, encoder) digests -> (1, D) embedding, or (1, T, W) patch tokens (1.3 MB each for ViT-H/14)
+        self.embedding_cache = LRUCache(cache_size, max_bytes=EMBEDDING_CACHE_BYTES)
         self.prompt_cache = LRUCache(cache_size)  # (prompt, negative prompt) -> text conditions
         self.encoder_calls = 0
         self.step_times = StepTimes()  # what a step costs here, learned from the runs (zeroft.timing)
