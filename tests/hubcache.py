@@ -11,8 +11,9 @@ open_clip resolution code runs exactly as for the real weights. Three repositori
   schedulers the real repos name (PNDM, Euler) and a VAE that downsamples 8 times like theirs;
   SDXL also with files of the real repo zeroft must never fetch (``vae_1_0/``, fp16 copies, the
   single-file ``sd_xl_base_1.0.safetensors``);
-- ``h94/IP-Adapter``: ``models/ip-adapter_sd15.safetensors``, ``models/image_encoder/``,
-  ``sdxl_models/ip-adapter_sdxl.safetensors``, ``sdxl_models/ip-adapter_sdxl_vit-h.safetensors``,
+- ``h94/IP-Adapter``: ``models/ip-adapter_sd15.safetensors``, ``models/ip-adapter-plus_sd15.safetensors``,
+  ``models/image_encoder/``, ``sdxl_models/ip-adapter_sdxl.safetensors``,
+  ``sdxl_models/ip-adapter_sdxl_vit-h.safetensors``, ``sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors``,
   ``sdxl_models/image_encoder/``, the encoders as transformers ``CLIPVisionModelWithProjection``.
 
 open_clip's names ``ViT-H-14`` and ``ViT-bigG-14`` are pointed to tiny configs of the same shape
@@ -182,12 +183,15 @@ def _write_sdxl(folder: Path, seed: int):
     return pipe.unet
 
 
-def _adapter_file(path: Path, unet, image_embed_dim: int, seed: int) -> None:
+def _adapter_file(path: Path, unet, image_embed_dim: int, seed: int, plus: bool = False) -> None:
+    """A plain IP-Adapter file (4 tokens from the pooled embedding), or a Plus one (16 queries of a 64-wide
+    resampler from patch tokens ``image_embed_dim`` wide; h94's are 768 or 1280 wide from ViT-H/14's 1280)."""
     from zeroft.adapter import initial_adapter_state_dict
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(initial_adapter_state_dict(unet, image_embed_dim, num_tokens=4, seed=seed), str(path),
-              metadata={"format": "pt"})
+    state = initial_adapter_state_dict(unet, image_embed_dim, num_tokens=16 if plus else 4, seed=seed,
+                                       projection="plus" if plus else "linear", resampler_width=64)
+    save_file(state, str(path), metadata={"format": "pt"})
 
 
 def write_public_repos(folder: str | Path, seed: int = 0) -> dict[str, Path]:
@@ -204,6 +208,10 @@ def write_public_repos(folder: str | Path, seed: int = 0) -> dict[str, Path]:
     _adapter_file(h94 / "models" / "ip-adapter_sd15.safetensors", sd_unet, TINY_VIT_H["embed_dim"], seed)
     _adapter_file(h94 / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors", xl_unet, TINY_VIT_H["embed_dim"], seed + 1)
     _adapter_file(h94 / "sdxl_models" / "ip-adapter_sdxl.safetensors", xl_unet, TINY_VIT_BIGG["embed_dim"], seed + 2)
+    vit_h_tokens = TINY_VIT_H["vision_cfg"]["width"]  # IP-Adapter Plus reads the tower's patch tokens
+    _adapter_file(h94 / "models" / "ip-adapter-plus_sd15.safetensors", sd_unet, vit_h_tokens, seed + 3, plus=True)
+    _adapter_file(h94 / "sdxl_models" / "ip-adapter-plus_sdxl_vit-h.safetensors", xl_unet, vit_h_tokens, seed + 4,
+                  plus=True)
     tiny_clip_vision(TINY_VIT_H, seed).save_pretrained(h94 / "models" / "image_encoder", safe_serialization=True)
     tiny_clip_vision(TINY_VIT_BIGG, seed + 1).save_pretrained(h94 / "sdxl_models" / "image_encoder",
                                                               safe_serialization=True)

@@ -79,7 +79,8 @@ def test_a_gpu_machine_opens_on_the_real_model_with_real_photos(gpu_machine):
     assert len(zeroft.pipeline_cache) == 0
     model = _props(demo, "checkpoint")
     assert model["value"] == REAL_DEFAULT
-    assert [c[0] for c in model["choices"]] == [REAL_DEFAULT, "zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl"]
+    assert [c[0] for c in model["choices"]] == [REAL_DEFAULT, "zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl",
+                                                "ip-adapter-plus-sd15", "ip-adapter-plus-sdxl-vit-h"]
     assert _props(demo, "toy-note")["visible"] is False
     assert _column_visibility(demo) == [False, True]
     assert _props(demo, "size")["value"] == 1024 and _props(demo, "text-guidance")["value"] == 5.0
@@ -171,7 +172,7 @@ def test_zerogpu_loads_at_start_once_and_generates_pil_images(monkeypatch, tiny_
         session = handlers.on_upload(zeroft.load_image(square_photo()), name)
         editor = {"background": latest(session).background, "layers": [], "composite": None}
         gallery, settings, seed = generate(editor, "a red square", "", 5.0, 3.0, 2, 2, 7, False, 64, "none", name,
-                                           session, progress=lambda *args, **kwargs: None)
+                                           False, 0.28, 5.42, session, progress=lambda *args, **kwargs: None)
         assert loads == [("cuda", torch.bfloat16)]  # the GPU call used the model loaded at start-up
         assert stand_in.durations == [app_zerogpu.gpu_seconds(steps=2, num_images=2, size=64, backbone="sd",
                                                                native_size=64)]

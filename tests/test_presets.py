@@ -39,7 +39,8 @@ def public_hub(hub, public_repos, tiny_open_clip_names, tmp_path, monkeypatch):
 
 
 def test_the_presets_name_the_public_files_and_their_licences():
-    assert PRESET_NAMES == ("zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl-vit-h", "ip-adapter-sdxl")
+    assert PRESET_NAMES == ("zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl-vit-h", "ip-adapter-sdxl", "ip-adapter-plus-sd15",
+                            "ip-adapter-plus-sdxl-vit-h")
     for preset in IP_ADAPTER_PRESETS.values():
         config = preset.zeroft_config(image_embed_dim=1024, cross_attention_dim=768, num_tokens=4)
         assert config.backbone == ("sdxl" if "xl" in preset.base_model else "sd")
@@ -55,7 +56,9 @@ def test_the_presets_name_the_public_files_and_their_licences():
 
 @pytest.mark.parametrize("name, encoder_folder", [("ip-adapter-sd15", "models/image_encoder"),
                                                   ("ip-adapter-sdxl-vit-h", "models/image_encoder"),
-                                                  ("ip-adapter-sdxl", "sdxl_models/image_encoder")])
+                                                  ("ip-adapter-sdxl", "sdxl_models/image_encoder"),
+                                                  ("ip-adapter-plus-sd15", "models/image_encoder"),
+                                                  ("ip-adapter-plus-sdxl-vit-h", "models/image_encoder")])
 def test_preset_loads_from_the_public_layout_and_generates(public_hub, photo, name, encoder_folder):
     from transformers import CLIPVisionModelWithProjection
 
@@ -72,6 +75,10 @@ def test_preset_loads_from_the_public_layout_and_generates(public_hub, photo, na
     pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(pipe.object_encoder(pixels), vision(pixel_values=pixels).image_embeds, atol=1e-5)
+        if preset.projection == "plus":  # Plus reads the patch tokens: transformers' hidden_states[-2]
+            assert config.projection == "plus" and pipe.uses_patch_tokens
+            hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+            assert torch.allclose(pipe.object_encoder.tokens(pixels), hidden, atol=1e-5)
 
     size = preset.native_size // 4  # the smallest size the backbone allows: fast on a CPU
     out = pipe("a toy on a beach", object_image=photo, num_inference_steps=2, height=size, width=size, seed=0)
@@ -168,7 +175,8 @@ def test_load_pipeline_refuses_a_mismatched_checkpoint_before_the_base_is_touche
 def test_every_preset_generates_with_int8_the_cli_offers_it_with(public_hub, photo, name):
     """The CLI offers every preset with --quantization int8 on a CPU (bnb modes are refused there with a message)."""
     pipe = zeroft.load_pipeline(name, device="cpu", masker="border", quantization="int8")
-    projection = pipe.unet.encoder_hid_proj.image_projection_layers[0].image_embeds.weight
+    layer = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    projection = layer.proj_in.weight if pipe.uses_patch_tokens else layer.image_embeds.weight  # Plus: the resampler's
     assert pipe.quantization == "int8" and type(projection).__name__ == "Int8Tensor"
     size = IP_ADAPTER_PRESETS[name].native_size // 4
     out = pipe("a toy on a beach", object_image=photo, num_inference_steps=2, height=size, width=size, seed=0)
@@ -244,3 +252,20 @@ def test_the_default_loads_offline_from_a_cache_holding_only_what_it_fetches(hub
         assert out.images[0].size == (256, 256)
     said = caplog.text + capfd.readouterr().err
     assert not any(text in said for text in ("Could not reach", "Couldn't connect", "not fully cached")), said
+
+
+@pytest.mark.parametrize("preset, given, words", [
+    ("ip-adapter-plus-sd15", "models/ip-adapter_sd15.safetensors",
+     "is a plain IP-Adapter file, but this preset takes an IP-Adapter Plus file: import it with --preset ip-adapter-sd15"),
+    ("ip-adapter-sdxl-vit-h", "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+     "is an IP-Adapter Plus file, but this preset takes a plain IP-Adapter file: import it with --preset "
+     "ip-adapter-plus-sdxl-vit-h"),
+])
+def test_a_plain_file_for_a_plus_preset_and_the_reverse_are_refused_before_any_download(
+        public_repos, tmp_path, capsys, preset, given, words):
+    from zeroft.cli import main
+
+    path = copy_repo_file(public_repos, IP_ADAPTER_REPO, given, tmp_path / "adapter.safetensors")
+    code = main(["import-ip-adapter", "--preset", preset, "--adapter-file", str(path), "--out", str(tmp_path / "out")])
+    assert code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

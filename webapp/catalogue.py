@@ -20,7 +20,7 @@ from zeroft.validation import size_limits
 
 from .paths import APP_DIR
 
-GPU_PRESETS = tuple(IP_ADAPTER_PRESETS)  # offered where a CUDA GPU is: ip-adapter-sd15, -sdxl-vit-h, -sdxl
+GPU_PRESETS = tuple(IP_ADAPTER_PRESETS)  # offered where a CUDA GPU is: ip-adapter-sd15, -sdxl-vit-h, -sdxl, -plus-*
 # The default where a GPU is: SDXL (1024 px), with the ViT-H/14 image encoder (632M parameters, a 2.5 GB
 # file shared with ip-adapter-sd15) rather than ip-adapter-sdxl's ViT-bigG/14 (1,845M, 3.7 GB in fp16):
 # a smaller download, start-up and memory for the same UNet and adapter layout (zeroft/presets.py). We found

@@ -33,6 +33,12 @@ the file sizes listed in issue #265; the folder's config.json as other loaders r
 open_clip's ViT-bigG-14 (width 1664, head_width 104, mlp_ratio 4.9231: int(1664·4.9231) = 8192,
 embed_dim 1280), tensor for tensor (tests/test_presets.py checks the shapes at full size).
 
+``ip-adapter-plus-sd15`` and ``ip-adapter-plus-sdxl-vit-h``: IP-Adapter **Plus**,
+``models/ip-adapter-plus_sd15.safetensors`` (98 MB) and ``sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors``
+(848 MB), on the same bases with the same ViT-H/14 encoder file: the encoder's patch tokens (257 x 1280, the
+hidden states before its last block) through a Perceiver resampler (depth 4, 64-wide heads) to 16 tokens
+(zeroft.adapter, diffusers' ``IPAdapterPlusImageProjection``).
+
 Pairing an adapter file with the wrong encoder is the commonest IP-Adapter error users report:
 :func:`check_adapter_encoder` catches it from the adapter's projection shape before any model
 is downloaded. All of them need a GPU to be pleasant.
@@ -89,6 +95,7 @@ class IPAdapterPreset:
     text_guidance: float = 7.5  # the base pipeline's usual value (diffusers: 7.5 for SD1.5, 5.0 for SDXL)
     negative_prompt: str = NEGATIVE_PROMPT
     base_license: str = "CreativeML OpenRAIL-M (Stable Diffusion 1.5)"
+    projection: str = "linear"  # ZeroFTConfig.projection: "plus" for the IP-Adapter Plus files
 
     @property
     def native_size(self) -> int:
@@ -116,6 +123,7 @@ class IPAdapterPreset:
             base_model=self.base_model,
             backbone=self.backbone,
             encoder=self.encoder_config(),
+            projection=self.projection,
             image_embed_dim=image_embed_dim,
             cross_attention_dim=cross_attention_dim,
             num_tokens=num_tokens,
@@ -123,7 +131,8 @@ class IPAdapterPreset:
             defaults=GenerationDefaults(text_guidance=self.text_guidance, object_guidance=5.0, steps=30,
                                         height=self.native_size, width=self.native_size,
                                         negative_prompt=self.negative_prompt),
-            training={"source": f"{self.adapter_repo}/{self.adapter_file} (IP-Adapter, Ye et al. 2023); "
+            training={"source": f"{self.adapter_repo}/{self.adapter_file} "
+                                f"(IP-Adapter{' Plus' if self.projection == 'plus' else ''}, Ye et al. 2023); "
                                 "not trained by zeroft"},
             licenses={"adapter": f"Apache-2.0 ({self.adapter_repo})", "encoder": f"MIT ({self.encoder_title})",
                       "base_model": self.base_license},
@@ -138,8 +147,12 @@ IP_ADAPTER_SDXL = IPAdapterPreset(
     adapter_file="sdxl_models/ip-adapter_sdxl.safetensors", encoder_model="ViT-bigG-14",
     encoder_pretrained="hf-hub:h94/IP-Adapter/sdxl_models/image_encoder/model.safetensors",
     encoder_title="OpenCLIP ViT-bigG/14 LAION-2B", **_SDXL)
+IP_ADAPTER_PLUS_SD15 = IPAdapterPreset(adapter_file="models/ip-adapter-plus_sd15.safetensors", projection="plus")
+IP_ADAPTER_PLUS_SDXL_VIT_H = IPAdapterPreset(adapter_file="sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+                                             projection="plus", **_SDXL)
 IP_ADAPTER_PRESETS = {"ip-adapter-sd15": IP_ADAPTER_SD15, "ip-adapter-sdxl-vit-h": IP_ADAPTER_SDXL_VIT_H,
-                      "ip-adapter-sdxl": IP_ADAPTER_SDXL}
+                      "ip-adapter-sdxl": IP_ADAPTER_SDXL, "ip-adapter-plus-sd15": IP_ADAPTER_PLUS_SD15,
+                      "ip-adapter-plus-sdxl-vit-h": IP_ADAPTER_PLUS_SDXL_VIT_H}
 PRESET_NAMES = ("zeroft-toy", *IP_ADAPTER_PRESETS)
 
 
@@ -274,27 +287,48 @@ def import_ip_adapter(folder: str | Path, adapter_file: str | Path | None = None
             keys = set(f.keys())
     except (SafetensorError, OSError) as error:
         raise InputError(f"The adapter file {label} is not a safetensors file zeroft can read ({error}).") from None
-    needed = ("image_proj.proj.weight", "image_proj.norm.weight")
+    plus = "image_proj.latents" in keys
+    if plus != (preset.projection == "plus"):
+        given, wanted = ("an IP-Adapter Plus", "a plain IP-Adapter") if plus else ("a plain IP-Adapter", "an IP-Adapter Plus")
+        others = [n for n, p in IP_ADAPTER_PRESETS.items()
+                  if (p.projection == "plus") == plus and p.backbone == preset.backbone]
+        raise InputError(f"The adapter file {label} is {given} file, but this preset takes {wanted} file"
+                         + (f": import it with --preset {others[0]}." if others else "."))
+    needed = (("image_proj.latents", "image_proj.proj_in.weight", "image_proj.proj_out.weight",
+               "image_proj.norm_out.weight") if plus else ("image_proj.proj.weight", "image_proj.norm.weight"))
+    kind = "IP-Adapter Plus" if plus else "plain IP-Adapter"
     if any(k not in keys for k in needed) or not any(k.startswith("ip_adapter.") for k in keys):
-        raise InputError(f"The adapter file {label} is not a plain IP-Adapter weight file: it needs "
+        raise InputError(f"The adapter file {label} is not a {kind} weight file: it needs "
                          f"{', '.join(needed)} and ip_adapter.* weights.")
     check_adapter_encoder(adapter_file, preset.encoder_config())
     with safe_open(str(adapter_file), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
-    proj = state["image_proj.proj.weight"]  # (num_tokens · cross_dim, image_embed_dim)
-    norm = state["image_proj.norm.weight"]  # (cross_dim,)
-    if norm.ndim != 1 or norm.shape[0] == 0 or proj.shape[0] % norm.shape[0]:
-        raise InputError(f"The adapter file {label} is not a plain IP-Adapter weight file: image_proj.proj.weight "
-                         f"{tuple(proj.shape)} does not split into tokens of image_proj.norm.weight's "
-                         f"{tuple(norm.shape)}.")
-    cross_dim = norm.shape[0]
+    if plus:
+        from .adapter import check_plus_projection
+
+        try:
+            check_plus_projection({k.removeprefix("image_proj."): v for k, v in state.items()
+                                   if k.startswith("image_proj.")})
+        except ValueError as error:
+            raise InputError(f"The adapter file {label}: {error}.") from None
+        embed_dim = state["image_proj.proj_in.weight"].shape[1]  # the encoder's token width
+        cross_dim, num_tokens = state["image_proj.proj_out.weight"].shape[0], state["image_proj.latents"].shape[1]
+    else:
+        proj = state["image_proj.proj.weight"]  # (num_tokens · cross_dim, image_embed_dim)
+        norm = state["image_proj.norm.weight"]  # (cross_dim,)
+        if norm.ndim != 1 or norm.shape[0] == 0 or proj.shape[0] % norm.shape[0]:
+            raise InputError(f"The adapter file {label} is not a plain IP-Adapter weight file: image_proj.proj.weight "
+                             f"{tuple(proj.shape)} does not split into tokens of image_proj.norm.weight's "
+                             f"{tuple(norm.shape)}.")
+        cross_dim = norm.shape[0]
+        embed_dim, num_tokens = proj.shape[1], proj.shape[0] // cross_dim
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"Cannot make the checkpoint folder {str(folder)!r} ({error.strerror or error}); "
                          "give a folder you can write to.") from None
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / ADAPTER_NAME), metadata={"format": "pt"})
-    config = preset.zeroft_config(proj.shape[1], cross_dim, proj.shape[0] // cross_dim)
+    config = preset.zeroft_config(embed_dim, cross_dim, num_tokens)
     config.save(folder)
     write_model_card(folder, config)
     return folder
