@@ -103,15 +103,34 @@ def test_older_files_read_as_the_pooled_projection(tiny_checkpoint):
     assert ZeroFTConfig.from_dict(data).projection == "linear"
 
 
-def test_the_trainer_refuses_a_plus_checkpoint_to_start_from(tmp_path):
-    """Plus training is not there yet: said plainly, before anything trains."""
-    from train.config import Regularization, TrainConfig
-    from train.train import build_models
+@pytest.mark.parametrize("backbone", ["sd", "sdxl"])
+def test_the_trainer_learns_a_plus_model_that_stock_diffusers_loads(tmp_path, backbone):
+    """The paper's recipe with patch tokens: the resampler and the object attention train, the export records its
+    projection, generates, and plain diffusers' load_ip_adapter reads its adapter file; a Plus start given to a
+    pooled run is refused plainly."""
+    from diffusers import UNet2DConditionModel
+    from train.config import TrainConfig
+    from train.tiny_data import write_domain_imagefolder, write_general_jsonl
+    from train.train import build_models, run
     from zeroft import InputError as ZeroftInputError
 
-    folder = make_tiny_checkpoint(tmp_path / "plus", projection="plus", num_tokens=16)
-    config = TrainConfig(base_model=str(folder / "base"), init_checkpoint=str(folder), output_dir=str(tmp_path / "out"),
-                         encoder=str(folder / "encoder"), domain_data=str(tmp_path / "data"),
-                         regularization=Regularization(mix_ratio=1.0))
-    with pytest.raises(ZeroftInputError, match="IP-Adapter Plus checkpoint"):
-        build_models(config)
+    folder = make_tiny_checkpoint(tmp_path / "plus", projection="plus", num_tokens=16, backbone=backbone)
+    settings = dict(base_model=str(folder / "base"), encoder=str(folder / "encoder"),
+                    domain_data=write_domain_imagefolder(tmp_path / "domain"),
+                    general_data=write_general_jsonl(tmp_path / "general"), resolution=64, train_batch_size=2,
+                    max_train_steps=2, learning_rate=1e-3, lr_warmup_steps=0, checkpointing_steps=2, masker="border",
+                    report_to="none", projection="plus", num_tokens=16, resampler_width=64)
+    export = run(TrainConfig(**settings, output_dir=str(tmp_path / "run")))
+    config = ZeroFTConfig.load(export)
+    assert config.projection == "plus" and config.num_tokens == 16 and config.training["steps"] == 2
+    pipe = load_pipeline(export, device="cpu")
+    assert pipe.uses_patch_tokens
+    out = pipe("an object on a blue background", object_image=square_photo(), num_inference_steps=2, seed=0)
+    assert out.images[0].size == (64, 64)
+    family = get_backbone(backbone)
+    stock = family.base_class().from_pretrained(export / "base", unet=UNet2DConditionModel.from_pretrained(export / "unet"),
+                                                **family.base_arguments())
+    stock.load_ip_adapter(str(export), subfolder="", weight_name="adapter.safetensors", image_encoder_folder=None)
+    with pytest.raises(ZeroftInputError, match="has the plus object projection; this run trains linear"):
+        build_models(TrainConfig(**{**settings, "projection": "linear", "num_tokens": 4}, init_checkpoint=str(folder),
+                                 output_dir=str(tmp_path / "other")))

@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
           help="average the object embedding over these views of each photo (zeroft.encoder.VIEWS)")
     _flag(models, "crop_to_object", action=argparse.BooleanOptionalAction,
           help="crop the condition photo to the object's box before encoding")
-    _flag(models, "num_tokens", type=int, help="object tokens per photo (4 = IP-Adapter layout)")
+    _flag(models, "num_tokens", type=int, help="object tokens per photo (4 = IP-Adapter layout; 16 for Plus)")
+    _flag(models, "projection", choices=("linear", "plus"),
+          help="linear: the encoder's pooled embedding (IP-Adapter); plus: its patch tokens through a Perceiver "
+               "resampler (IP-Adapter Plus)")
+    _flag(models, "resampler_width", type=int, help="plus: the resampler's inner width, a multiple of 64")
     _flag(models, "init_checkpoint",
           help="start from this zeroft checkpoint's adapter (and unet/, if tuned) instead of fresh weights")
     _flag(models, "prediction_type", choices=PREDICTION_TYPES, help="override the base scheduler's prediction type")

@@ -27,7 +27,7 @@ from typing import Any
 
 from diffusers.optimization import SchedulerType
 
-from zeroft.config import EncoderConfig, ZeroFTConfig
+from zeroft.config import PROJECTIONS, EncoderConfig, ZeroFTConfig
 from zeroft.encoder import VIEWS
 from zeroft.errors import InputError
 from zeroft.masking import BACKGROUND_FILLS, DEFAULT_MASKER, Masker
@@ -68,6 +68,8 @@ class TrainConfig:
     encoder_views: str = EncoderConfig.views  # views of each photo the object embedding averages (zeroft.encoder.VIEWS)
     crop_to_object: bool = EncoderConfig.crop_to_object  # the object fills the encoder's view instead of its photo
     num_tokens: int = ZeroFTConfig.num_tokens  # object tokens per photo; 4 is the IP-Adapter layout diffusers loads
+    projection: str = ZeroFTConfig.projection  # linear: pooled embedding; plus: patch tokens through a resampler
+    resampler_width: int = 768  # plus: the resampler's inner width, a multiple of 64 (h94's SD1.5 Plus file: 768)
     init_checkpoint: str | Path | None = None  # start from this zeroft checkpoint's adapter (and unet/) instead of fresh
     prediction_type: str | None = None  # overrides the base scheduler's (PREDICTION_TYPES); None keeps the base's
 
@@ -133,6 +135,7 @@ class TrainConfig:
 
     def _check_choices(self) -> None:
         for name, allowed in (("background_fill", BACKGROUND_FILL_CHOICES), ("encoder_views", ENCODER_VIEWS),
+                              ("projection", PROJECTIONS),
                               ("train", TRAINED_PARTS), ("mixed_precision", MIXED_PRECISIONS),
                               ("report_to", REPORTERS), ("lr_scheduler", tuple(s.value for s in SchedulerType))):
             _check_choice(name, getattr(self, name), allowed)
@@ -154,6 +157,10 @@ class TrainConfig:
             _check_float(name, getattr(self, name), low, high)
         if self.learning_rate == 0:
             raise InputError("learning_rate must be above 0, not 0.")
+        _check_int("resampler_width", self.resampler_width, 64)
+        if self.resampler_width % 64:
+            raise InputError(f"resampler_width must be a multiple of 64 (diffusers reads 64-wide heads), not "
+                             f"{self.resampler_width}.")
         check_steps(self.validation_inference_steps)
         check_guidance("validation_text_guidance", self.validation_text_guidance)
         check_guidance("validation_object_guidance", self.validation_object_guidance)

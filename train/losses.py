@@ -92,7 +92,8 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_
     Args:
         latents: (B, C, h, w) clean latents.
         encoder_hidden_states: (B, T, C_text) text tokens.
-        image_embeds: (B, D) object embeddings (zeros = ϕ), or None for a UNet without object attention.
+        image_embeds: (B, D) object embeddings (zeros = ϕ), (B, T, W) patch tokens for IP-Adapter Plus, or None for
+            a UNet without object attention.
         added_cond_kwargs: the UNet's other conditions, e.g. SDXL's ``{"text_embeds": (B, P), "time_ids": (B, 6)}``.
     """
     batch = latents.shape[0]
@@ -109,7 +110,7 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_
         raise ValueError(f"unsupported prediction_type {prediction_type!r}")
     added = dict(added_cond_kwargs or {})
     if image_embeds is not None:
-        added["image_embeds"] = [image_embeds[:, None, :]]  # (B, 1, D)
+        added["image_embeds"] = [image_embeds.unsqueeze(1)]  # (B, 1, D) or (B, 1, T, W)
     prediction = unet(noisy, timesteps, encoder_hidden_states=encoder_hidden_states,
                       added_cond_kwargs=added or None).sample
     return F.mse_loss(prediction.float(), target.float())

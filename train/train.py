@@ -33,7 +33,7 @@ from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from zeroft.adapter import adapter_parameters, install_object_attention, load_object_attention
+from zeroft.adapter import adapter_parameters, install_object_attention, load_object_attention, uses_patch_tokens
 from zeroft.backbones import Backbone, backbone_of_index, get_backbone
 from zeroft.config import ADAPTER_NAME, EncoderConfig, ZeroFTConfig
 from zeroft.encoder import ObjectEncoder
@@ -110,9 +110,9 @@ def build_models(config: TrainConfig) -> Models:
         if init_config.backbone != backbone.name:
             raise InputError(f"--init_checkpoint {init} is a {get_backbone(init_config.backbone).label} checkpoint; "
                              f"the base model is {backbone.label}.")
-        if init_config.projection != "linear":
-            raise InputError(f"--init_checkpoint {init} is an IP-Adapter Plus checkpoint (patch tokens through a "
-                             "resampler); the trainer learns the pooled projection only, for now.")
+        if init_config.projection != config.projection:
+            raise InputError(f"--init_checkpoint {init} has the {init_config.projection} object projection; this run "
+                             f"trains {config.projection} (--projection {init_config.projection} to continue it).")
         if init_config.unet_tuned:
             from diffusers import UNet2DConditionModel
 
@@ -120,7 +120,9 @@ def build_models(config: TrainConfig) -> Models:
             base.unet = unet  # the base's own UNet is not kept in memory beside it
         load_object_attention(unet, load_file(str(init / ADAPTER_NAME)))
     else:
-        install_object_attention(unet, encoder.embed_dim, config.num_tokens, seed=config.seed)
+        plus = config.projection == "plus"
+        install_object_attention(unet, encoder.token_width if plus else encoder.embed_dim, config.num_tokens,
+                                 seed=config.seed, projection=config.projection, resampler_width=config.resampler_width)
     base_path = Path(config.base_model)
     models = Models(base, unet, encoder, noise_scheduler, base_path.resolve() if base_path.is_dir() else None,
                     encoder_config, backbone)
@@ -176,10 +178,16 @@ def training_step(models: Models, unet, batch, text_cache: TextEncoderCache, gen
     added = {name: value.to(weight_dtype) for name, value in text.items()}  # SDXL: text_embeds (B, P)
     if text_cache.pooled:
         added["time_ids"] = time_ids(batch).to(device, weight_dtype)  # (B, 6)
-    embeds = torch.zeros(len(batch["caption"]), models.encoder.embed_dim, device=device)
+    count = len(batch["caption"])
+    if uses_patch_tokens(models.unet):  # Plus: patch tokens; ϕ the tokens of an all-zero normalised image, as at inference
+        embeds = models.encoder.null_tokens().float().to(device).repeat(count, 1, 1)  # (B, T, W)
+        encode = models.encoder.tokens
+    else:
+        embeds = torch.zeros(count, models.encoder.embed_dim, device=device)  # (B, D); ϕ = zeros
+        encode = models.encoder
     if batch["use_object"].any():
         chosen = batch["use_object"]
-        embeds[chosen.to(device)] = models.encoder(batch["condition"][chosen]).float().to(device)
+        embeds[chosen.to(device)] = encode(batch["condition"][chosen]).float().to(device)
     latents = encode_latents(models.vae, batch["pixel_values"], generator).to(weight_dtype)
     return diffusion_loss(unet, models.noise_scheduler, latents, hidden, embeds.to(weight_dtype), generator,
                           added_cond_kwargs=added)
