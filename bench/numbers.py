@@ -54,7 +54,8 @@ def _peak(r: dict, case: str) -> float:
 
 
 FIGURES = (
-    Figure("toy world, 288 pairs of 12 held-out identities, the shipped model at its defaults, masked references",
+    Figure("toy world, 288 pairs of 12 held-out identities, the shipped model at its guidance weights, guided at every "
+           "step, masked references",
            "toyworld/results/toyworld-recipes/shipped.json", "python -m toyworld copying (its step 0)",
            lambda r: (f"identity {_toy_row(r, 'masked')['identity']:.3f} ± {_toy_row(r, 'masked')['identity_se']:.3f} "
                       f"({_toy_row(r, 'masked')['identity_of_ceiling']:.2f} of the generator's ceiling), text "
@@ -70,6 +71,17 @@ FIGURES = (
     Figure("three-branch guidance (w_text ≠ w_obj) vs the same baseline", "bench/results/pipeline_overhead.txt",
            "python -m bench.pipeline_overhead",
            lambda r: f"tiny {r['tiny']['ratio_three_branches']:.3f}×, medium {r['medium']['ratio_three_branches']:.3f}×"),
+    Figure("guidance on the noise interval (0.4, 2.5] vs the same baseline (three branches on half the steps)",
+           "bench/results/pipeline_overhead.txt", "python -m bench.pipeline_overhead",
+           lambda r: (f"tiny {r['tiny']['intervals']['0.4-2.5']['ratio']:.3f}×, medium "
+                      f"{r['medium']['intervals']['0.4-2.5']['ratio']:.3f}× (paper's SD-XL interval (0.28, 5.42]: medium "
+                      f"{r['medium']['intervals']['0.28-5.42']['ratio']:.3f}×)")),
+    Figure("toy world, the same pairs, the shipped default: guidance on (0.4, 2.5] (half the sampler's steps)",
+           "toyworld/results/toyworld-interval/interval_eval.json", "python -m toyworld interval",
+           lambda r: (f"identity {r['rows']['narrow']['identity']:.3f} ± {r['rows']['narrow']['identity_se']:.3f}, text "
+                      f"{r['rows']['narrow']['text']:.3f} (every step: {r['rows']['off']['identity']:.3f}, "
+                      f"{r['rows']['off']['text']:.3f}); {r['rows']['narrow']['seconds_per_image']:.3f} vs "
+                      f"{r['rows']['off']['seconds_per_image']:.3f} s/image")),
     Figure("int8 weight-only (torchao) on the embedded model, CPU", "bench/results/quantization.txt",
            "python -m bench.quantization",
            lambda r: (f"UNet Linear weights {r['modes']['none']['unet_linear_weight_bytes'] / 1e6:.1f} MB → "

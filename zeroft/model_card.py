@@ -53,7 +53,9 @@ def render_model_card(config: ZeroFTConfig, name: str = "this checkpoint") -> st
             "background fill / crop to object": f"{encoder.background_fill} / {encoder.crop_to_object}",
             "object tokens": config.num_tokens,
             "automatic mask": f"`{config.masker}`",
-            "adapter layout": "IP-Adapter (`image_proj.*`, `ip_adapter.N.to_k_ip/to_v_ip`)",
+            "adapter layout": ("IP-Adapter Plus (patch tokens through a resampler: `image_proj.latents`, "
+                               "`image_proj.layers.*`, `ip_adapter.N.to_k_ip/to_v_ip`)" if config.projection == "plus"
+                               else "IP-Adapter (`image_proj.*`, `ip_adapter.N.to_k_ip/to_v_ip`)"),
         }),
         "## Training\n",
         _table(config.training),
@@ -68,7 +70,9 @@ def render_model_card(config: ZeroFTConfig, name: str = "this checkpoint") -> st
         "out.images[0].save(\"out.png\")\n```\n",
         "```bash\npython -m zeroft generate --checkpoint PATH_OR_REPO --image photo.png "
         "--prompt \"a photo of it on a beach\" --out outputs/\n```\n",
-        "With 4 object tokens the adapter also loads in plain diffusers: "
+        ("The adapter also loads in plain diffusers (IP-Adapter Plus layout): " if config.projection == "plus" else
+         "With 4 object tokens the adapter also loads in plain diffusers: ")
+        + 
         "`pipe.load_ip_adapter(PATH, subfolder=\"\", weight_name=\"adapter.safetensors\", image_encoder_folder=None)`, "
         "given image embeddings from the encoder above.\n",
     ]

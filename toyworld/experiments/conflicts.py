@@ -29,8 +29,8 @@ from zeroft import ZeroFTPipeline
 from zeroft.config import GenerationDefaults, ZeroFTConfig
 from zeroft.grid import make_grid
 
-from ..evaluate import (CHANCE, Pair, generate, in_batches, judged, load_judge, make_pairs, position_copy_chance,
-                       score_judged)
+from ..evaluate import (CHANCE, EVALUATED_INTERVAL, Pair, generate, in_batches, judged, load_judge, make_pairs,
+                        position_copy_chance, score_judged)
 from ..world import BACKGROUNDS, Context, general_caption, random_pose, render, shapes_in_turn, split_identities
 from .recipes import FOLDER, VARIANTS
 
@@ -74,7 +74,7 @@ def generate_ceiling(pipe, pairs: list[Pair], text_guidance: float, steps: int, 
     general-domain caption of the pair's identity in the pair's context), the pair's own seed."""
     return in_batches(pipe, pairs, lambda chunk, generators: pipe(
         [general_caption(p.identity, p.context) for p in chunk], text_guidance=text_guidance,
-        num_inference_steps=steps, generator=generators), batch_size)
+        num_inference_steps=steps, generator=generators, guidance_interval=EVALUATED_INTERVAL), batch_size)
 
 
 def _timed(function, pairs: list[Pair]) -> tuple[list[Image.Image], float]:

@@ -69,7 +69,7 @@ def run_interval(checkpoint: Path, judge_path: Path, out: Path, references: int 
             continue
         f = fraction_inside(pipe, d.steps, interval, d.text_guidance, d.object_guidance)
         started = time.perf_counter()
-        images = generate(pipe, pairs, d.text_guidance, d.object_guidance, d.steps, guidance_interval=interval)
+        images = generate(pipe, pairs, d.text_guidance, d.object_guidance, d.steps, guidance_interval=interval or "off")
         seconds = (time.perf_counter() - started) / len(pairs)
         record["rows"][name] = {"interval": list(interval) if interval else None, "fraction_inside": f,
                                 "cost_of_two_branch_guidance": (1 + 2 * f) / 2, **conflict_score(judge, images, pairs),

@@ -30,7 +30,7 @@ from bench.common import machine, report
 from zeroft import ZeroFTPipeline
 from zeroft.errors import InputError
 
-from ..evaluate import generate, judge_images, load_judge, make_pairs
+from ..evaluate import EVALUATED_INTERVAL, generate, judge_images, load_judge, make_pairs
 from ..world import PATTERNS, general_caption, split_identities
 
 
@@ -58,7 +58,7 @@ def from_captions(pipe, pairs, guidance: float, steps: int, zeroft: bool, batch_
         generators = [torch.Generator().manual_seed(p.seed) for p in chunk]
         if zeroft:
             out = pipe(captions, text_guidance=guidance, object_guidance=0.0, num_inference_steps=steps,
-                       generator=generators)
+                       generator=generators, guidance_interval=EVALUATED_INTERVAL)
         else:
             out = pipe(captions, guidance_scale=guidance, num_inference_steps=steps, generator=generators,
                        height=64, width=64)

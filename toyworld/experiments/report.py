@@ -29,7 +29,7 @@ from zeroft.errors import InputError
 from zeroft.grid import make_grid
 
 from ..curve import curve, plot
-from ..evaluate import CHANCE, Pair, evaluate, load_judge, make_pairs, position_copy_chance, score
+from ..evaluate import CHANCE, EVALUATED_INTERVAL, Pair, evaluate, load_judge, make_pairs, position_copy_chance, score
 from ..runtime import build_device
 from ..world import shapes_in_turn, split_identities
 from .finetune import ObjectFineTuning
@@ -163,7 +163,8 @@ def sample_grid(pipe, pairs: list[Pair], prompts, defaults, path: Path) -> None:
     rows = []
     for pair in pairs:
         out = pipe(prompts, image_embeds=pipe.encode_object(pair.reference)[0], num_inference_steps=defaults.steps,
-                   generator=[torch.Generator().manual_seed(1000 + i) for i in range(len(prompts))])
+                   generator=[torch.Generator().manual_seed(1000 + i) for i in range(len(prompts))],
+                   guidance_interval=EVALUATED_INTERVAL)
         rows.append([pair.reference] + out.images)
     make_grid(rows, 96).save(path)
 
