@@ -83,7 +83,7 @@ def test_a_stopped_run_scores_each_point_once_and_reports_them(tmp_path, monkeyp
             (output / f"checkpoint-{step}").mkdir(parents=True, exist_ok=True)
             (output / f"checkpoint-{step}" / STATE_FILE).write_text("{}")
         (output / "final").mkdir(parents=True, exist_ok=True)
-        ZeroFTConfig.load(start).replace(training={"steps": steps, "samples_per_second": 1.0}).save(output / "final")
+        ZeroFTConfig.load(start).replace(training={"steps": steps, "batch_size": 4, "samples_per_second": 1.0}).save(output / "final")
         return output
 
     def fake_score(pipe, judge, pairs, defaults, label):
