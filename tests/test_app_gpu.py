@@ -65,7 +65,7 @@ def test_the_default_model_follows_the_machine(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_checkpoint() is None  # a GPU with the Hub switched off (HF_HUB_OFFLINE=1) offers no preset
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    assert default_checkpoint() == REAL_DEFAULT == "ip-adapter-sdxl-vit-h"
+    assert default_checkpoint() == REAL_DEFAULT == "ip-adapter-plus-sdxl-vit-h"
     monkeypatch.setenv(CHECKPOINT_ENV, "ip-adapter-sd15")
     assert default_checkpoint() == "ip-adapter-sd15"
     assert default_checkpoint("zeroft-toy") == "zeroft-toy"
@@ -79,8 +79,8 @@ def test_a_gpu_machine_opens_on_the_real_model_with_real_photos(gpu_machine):
     assert len(zeroft.pipeline_cache) == 0
     model = _props(demo, "checkpoint")
     assert model["value"] == REAL_DEFAULT
-    assert [c[0] for c in model["choices"]] == [REAL_DEFAULT, "zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl",
-                                                "ip-adapter-plus-sd15", "ip-adapter-plus-sdxl-vit-h"]
+    assert [c[0] for c in model["choices"]] == [REAL_DEFAULT, "zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl-vit-h",
+                                                "ip-adapter-sdxl", "ip-adapter-plus-sd15"]
     assert _props(demo, "toy-note")["visible"] is False
     assert _column_visibility(demo) == [False, True]
     assert _props(demo, "size")["value"] == 1024 and _props(demo, "text-guidance")["value"] == 5.0

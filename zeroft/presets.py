@@ -96,6 +96,10 @@ class IPAdapterPreset:
     negative_prompt: str = NEGATIVE_PROMPT
     base_license: str = "CreativeML OpenRAIL-M (Stable Diffusion 1.5)"
     projection: str = "linear"  # ZeroFTConfig.projection: "plus" for the IP-Adapter Plus files
+    # w_obj: 5 for the plain files; half of w_text for Plus, which copies its reference (DreamBench++: prompt
+    # following 0.413 against 0.64 for plain IP-Adapter ViT-G SDXL), as diffusers' IP-Adapter guide runs adapters at
+    # scale 0.5, which "typically produces balanced results". A starting point, not a measured optimum.
+    object_guidance: float | None = None  # None: 5.0
 
     @property
     def native_size(self) -> int:
@@ -128,7 +132,9 @@ class IPAdapterPreset:
             cross_attention_dim=cross_attention_dim,
             num_tokens=num_tokens,
             masker=DEFAULT_MASKER,
-            defaults=GenerationDefaults(text_guidance=self.text_guidance, object_guidance=5.0, steps=30,
+            defaults=GenerationDefaults(text_guidance=self.text_guidance,
+                                        object_guidance=self.object_guidance if self.object_guidance is not None else 5.0,
+                                        steps=30,
                                         height=self.native_size, width=self.native_size,
                                         negative_prompt=self.negative_prompt),
             training={"source": f"{self.adapter_repo}/{self.adapter_file} "
@@ -147,9 +153,10 @@ IP_ADAPTER_SDXL = IPAdapterPreset(
     adapter_file="sdxl_models/ip-adapter_sdxl.safetensors", encoder_model="ViT-bigG-14",
     encoder_pretrained="hf-hub:h94/IP-Adapter/sdxl_models/image_encoder/model.safetensors",
     encoder_title="OpenCLIP ViT-bigG/14 LAION-2B", **_SDXL)
-IP_ADAPTER_PLUS_SD15 = IPAdapterPreset(adapter_file="models/ip-adapter-plus_sd15.safetensors", projection="plus")
+IP_ADAPTER_PLUS_SD15 = IPAdapterPreset(adapter_file="models/ip-adapter-plus_sd15.safetensors", projection="plus",
+                                       object_guidance=3.75)  # half of SD1.5's w_text 7.5
 IP_ADAPTER_PLUS_SDXL_VIT_H = IPAdapterPreset(adapter_file="sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
-                                             projection="plus", **_SDXL)
+                                             projection="plus", object_guidance=2.5, **_SDXL)  # half of w_text 5
 IP_ADAPTER_PRESETS = {"ip-adapter-sd15": IP_ADAPTER_SD15, "ip-adapter-sdxl-vit-h": IP_ADAPTER_SDXL_VIT_H,
                       "ip-adapter-sdxl": IP_ADAPTER_SDXL, "ip-adapter-plus-sd15": IP_ADAPTER_PLUS_SD15,
                       "ip-adapter-plus-sdxl-vit-h": IP_ADAPTER_PLUS_SDXL_VIT_H}
