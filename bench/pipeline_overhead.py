@@ -22,7 +22,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from zeroft.adapter import initial_adapter_state_dict, load_object_attention
 from zeroft.config import GenerationDefaults, ZeroFTConfig
-from zeroft.guidance import PAPER_SDXL_INTERVAL, needed_branches, noise_levels, step_branches
+from zeroft.guidance import PAPER_SDXL_INTERVAL, guided_share
 from zeroft.pipeline import ZeroFTPipeline
 from zeroft.tiny import tiny_encoder, tiny_scheduler, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
 
@@ -59,14 +59,6 @@ def _label(interval) -> str:
     return f"zeroft_interval_{interval[0]:g}_{interval[1]:g}"
 
 
-def fraction_inside(scheduler, steps: int, interval) -> float:
-    """f: the share of ``steps`` steps at which all branches run, on ``scheduler``'s schedule."""
-    scheduler.set_timesteps(steps)
-    per_step = [step_branches(needed_branches(7.5, 3.0), sigma, interval)
-                for sigma in noise_levels(scheduler, scheduler.timesteps)]
-    return sum(len(b) > 1 for b in per_step) / len(per_step)
-
-
 def measure(size: str, steps: int, repeats: int, w: float = 7.5, w_object: float = 3.0,
             intervals=(PAPER_SDXL_INTERVAL, NARROW_INTERVAL)) -> dict:
     stock, ours = pipelines(size)
@@ -97,7 +89,7 @@ def measure(size: str, steps: int, repeats: int, w: float = 7.5, w_object: float
         "ratio_equal_weights": round(seconds["zeroft_equal_weights"] / base, 3),
         "ratio_three_branches": round(seconds["zeroft_three_branches"] / base, 3),
         "max_pixel_difference_equal_weights": difference,
-        "intervals": {f"{lo:g}-{hi:g}": {"fraction_inside": round(fraction_inside(ours.scheduler, steps, (lo, hi)), 3),
+        "intervals": {f"{lo:g}-{hi:g}": {"fraction_inside": round(guided_share(ours.scheduler, steps, w, w_object, (lo, hi)), 3),
                                          "ratio": round(seconds[_label((lo, hi))] / base, 3)} for lo, hi in intervals},
     }
 

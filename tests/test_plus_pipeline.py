@@ -134,3 +134,17 @@ def test_the_trainer_learns_a_plus_model_that_stock_diffusers_loads(tmp_path, ba
     with pytest.raises(ZeroftInputError, match="has the plus object projection; this run trains linear"):
         build_models(TrainConfig(**{**settings, "projection": "linear", "num_tokens": 4}, init_checkpoint=str(folder),
                                  output_dir=str(tmp_path / "other")))
+
+
+def test_the_null_tokens_follow_the_encoder_views_and_are_computed_once(tmp_path):
+    folder = make_tiny_checkpoint(tmp_path / "plus", projection="plus", num_tokens=16)
+    pipe = load_pipeline(folder, device="cpu")
+    first = pipe.null_object()
+    calls = []
+    original = pipe.object_encoder.tokens
+    pipe.object_encoder.tokens = lambda pixels: calls.append(1) or original(pixels)
+    assert torch.equal(pipe.null_object(), first) and calls == []  # cached in the encoder
+    pipe.set_encoder_views("flip")
+    assert pipe.null_object().shape[1] == 2 * first.shape[1] and calls == [1]  # both views' tokens, computed anew
+    pipe.null_object().zero_()  # a caller's copy: the cached ϕ is untouched
+    assert pipe.null_object().abs().sum() > 0

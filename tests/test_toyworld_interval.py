@@ -8,6 +8,7 @@ import pytest
 from toyworld.__main__ import main
 from toyworld.experiments import interval
 from zeroft import ZeroFTPipeline
+from zeroft.guidance import guided_share
 
 JUDGE = "assets/toyworld-judge/judge.safetensors"
 CHECKPOINT = "assets/zeroft-toy"
@@ -17,7 +18,7 @@ def test_the_intervals_guide_the_shares_of_steps_the_docs_state():
     """On the shipped model's 20-step schedule: wide 0.85, the paper's SD-XL interval 0.75, narrow 0.5 (1.0x)."""
     pipe = ZeroFTPipeline.from_pretrained(CHECKPOINT)
     d = pipe.zeroft_config.defaults
-    shares = {name: interval.fraction_inside(pipe, d.steps, value, d.text_guidance, d.object_guidance)
+    shares = {name: guided_share(pipe.scheduler, d.steps, d.text_guidance, d.object_guidance, value)
               for name, value in interval.INTERVALS.items()}
     assert shares == {"off": 1.0, "wide": 0.85, "paper SD-XL": 0.75, "narrow": 0.5}
 

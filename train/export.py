@@ -33,7 +33,7 @@ def zeroft_config(config: TrainConfig, models, training: dict | None = None) -> 
         backbone=models.backbone.name,
         encoder=encoder,
         projection=config.projection,
-        image_embed_dim=models.encoder.token_width if config.projection == "plus" else models.encoder.embed_dim,
+        image_embed_dim=models.encoder.width(config.projection),
         cross_attention_dim=models.unet.config.cross_attention_dim,
         num_tokens=config.num_tokens,
         unet_tuned=config.train == "whole",

@@ -120,9 +120,8 @@ def build_models(config: TrainConfig) -> Models:
             base.unet = unet  # the base's own UNet is not kept in memory beside it
         load_object_attention(unet, load_file(str(init / ADAPTER_NAME)))
     else:
-        plus = config.projection == "plus"
-        install_object_attention(unet, encoder.token_width if plus else encoder.embed_dim, config.num_tokens,
-                                 seed=config.seed, projection=config.projection, resampler_width=config.resampler_width)
+        install_object_attention(unet, encoder.width(config.projection), config.num_tokens, seed=config.seed,
+                                 projection=config.projection, resampler_width=config.resampler_width)
     base_path = Path(config.base_model)
     models = Models(base, unet, encoder, noise_scheduler, base_path.resolve() if base_path.is_dir() else None,
                     encoder_config, backbone)

@@ -26,6 +26,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
 from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection, MultiIPAdapterImageProjection
 
+from .config import is_plus_adapter
 from .fence import ip_adapter_plus_projection, ip_adapter_processors
 
 PLUS_DEPTH, PLUS_HEAD_WIDTH = 4, 64  # what diffusers' converter of Plus files assumes (zeroft.fence)
@@ -65,7 +66,6 @@ def initial_adapter_state_dict(
             as in h94's SD1.5 Plus file).
     """
     cross_dim = unet.config.cross_attention_dim
-    generator = torch.Generator().manual_seed(seed)
     if projection == "plus":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -75,6 +75,7 @@ def initial_adapter_state_dict(
                                                  num_queries=num_tokens)
         state = {f"image_proj.{k}": v.detach().clone() for k, v in _plus_state_dict(layer).items()}
     else:
+        generator = torch.Generator().manual_seed(seed)
         proj = torch.nn.Linear(image_embed_dim, num_tokens * cross_dim)
         bound = 1.0 / image_embed_dim**0.5  # nn.Linear's default init, drawn from our own generator
         state = {
@@ -104,7 +105,7 @@ def load_object_attention(unet: UNet2DConditionModel, state_dict: dict[str, torc
         if group not in nested:
             raise ValueError(f"unexpected adapter weight {key!r} (expected image_proj.* or ip_adapter.*)")
         nested[group][rest] = value
-    plus = "latents" in nested["image_proj"]
+    plus = is_plus_adapter(state_dict)
     proj = nested["image_proj"].get("proj.weight")
     if plus:
         check_plus_projection(nested["image_proj"])

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from .adapter import load_object_attention
 from .backbones import get_backbone
-from .config import ADAPTER_NAME, ZeroFTConfig
+from .config import ADAPTER_NAME, ZeroFTConfig, is_plus_adapter
 from .encoder import ObjectEncoder, build_visual, locate_encoder
 from .errors import InputError
 from .locate import UNET_WEIGHTS, locate_base, require_file, resolve_checkpoint
@@ -135,13 +135,13 @@ def assemble_pipeline(
 
     if encoder is None:
         encoder = ObjectEncoder.from_source(encoder_source, config.encoder).to(dtype=dtype)
-    width = encoder.token_width if config.projection == "plus" else encoder.embed_dim
+    width = encoder.width(config.projection)
     if width != config.image_embed_dim:
         what = "tokens" if config.projection == "plus" else "embeddings"
         raise ValueError(f"encoder gives {width}-d {what}, the checkpoint expects {config.image_embed_dim}")
     adapter = load_file(str(folder / ADAPTER_NAME))
-    if ("image_proj.latents" in adapter) != (config.projection == "plus"):
-        kind = "an IP-Adapter Plus (resampler)" if "image_proj.latents" in adapter else "a plain IP-Adapter"
+    if is_plus_adapter(adapter) != (config.projection == "plus"):
+        kind = "an IP-Adapter Plus (resampler)" if is_plus_adapter(adapter) else "a plain IP-Adapter"
         raise ValueError(f"{folder / ADAPTER_NAME} is {kind} file, but the checkpoint says its projection is "
                          f"{config.projection!r}")
     load_object_attention(base.unet, adapter)

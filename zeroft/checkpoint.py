@@ -96,9 +96,9 @@ def save_checkpoint(
         raise ValueError("a quantized pipeline cannot be saved as a checkpoint; load it without quantization")
     unet_tuned = config.unet_tuned if unet_tuned is None else unet_tuned
     backbone = get_backbone(getattr(pipe, "backbone", "sd"))
-    plus = uses_patch_tokens(pipe.unet)
-    config = config.replace(unet_tuned=unet_tuned, projection="plus" if plus else "linear",
-                            image_embed_dim=pipe.object_encoder.token_width if plus else pipe.object_encoder.embed_dim,
+    projection = "plus" if uses_patch_tokens(pipe.unet) else "linear"
+    config = config.replace(unet_tuned=unet_tuned, projection=projection,
+                            image_embed_dim=pipe.object_encoder.width(projection),
                             cross_attention_dim=pipe.unet.config.cross_attention_dim, backbone=backbone.name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

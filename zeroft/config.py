@@ -27,6 +27,12 @@ CONFIG_NAME = "zeroft_config.json"
 ADAPTER_NAME = "adapter.safetensors"
 FORMAT_VERSION = 3  # 2 added `backbone`, 3 `projection`; older files load unchanged (SD 1.x, the pooled projection)
 PROJECTIONS = ("linear", "plus")  # the object projection: see ZeroFTConfig.projection
+PLUS_MARKER = "image_proj.latents"  # the resampler's queries: the key that makes an adapter file IP-Adapter Plus
+
+
+def is_plus_adapter(keys) -> bool:
+    """True for the keys (or a state dict) of an IP-Adapter Plus adapter file, whose projection is a resampler."""
+    return PLUS_MARKER in keys
 
 
 @dataclass(frozen=True)

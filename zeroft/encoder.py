@@ -281,6 +281,7 @@ class ObjectEncoder(nn.Module):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.source = source  # local folder the weights came from, copied by save()
+        self._null_tokens: dict[tuple, torch.Tensor] = {}  # (views, dtype, device) -> null_tokens()
         check_views(config.views)
         self.requires_grad_(False)
         self.eval()
@@ -359,8 +360,17 @@ class ObjectEncoder(nn.Module):
 
     def null_tokens(self) -> torch.Tensor:
         """(1, V·(1 + P), W): the tokens of an all-zero *normalised* image, IP-Adapter Plus's null object ϕ (what
-        Plus was trained to drop to, and what diffusers feeds its unconditional branch)."""
-        return self.tokens(torch.zeros(1, 3, self.image_size, self.image_size))
+        Plus was trained to drop to, and what diffusers feeds its unconditional branch). The encoder is frozen, so
+        they are computed once per views, dtype and device (the pipeline and the trainer ask at every call/step)."""
+        key = (self.config.views, self.dtype, self.device)
+        if key not in self._null_tokens:
+            self._null_tokens[key] = self.tokens(torch.zeros(1, 3, self.image_size, self.image_size))
+        return self._null_tokens[key]
+
+    def width(self, projection: str) -> int:
+        """The width of what ``projection`` reads from this encoder: the patch tokens' for "plus", the pooled
+        embedding's otherwise (zeroft.config.ZeroFTConfig.image_embed_dim)."""
+        return self.token_width if projection == "plus" else self.embed_dim
 
     def save(self, folder: str | Path) -> None:
         """Copy the local weights folder (open_clip layout) into ``folder``."""

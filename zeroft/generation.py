@@ -30,7 +30,7 @@ from .checkpoint import save_checkpoint
 from .config import GenerationDefaults, ZeroFTConfig
 from .encoder import ObjectEncoder, check_views
 from .errors import InputError
-from .guidance import batch_branches, check_interval, combine_guidance, needed_branches, noise_levels, step_branches
+from .guidance import batch_branches, branches_per_step, check_interval, combine_guidance, needed_branches
 from .images import ImageInput, load_image
 from .masking import ChosenMask, Masker, choose_mask, mask_cache
 from .timing import BudgetWatch, StepTimes, StepWork
@@ -200,14 +200,12 @@ class ZeroFTMixin:
 
     def null_object(self) -> torch.Tensor:
         """ϕ on the CPU, float32: zeros (1, D) for the pooled projection, the tokens of an all-zero normalised image
-        (1, T, W) for Plus (zeroft.encoder.ObjectEncoder.null_tokens), computed once."""
+        (1, T, W) for Plus (zeroft.encoder.ObjectEncoder.null_tokens, computed once there)."""
         if not self.uses_patch_tokens:
             return torch.zeros(1, self.image_embed_dim)
-        if getattr(self, "_null_tokens", None) is None:
-            if self.object_encoder is None:
-                raise ValueError("an IP-Adapter Plus pipeline needs its object encoder for the null object")
-            self._null_tokens = self.object_encoder.null_tokens().float().cpu()
-        return self._null_tokens
+        if self.object_encoder is None:
+            raise ValueError("an IP-Adapter Plus pipeline needs its object encoder for the null object")
+        return self.object_encoder.null_tokens().float().cpu().clone()  # a copy: outputs hand it to the caller
 
     @property
     def image_embed_dim(self) -> int:
@@ -387,8 +385,7 @@ class ZeroFTMixin:
         self.scheduler.set_timesteps(steps, device=device)
         timesteps = self.scheduler.timesteps
         branches = needed_branches(text_guidance, object_guidance)
-        sigmas = noise_levels(self.scheduler, timesteps) if guidance_interval is not None else [0.0] * len(timesteps)
-        per_step = [step_branches(branches, sigma, guidance_interval) for sigma in sigmas]
+        per_step = branches_per_step(self.scheduler, timesteps, branches, guidance_interval)
         mean_branches = sum(map(len, per_step)) / len(per_step)  # cost units per image and step, on average
         watch = None
         if time_budget is not None:

@@ -143,6 +143,24 @@ def noise_levels(scheduler, timesteps: torch.Tensor) -> list[float]:
     return ((1 - alpha) / alpha).sqrt().tolist()
 
 
+def branches_per_step(scheduler, timesteps: torch.Tensor, branches: list[str],
+                      interval: tuple[float, float] | None) -> list[list[str]]:
+    """:func:`step_branches` at each of ``timesteps`` (the scheduler's σ is read only when there is an interval)."""
+    if interval is None:
+        return [branches] * len(timesteps)
+    return [step_branches(branches, sigma, interval) for sigma in noise_levels(scheduler, timesteps)]
+
+
+def guided_share(scheduler, steps: int, text_guidance: float, object_guidance: float,
+                 interval: tuple[float, float] | None) -> float:
+    """f: the share of the sampler's steps (``scheduler.set_timesteps(steps)``) at which every guidance branch runs;
+    guidance then costs (1 + 2f)/2 of two-branch guidance where three branches are needed."""
+    scheduler.set_timesteps(steps)
+    branches = needed_branches(text_guidance, object_guidance)
+    per_step = branches_per_step(scheduler, scheduler.timesteps, branches, interval)
+    return sum(running == branches for running in per_step) / len(per_step)
+
+
 def step_branches(branches: list[str], sigma: float, interval: tuple[float, float] | None) -> list[str]:
     """The branches to evaluate at a step of noise level ``sigma``: all of ``branches`` inside
     ``interval`` (σ_lo < σ ≤ σ_hi) or with no interval; outside it the one conditional branch, (c,o)

@@ -72,8 +72,7 @@ def render_model_card(config: ZeroFTConfig, name: str = "this checkpoint") -> st
         "--prompt \"a photo of it on a beach\" --out outputs/\n```\n",
         ("The adapter also loads in plain diffusers (IP-Adapter Plus layout): " if config.projection == "plus" else
          "With 4 object tokens the adapter also loads in plain diffusers: ")
-        + 
-        "`pipe.load_ip_adapter(PATH, subfolder=\"\", weight_name=\"adapter.safetensors\", image_encoder_folder=None)`, "
+        + "`pipe.load_ip_adapter(PATH, subfolder=\"\", weight_name=\"adapter.safetensors\", image_encoder_folder=None)`, "
         "given image embeddings from the encoder above.\n",
     ]
     return "\n".join(parts)

@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 
 from .backbones import get_backbone
-from .config import ADAPTER_NAME, CONFIG_NAME, EncoderConfig, GenerationDefaults, ZeroFTConfig
+from .config import ADAPTER_NAME, CONFIG_NAME, PLUS_MARKER, EncoderConfig, GenerationDefaults, ZeroFTConfig, is_plus_adapter
 from .errors import HubUnavailableError, InputError
 from .masking import DEFAULT_MASKER
 from .model_card import write_model_card
@@ -163,12 +163,13 @@ IP_ADAPTER_PRESETS = {"ip-adapter-sd15": IP_ADAPTER_SD15, "ip-adapter-sdxl-vit-h
 PRESET_NAMES = ("zeroft-toy", *IP_ADAPTER_PRESETS)
 
 
-PLUS_INPUT = "image_proj.proj_in.weight"  # (resampler width, token width): what marks an IP-Adapter Plus file
+PLUS_INPUT = "image_proj.proj_in.weight"  # (resampler width, token width): an IP-Adapter Plus file's input
 
 
 def _adapter_shapes(adapter: Mapping[str, torch.Tensor] | str | Path) -> dict[str, tuple[int, ...]]:
-    """The shapes of the projection's input weights, from a state dict or a file (one header read, no tensors)."""
-    names = ("image_proj.proj.weight", PLUS_INPUT)
+    """The shapes of the projection's input weights and of a Plus file's queries, from a state dict or a file (one
+    header read, no tensors)."""
+    names = ("image_proj.proj.weight", PLUS_INPUT, PLUS_MARKER)
     if isinstance(adapter, Mapping):
         return {name: tuple(adapter[name].shape) for name in names if name in adapter}
     from safetensors import safe_open
@@ -179,7 +180,7 @@ def _adapter_shapes(adapter: Mapping[str, torch.Tensor] | str | Path) -> dict[st
 
 def adapter_is_plus(adapter: Mapping[str, torch.Tensor] | str | Path) -> bool:
     """True for an IP-Adapter Plus file (a resampler from the encoder's patch tokens)."""
-    return PLUS_INPUT in _adapter_shapes(adapter)
+    return is_plus_adapter(_adapter_shapes(adapter))
 
 
 def adapter_embed_dim(adapter: Mapping[str, torch.Tensor] | str | Path) -> int:
@@ -294,15 +295,14 @@ def import_ip_adapter(folder: str | Path, adapter_file: str | Path | None = None
             keys = set(f.keys())
     except (SafetensorError, OSError) as error:
         raise InputError(f"The adapter file {label} is not a safetensors file zeroft can read ({error}).") from None
-    plus = "image_proj.latents" in keys
+    plus = is_plus_adapter(keys)
     if plus != (preset.projection == "plus"):
         given, wanted = ("an IP-Adapter Plus", "a plain IP-Adapter") if plus else ("a plain IP-Adapter", "an IP-Adapter Plus")
         others = [n for n, p in IP_ADAPTER_PRESETS.items()
                   if (p.projection == "plus") == plus and p.backbone == preset.backbone]
         raise InputError(f"The adapter file {label} is {given} file, but this preset takes {wanted} file"
                          + (f": import it with --preset {others[0]}." if others else "."))
-    needed = (("image_proj.latents", "image_proj.proj_in.weight", "image_proj.proj_out.weight",
-               "image_proj.norm_out.weight") if plus else ("image_proj.proj.weight", "image_proj.norm.weight"))
+    needed = ((PLUS_MARKER, PLUS_INPUT, "image_proj.proj_out.weight", "image_proj.norm_out.weight") if plus else ("image_proj.proj.weight", "image_proj.norm.weight"))
     kind = "IP-Adapter Plus" if plus else "plain IP-Adapter"
     if any(k not in keys for k in needed) or not any(k.startswith("ip_adapter.") for k in keys):
         raise InputError(f"The adapter file {label} is not a {kind} weight file: it needs "
@@ -318,8 +318,8 @@ def import_ip_adapter(folder: str | Path, adapter_file: str | Path | None = None
                                    if k.startswith("image_proj.")})
         except ValueError as error:
             raise InputError(f"The adapter file {label}: {error}.") from None
-        embed_dim = state["image_proj.proj_in.weight"].shape[1]  # the encoder's token width
-        cross_dim, num_tokens = state["image_proj.proj_out.weight"].shape[0], state["image_proj.latents"].shape[1]
+        embed_dim = state[PLUS_INPUT].shape[1]  # the encoder's token width
+        cross_dim, num_tokens = state["image_proj.proj_out.weight"].shape[0], state[PLUS_MARKER].shape[1]
     else:
         proj = state["image_proj.proj.weight"]  # (num_tokens · cross_dim, image_embed_dim)
         norm = state["image_proj.norm.weight"]  # (cross_dim,)

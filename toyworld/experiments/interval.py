@@ -19,7 +19,7 @@ from pathlib import Path
 
 from zeroft import ZeroFTPipeline
 from zeroft.config import ZeroFTConfig
-from zeroft.guidance import PAPER_SDXL_INTERVAL, needed_branches, noise_levels, step_branches
+from zeroft.guidance import PAPER_SDXL_INTERVAL, guided_share
 
 from ..evaluate import generate, load_judge, make_pairs
 from ..world import split_identities
@@ -29,14 +29,6 @@ INTERVALS = {"off": None, "wide": (0.15, 7.0), "paper SD-XL": PAPER_SDXL_INTERVA
 RESULTS = "interval_eval.json"
 METRICS = (("identity", "identity"), ("text", "text"), ("text on conflicts", "text_on_conflicts"),
            ("background copy", "background_copy"))
-
-
-def fraction_inside(pipe, steps: int, interval, text_guidance: float, object_guidance: float) -> float:
-    """f: the share of the sampler's steps at which every guidance branch runs."""
-    pipe.scheduler.set_timesteps(steps)
-    branches = needed_branches(text_guidance, object_guidance)
-    per_step = [step_branches(branches, sigma, interval) for sigma in noise_levels(pipe.scheduler, pipe.scheduler.timesteps)]
-    return sum(len(b) == len(branches) for b in per_step) / len(per_step)
 
 
 def within_one_se(row: dict, off: dict, metric: str) -> bool:
@@ -67,7 +59,7 @@ def run_interval(checkpoint: Path, judge_path: Path, out: Path, references: int 
     for name, interval in intervals.items():
         if name in record["rows"]:
             continue
-        f = fraction_inside(pipe, d.steps, interval, d.text_guidance, d.object_guidance)
+        f = guided_share(pipe.scheduler, d.steps, d.text_guidance, d.object_guidance, interval)
         started = time.perf_counter()
         images = generate(pipe, pairs, d.text_guidance, d.object_guidance, d.steps, guidance_interval=interval or "off")
         seconds = (time.perf_counter() - started) / len(pairs)
