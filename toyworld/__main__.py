@@ -1,4 +1,4 @@
-"""``python -m toyworld build | ablations | recipes | copying | interval | eval | patterns | steps | personalization``: the toy world's command line.
+"""``python -m toyworld build | ablations | recipes | tokens | copying | interval | eval | patterns | steps | personalization``: the toy world's command line.
 
 The one place that reads flags and turns a bad request (zeroft.errors.InputError) into an
 ``error: ...`` line and exit status 2; every command is a function of the module named below.
@@ -25,6 +25,7 @@ from .experiments.interval import run_interval
 from .experiments.patterns import pattern_confusions
 from .experiments.personalization import personalization
 from .experiments.recipes import train_recipes
+from .experiments.tokens import run_tokens
 from .experiments.report import EvalOptions, evaluate_checkpoint
 from .experiments.steps import step_costs
 from .models import UNETS
@@ -72,6 +73,15 @@ def _build_parser(commands) -> None:
     r.add_argument("--steps", type=int, default=1000, help="zeroft training steps of every variant")
     r.add_argument("--only", nargs="*", default=None, help="variants to train (default: all)")
     r.add_argument("--train-only", action="store_true", help="train, do not score")
+    t = commands.add_parser("tokens", help="the paper's recipe with pooled object tokens against patch tokens "
+                                           "(IP-Adapter Plus's resampler), from the recipes table's base "
+                                           "(toyworld.experiments.tokens)")
+    _recipe_experiment_options(t, "runs/recipes", "the shared base (the recipes table's), the streams and the variants",
+                               "the VAE and object encoder both variants share, and the guidance they are scored at",
+                               "toyworld/results/toyworld-tokens")
+    t.add_argument("--base-steps", type=int, default=1000, help="steps of the shared base model (the recipes table's)")
+    t.add_argument("--steps", type=int, default=1000, help="zeroft training steps of each variant")
+    t.add_argument("--train-only", action="store_true", help="train, do not score")
     c = commands.add_parser("copying", help="continue the shipped model under IP-Adapter's data recipe and the paper's, "
                                             "scored on conflicts every --score-every steps "
                                             "(toyworld.experiments.copying)")
@@ -209,6 +219,14 @@ def run(argv=None) -> dict:
             report["evaluation"] = evaluate_recipes(Path(args.work), Path(args.judge), checkpoint,
                                                     Path(args.out), args.references, args.seed)
         return report
+    if args.command == "tokens":
+        for flag in ("base_steps", "steps", "references"):
+            at_least_one(flag.replace("_", "-"), getattr(args, flag))
+        checkpoint = checkpoint_option(args, "checkpoint")
+        if not Path(args.judge).is_file():
+            raise InputError(f"--judge {args.judge}: no such file")
+        return run_tokens(Path(args.work), checkpoint, Path(args.judge), Path(args.out), args.base_steps, args.steps,
+                          args.references, args.seed, args.train_only)
     if args.command == "copying":
         for flag in ("steps", "score_every", "references"):
             at_least_one(flag.replace("_", "-"), getattr(args, flag))

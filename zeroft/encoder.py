@@ -205,6 +205,19 @@ def load_open_clip_folder(folder: str | Path) -> tuple[nn.Module, dict]:
     return model, json.loads((folder / OPEN_CLIP_CONFIG).read_text()).get("preprocess_cfg", {})
 
 
+def config_token_width(vision_cfg: dict) -> int:
+    """The width of :meth:`ObjectEncoder.tokens` from an open_clip ``vision_cfg`` alone: a ViT's width; for a ResNet
+    (``layers`` a list of four stage depths), its next-to-last stage's channels (4 x width planes, 4x expansion)."""
+    if isinstance(vision_cfg.get("layers"), (list, tuple)):
+        return 16 * int(vision_cfg["width"])
+    return int(vision_cfg["width"])
+
+
+def _is_resnet(visual: nn.Module) -> bool:
+    """Whether ``visual`` is open_clip's ModifiedResNet (an attention-pooled ResNet) rather than a ViT."""
+    return hasattr(visual, "attnpool") and hasattr(visual, "layer3")
+
+
 def object_view(image: Image.Image, mask: np.ndarray, config: EncoderConfig) -> Image.Image:
     """What the encoder looks at, before resizing: x ⊗ m, cropped to the object, padded to a square.
 
@@ -333,7 +346,10 @@ class ObjectEncoder(nn.Module):
 
     @property
     def token_width(self) -> int:
-        """Width of the tokens :meth:`tokens` returns: the tower's own width (1280 for ViT-H/14)."""
+        """Width of the tokens :meth:`tokens` returns: the tower's own width (1280 for ViT-H/14); for a ResNet tower,
+        the channels of its next-to-last stage."""
+        if _is_resnet(self.visual):
+            return int(self.visual.layer3[-1].conv3.out_channels)
         return int(self.visual.transformer.width)
 
     @torch.no_grad()
@@ -344,17 +360,27 @@ class ObjectEncoder(nn.Module):
         IP-Adapter Plus resamples, the same tensor as transformers' ``CLIPVisionModelWithProjection(...,
         output_hidden_states=True).hidden_states[-2]`` (257 x 1280 for ViT-H/14 at 224 px; tested against it).
         With several ``config.views`` (V > 1) each view's tokens follow the last's along the token axis.
-        Uses open_clip's public ``VisionTransformer.forward_intermediates``.
+
+        A ResNet tower (open_clip's ModifiedResNet, the toy world's encoder) has no class token: its tokens are the
+        grid of its next-to-last stage (stem, layer1..3: all stages but the last), one token per cell, with the
+        grid's mean in front, as the tower's attention pool puts it (4 x 4 + 1 = 17 for the toy's 64 px encoder).
+        Uses open_clip's public ``forward_intermediates`` of either tower.
         """
-        depth = len(self.visual.transformer.resblocks)
+        resnet = _is_resnet(self.visual)
+        depth = 5 if resnet else len(self.visual.transformer.resblocks)  # a ResNet's stages: stem, layer1..layer4
         if depth < 2:
             raise ValueError("patch tokens come from the block before the last: this tower has only one block")
         pixels = pixel_values.to(device=self.device, dtype=self.dtype)
         batch = pixels.shape[0]
         views = pixels if self.config.views == "none" else view_batch(pixels, self.config.views)  # (V·B, 3, S, S)
-        out = self.visual.forward_intermediates(views, indices=[depth - 2], stop_early=True, intermediates_only=True,
-                                                output_fmt="NLC", output_extra_tokens=True)
-        tokens = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)  # (V·B, T, W)
+        if resnet:
+            out = self.visual.forward_intermediates(views, indices=[depth - 2], stop_early=True, intermediates_only=True)
+            grid = out["image_intermediates"][0].flatten(2).transpose(1, 2)  # (V·B, H·W, C)
+            tokens = torch.cat([grid.mean(1, keepdim=True), grid], dim=1)
+        else:
+            out = self.visual.forward_intermediates(views, indices=[depth - 2], stop_early=True,
+                                                    intermediates_only=True, output_fmt="NLC", output_extra_tokens=True)
+            tokens = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
         count = tokens.shape[0] // batch
         return tokens.view(count, batch, *tokens.shape[1:]).transpose(0, 1).reshape(batch, -1, tokens.shape[-1])
 

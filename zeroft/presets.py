@@ -57,6 +57,7 @@ import torch
 
 from .backbones import get_backbone
 from .config import ADAPTER_NAME, CONFIG_NAME, PLUS_MARKER, EncoderConfig, GenerationDefaults, ZeroFTConfig, is_plus_adapter
+from .encoder import config_token_width
 from .errors import HubUnavailableError, InputError
 from .masking import DEFAULT_MASKER
 from .model_card import write_model_card
@@ -211,7 +212,7 @@ def encoder_embed_dim(encoder: EncoderConfig, root: str | Path | None = None, to
         model_cfg = open_clip.get_model_config(encoder.model_name)
         if model_cfg is None:
             return None
-    return int(model_cfg["vision_cfg"]["width"] if tokens else model_cfg["embed_dim"])
+    return config_token_width(model_cfg["vision_cfg"]) if tokens else int(model_cfg["embed_dim"])
 
 
 def _label(adapter) -> str:

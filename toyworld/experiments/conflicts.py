@@ -169,21 +169,23 @@ def table(rows: dict[str, dict], chance: dict[str, float]) -> str:
 
 
 def evaluate_recipes(work: Path, judge_path: Path, defaults_from: Path, out: Path, references: int = 3,
-                     seed: int = 0, figure_background: str = "white", figure_objects: int = 4) -> dict:
-    """Score every variant trained in ``work``/recipes at ``defaults_from``'s guidance, sampler steps and encoder
-    views (the shipped checkpoint's, chosen by its build on training identities: the same for every row, never
-    tuned here); writes ``recipes_eval.json``, ``table.md`` and ``conflicts.png`` to ``out``; returns the report."""
+                     seed: int = 0, figure_background: str = "white", figure_objects: int = 4,
+                     variants: dict[str, dict] = VARIANTS, folder: str = FOLDER) -> dict:
+    """Score every variant of ``variants`` trained in ``work``/``folder`` at ``defaults_from``'s guidance, sampler
+    steps and encoder views (the shipped checkpoint's, chosen by its build on training identities: the same for
+    every row, never tuned here); writes ``recipes_eval.json``, ``table.md`` and ``conflicts.png`` to ``out``;
+    returns the report."""
     out.mkdir(parents=True, exist_ok=True)
     _, held_out = split_identities()
     judge = load_judge(judge_path)
     chosen = ZeroFTConfig.load(defaults_from)
     defaults = chosen.defaults
-    record = json.loads((work / FOLDER / "ablations.json").read_text())
+    record = json.loads((work / folder / "ablations.json").read_text())
     pairs = make_pairs(held_out, references, seed + 500)  # the main evaluation's pairs
     figure_pairs = conflict_references(held_out, figure_background, figure_objects, seed)
     chance = _chance()
     rows, outputs = {}, {True: {}, False: {}}
-    for name in VARIANTS:
+    for name in variants:
         if name not in record:
             continue
         pipe = ZeroFTPipeline.from_pretrained(record[name]["checkpoint"], device="cpu")

@@ -64,13 +64,15 @@ def shared_parts(checkpoint: Path, work: Path, judge: Path) -> None:
 
 
 def train_recipes(work: Path, checkpoint: Path, judge: Path, base_steps: int, steps: int, seed: int = 0,
-                  only: list[str] | None = None) -> dict:
+                  only: list[str] | None = None, variants: dict[str, dict] = VARIANTS, folder: str = FOLDER) -> dict:
     """The shared parts (``judge``: the folder of the judge the build shipped), a base of ``base_steps``, the two
-    streams, then every variant at ``steps``; returns the variants' record (``work``/recipes/ablations.json) with
-    the base's own record beside it. Everything runs on the CPU (the build's ``--device cpu``)."""
+    streams, then every variant of ``variants`` at ``steps``; returns the variants' record
+    (``work``/``folder``/ablations.json) with the base's own record beside it. Everything runs on the CPU (the
+    build's ``--device cpu``). Other experiments (toyworld.experiments.tokens) train their variants from the same
+    base in a folder of their own."""
     shared_parts(checkpoint, work, judge)
     run = start_run(work, Path("assets"), replace(Budget(), base=base_steps), seed, "cpu", 0)
     pretrain(run, None)
     write_training_streams(run)
-    report = run_ablations(work, steps, seed, only, VARIANTS, FOLDER)
+    report = run_ablations(work, steps, seed, only, variants, folder)
     return {"base": json.loads((work / "base" / "done.json").read_text()), "variants": report}
