@@ -1,6 +1,6 @@
 """Full-size CPU benchmark: load time, peak resident memory and seconds per step, none vs int8.
 
-    python -m bench.full_size [--backbone sd15|sdxl|all] [--dtype auto|float32|bfloat16[,...]] [--dry-run]
+    python -m bench.full_size [--backbone sd15|sdxl|sd15-plus|sdxl-plus|all] [--dtype auto|float32|bfloat16[,...]] [--dry-run]
 
 Random weights at the real configurations (speed and memory do not depend on the values), written
 once into ``--cache`` (default /work/bench-cache, outside git) and reused:
@@ -8,7 +8,9 @@ once into ``--cache`` (default /work/bench-cache, outside git) and reused:
 - sd15: SD1.5 UNet (860M), VAE (84M), CLIP ViT-L/14 text encoder (123M), at 512 px, with the
   OpenCLIP ViT-H/14 image tower (632M) as a transformers ``CLIPVisionModelWithProjection``;
 - sdxl: SDXL base UNet (2.6B), VAE, CLIP ViT-L/14 text and OpenCLIP bigG/14 text encoder
-  (``CLIPTextModelWithProjection``, 695M), at 1024 px, with the ViT-bigG/14 image tower (1.8B).
+  (``CLIPTextModelWithProjection``, 695M), at 1024 px, with the ViT-bigG/14 image tower (1.8B);
+- sd15-plus, sdxl-plus: the same bases with the ViT-H/14 tower and an IP-Adapter Plus adapter (patch tokens through
+  a resampler), as the Plus presets run (zeroft loader only).
 
 Each case runs in a fresh process (so its peak, VmHWM, is its own) under a watchdog that stops it
 if the machine runs short of memory (the machine is shared). Loaders: ``from_pretrained`` (int8:
@@ -77,6 +79,12 @@ BACKBONES = {
         "image_encoder": ("CLIPVisionModelWithProjection", VIT_BIGG), "unet": ("UNet2DConditionModel", SDXL_UNET),
         "vae": ("AutoencoderKL", SDXL_VAE)}),
 }
+# IP-Adapter Plus (the presets ip-adapter-plus-sd15 and ip-adapter-plus-sdxl-vit-h): the same bases, both with the
+# ViT-H/14 tower, whose 257 x 1280 patch tokens go through diffusers' resampler (h94's files: 16 queries, depth 4,
+# inner width 768 for SD1.5, 1280 for SDXL). Only the zeroft loader: the plain loaders' rows would be the base rows.
+BACKBONES["sd15-plus"] = dict(BACKBONES["sd15"], plus=dict(num_tokens=16, resampler_width=768))
+BACKBONES["sdxl-plus"] = dict(BACKBONES["sdxl"], encoder="ViT-H-14", plus=dict(num_tokens=16, resampler_width=1280),
+                              parts={**BACKBONES["sdxl"]["parts"], "image_encoder": ("CLIPVisionModelWithProjection", VIT_H)})
 QUANTIZED_PARTS = ("unet", "text_encoder", "text_encoder_2", "image_encoder")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 NOTES = [
@@ -158,7 +166,8 @@ def write_models(backbone: str, cache: Path) -> Path:
         model.save_pretrained(folder / f"{part}.tmp")
         (folder / f"{part}.tmp").rename(folder / part)  # a half-written part is never taken as done
         del model
-    for name in ("tokenizer",) + (("tokenizer_2",) if backbone == "sdxl" else ()):
+    xl = "text_encoder_2" in spec["parts"]
+    for name in ("tokenizer",) + (("tokenizer_2",) if xl else ()):
         if not (folder / name).is_dir():
             tiny_tokenizer(77).save_pretrained(folder / name)  # token ids < 514: any vocabulary size does
     if not (folder / "scheduler").is_dir():
@@ -166,12 +175,12 @@ def write_models(backbone: str, cache: Path) -> Path:
 
         EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                steps_offset=1).save_pretrained(folder / "scheduler")
-    pipeline = "StableDiffusionXLPipeline" if backbone == "sdxl" else "StableDiffusionPipeline"
+    pipeline = "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline"
     index = {"_class_name": pipeline, "scheduler": ["diffusers", "EulerDiscreteScheduler"]}
     for part, (class_name, _) in spec["parts"].items():
         if part != "image_encoder":  # zeroft's encoder is its own (checkpoint encoder/ below)
             index[part] = ["diffusers" if part in ("unet", "vae") else "transformers", class_name]
-    for name in ("tokenizer", "tokenizer_2")[: 2 if backbone == "sdxl" else 1]:
+    for name in ("tokenizer", "tokenizer_2")[: 2 if xl else 1]:
         index[name] = ["transformers", "CLIPTokenizer"]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
@@ -188,6 +197,7 @@ def write_checkpoint(backbone: str, base: Path) -> Path:
     from zeroft.streaming import load_streaming
 
     spec = BACKBONES[backbone]
+    plus = spec.get("plus")
     folder = base.parent / f"{base.name}-zeroft"
     if (folder / "zeroft_config.json").is_file():
         return folder
@@ -201,11 +211,16 @@ def write_checkpoint(backbone: str, base: Path) -> Path:
     if not (encoder / "open_clip_model.safetensors").exists():  # the transformers layout, which zeroft converts
         (encoder / "open_clip_model.safetensors").symlink_to(base / "image_encoder" / "model.safetensors")
     unet = load_streaming(UNet2DConditionModel, base, subfolder="unet", dtype=None)  # in the file dtype
-    save_file(initial_adapter_state_dict(unet, model_cfg["embed_dim"], 4), str(folder / ADAPTER_NAME))
+    width = model_cfg["vision_cfg"]["width"] if plus else model_cfg["embed_dim"]  # patch tokens' or pooled width
+    state = (initial_adapter_state_dict(unet, width, plus["num_tokens"], projection="plus",
+                                        resampler_width=plus["resampler_width"]) if plus
+             else initial_adapter_state_dict(unet, width, 4))
+    save_file({k: v.to(DTYPES[spec["dtype"]]) for k, v in state.items()}, str(folder / ADAPTER_NAME))
     config = ZeroFTConfig(
-        base_model="base", backbone="sdxl" if backbone == "sdxl" else "sd",
+        base_model="base", backbone="sdxl" if "text_encoder_2" in spec["parts"] else "sd",
         encoder=EncoderConfig(model_name=spec["encoder"], pretrained=None, path="encoder"),
-        image_embed_dim=model_cfg["embed_dim"], cross_attention_dim=unet.config.cross_attention_dim, masker="border",
+        projection="plus" if plus else "linear", num_tokens=plus["num_tokens"] if plus else 4,
+        image_embed_dim=width, cross_attention_dim=unet.config.cross_attention_dim, masker="border",
         defaults=GenerationDefaults(height=spec["size"], width=spec["size"], steps=1),
         licenses={"all": "random weights made by bench.full_size"})
     config.save(folder)
@@ -280,7 +295,7 @@ def load_zeroft(backbone: str, checkpoint: Path, quantization: str, dtype: torch
     from zeroft import ZeroFTPipeline
 
     cls = ZeroFTPipeline
-    if backbone == "sdxl":
+    if "text_encoder_2" in BACKBONES[backbone]["parts"]:
         from zeroft import ZeroFTXLPipeline as cls  # noqa: N813
     pipe = cls.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantization=quantization)
     pipe.set_progress_bar_config(disable=True)
@@ -338,7 +353,8 @@ def watched(command: list[str], min_available_gib: float) -> str | None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", choices=["sd15", "sdxl", "all"], default="sd15")
+    parser.add_argument("--backbone", choices=[*BACKBONES, "all"], default="sd15",
+                        help="all: sd15 and sdxl; the -plus backbones take --loaders zeroft")
     parser.add_argument("--dtype", default="auto",
                         help="compute dtype(s), comma-separated; auto: the files' (float32 for sd15, bfloat16 for sdxl)")
     parser.add_argument("--loaders", default=",".join(LOADERS))

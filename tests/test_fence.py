@@ -81,3 +81,17 @@ def test_a_plus_files_resampler_becomes_diffusers_own():
     layer = fence.ip_adapter_plus_projection(unet, image_proj)
     assert isinstance(layer, IPAdapterPlusImageProjection) and layer.latents.shape[1] == QUERIES
     assert torch.equal(layer.layers[0].attn.to_k.weight, image_proj["layers.0.0.to_kv.weight"].chunk(2)[0])
+
+
+def test_flux_unpack_latents_undoes_the_public_packing():
+    """FluxPipeline.prepare_latents packs (1, C, h, w) noise into 2 x 2 patches; the fence's unpacking gives it back."""
+    from zeroft.tiny import tiny_flux_base_pipeline
+
+    pipe = tiny_flux_base_pipeline()
+    channels = pipe.transformer.config.in_channels // 4
+    packed, _ = pipe.prepare_latents(1, channels, 64, 64, torch.float32, torch.device("cpu"),
+                                     torch.Generator().manual_seed(0))
+    side = 64 // pipe.vae_scale_factor
+    assert packed.shape == (1, (side // 2) ** 2, channels * 4)
+    expected = torch.randn((1, channels, side, side), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fence.flux_unpack_latents(packed, 64, 64, pipe.vae_scale_factor), expected)

@@ -14,6 +14,7 @@ from .images import load_image, load_mask
 from .loading import get_pipeline, load_pipeline, pipeline_cache
 from .masking import ChosenMask, Masker, apply_mask, choose_mask, prepare_mask
 from .pipeline import GenerationSettings, ZeroFTOutput, ZeroFTPipeline
+from .pipeline_flux import ZeroFTFluxPipeline
 from .pipeline_xl import ZeroFTXLPipeline
 
 __version__ = "0.1.0"
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ChosenMask", "EncodedObject", "EncoderConfig", "GenerationDefaults", "GenerationSettings",
     "HubUnavailableError", "InputError", "Masker", "ModelUnavailableError", "ObjectEncoder",
-    "ZeroFTConfig", "ZeroFTOutput", "ZeroFTPipeline", "ZeroFTXLPipeline", "adapter_state_dict", "apply_mask", "choose_mask", "get_pipeline", "install_object_attention",
+    "ZeroFTConfig", "ZeroFTFluxPipeline", "ZeroFTOutput", "ZeroFTPipeline", "ZeroFTXLPipeline", "adapter_state_dict", "apply_mask", "choose_mask", "get_pipeline", "install_object_attention",
     "load_image", "load_mask", "load_object_attention", "load_pipeline", "pipeline_cache", "prepare_mask", "push_to_hub",
     "save_checkpoint", "set_object_scale",
 ]

@@ -1,4 +1,5 @@
-"""Decoupled object cross-attention in a diffusers UNet, in IP-Adapter's layout.
+"""Decoupled object cross-attention in a diffusers UNet, in IP-Adapter's layout (a FLUX.1 transformer's:
+zeroft.adapter_flux, which the functions here hand it to).
 
 The paper inserts extra attention modules that attend to the object embedding (Jia et al.,
 2023, sec. 3.2). zeroft realises them as decoupled cross-attention (Ye et al., 2023,
@@ -26,12 +27,14 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
 from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection, MultiIPAdapterImageProjection
 
+from .adapter_flux import (FluxIPAdapterAttnProcessor, flux_adapter_state_dict, initial_flux_adapter_state_dict,
+                           is_flux, load_flux_object_attention)
 from .config import is_plus_adapter
 from .fence import ip_adapter_plus_projection, ip_adapter_processors
 
 PLUS_DEPTH, PLUS_HEAD_WIDTH = 4, 64  # what diffusers' converter of Plus files assumes (zeroft.fence)
 
-IP_PROCESSORS = (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)
+IP_PROCESSORS = (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0, FluxIPAdapterAttnProcessor)
 
 
 def _cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
@@ -43,6 +46,12 @@ def _cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
 
 def _attention_module(unet: UNet2DConditionModel, processor_name: str):
     return unet.get_submodule(processor_name[: -len(".processor")])
+
+
+def object_token_width(denoiser) -> int:
+    """The width object tokens are projected to: the UNet's cross-attention width (FLUX: its text tokens' width,
+    ``joint_attention_dim``), what zeroft_config.json records as ``cross_attention_dim``."""
+    return denoiser.config.joint_attention_dim if is_flux(denoiser) else denoiser.config.cross_attention_dim
 
 
 def has_object_attention(unet: UNet2DConditionModel) -> bool:
@@ -65,6 +74,10 @@ def initial_adapter_state_dict(
             from tokens ``image_embed_dim`` wide to ``num_tokens`` queries; ``resampler_width`` its inner width, 768
             as in h94's SD1.5 Plus file).
     """
+    if is_flux(unet):
+        if projection != "linear":
+            raise ValueError("FLUX object attention takes the pooled embedding (the XLabs layout): projection 'linear'")
+        return initial_flux_adapter_state_dict(unet, image_embed_dim, num_tokens, seed)
     cross_dim = unet.config.cross_attention_dim
     if projection == "plus":
         with torch.random.fork_rng(devices=[]):
@@ -99,6 +112,8 @@ def load_object_attention(unet: UNet2DConditionModel, state_dict: dict[str, torc
         unet: any SD-family UNet with cross-attention.
         state_dict: flat dict in IP-Adapter layout (see the module docstring).
     """
+    if is_flux(unet):
+        return load_flux_object_attention(unet, state_dict)
     nested: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
     for key, value in state_dict.items():
         group, _, rest = key.partition(".")
@@ -204,6 +219,8 @@ def install_object_attention(
 
 def adapter_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     """The object-attention weights of ``unet`` in IP-Adapter layout (contiguous CPU tensors)."""
+    if is_flux(unet):
+        return flux_adapter_state_dict(unet)
     if not has_object_attention(unet):
         raise ValueError("this UNet has no object attention installed")
     layer = unet.encoder_hid_proj.image_projection_layers[0]

@@ -40,8 +40,8 @@ def _load_base(source: Path, config: ZeroFTConfig, dtype: torch.dtype, unet, une
         from diffusers import PipelineQuantizationConfig
 
         mapping = {part: text_quant for part in backbone.text_encoders}
-        if unet is None:
-            mapping["unet"] = unet_quant
+        if unet is None and backbone.denoiser not in kwargs:
+            mapping[backbone.denoiser] = unet_quant
         kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping=mapping)
     return backbone.base_class().from_pretrained(str(source), dtype=dtype, **kwargs)  # a local folder (_locate_base)
 
@@ -55,7 +55,8 @@ def _stream_int8(folder: Path, config: ZeroFTConfig, base_source: Path, encoder_
     from .streaming import load_parts_streaming, load_streaming
     from .streaming_visual import load_visual_streaming
 
-    parts = get_backbone(config.backbone).text_encoders + (() if config.unet_tuned else ("unet",))
+    backbone = get_backbone(config.backbone)
+    parts = backbone.text_encoders + (() if config.unet_tuned else (backbone.denoiser,))
     loaded = load_parts_streaming(base_source, parts, dtype=dtype, quantization="int8")
     if config.unet_tuned:
         loaded["unet"] = load_streaming(UNet2DConditionModel, folder, subfolder="unet", dtype=dtype, quantization="int8")
@@ -116,6 +117,9 @@ def assemble_pipeline(
     # 1. Find every file before building anything: at full size the builds take minutes.
     require_file(folder, ADAPTER_NAME, "the object attention weights")
     check_adapter_encoder(folder / ADAPTER_NAME, config.encoder, folder)  # the commonest pairing error, before downloads
+    if config.unet_tuned and get_backbone(config.backbone).denoiser != "unet":
+        raise InputError(f"{checkpoint} says its whole {get_backbone(config.backbone).denoiser} is tuned; zeroft "
+                         "reads tuned weights only for Stable Diffusion UNets (unet/).")
     if config.unet_tuned:
         require_file(folder, "unet/config.json", "the tuned UNet")
         require_file(folder, f"unet/{UNET_WEIGHTS}", "the tuned UNet")
@@ -144,8 +148,9 @@ def assemble_pipeline(
         kind = "an IP-Adapter Plus (resampler)" if is_plus_adapter(adapter) else "a plain IP-Adapter"
         raise ValueError(f"{folder / ADAPTER_NAME} is {kind} file, but the checkpoint says its projection is "
                          f"{config.projection!r}")
-    load_object_attention(base.unet, adapter)
-    quantize_object_attention_(base.unet, quantization)
+    denoiser = getattr(base, get_backbone(config.backbone).denoiser)
+    load_object_attention(denoiser, adapter)
+    quantize_object_attention_(denoiser, quantization)
 
     components = {k: v for k, v in base.components.items() if k != "image_encoder"}
     pipe = pipeline_class(**components, object_encoder=encoder, zeroft_config=config, masker=pipe_masker,

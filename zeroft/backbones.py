@@ -14,7 +14,8 @@ from .errors import InputError
 
 
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model")  # the weight file names of diffusers' and transformers' models
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json")
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json",
+                   "spiece.model")  # CLIP's BPE files; T5's SentencePiece model (FLUX.1's tokenizer_2)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Backbone:
     base_kwargs: tuple[tuple[str, object], ...] = ()  # extra constructor/from_pretrained arguments of the base
     native_size: int = 512  # the side the family's released weights were trained at
     vae_fp32_under_fp16: bool = False  # its pipelines honour the VAE's force_upcast (SDXL's VAE overflows in fp16)
+    denoiser: str = "unet"  # the base pipeline's part the object attention goes into
+    denoiser_class: str = "UNet2DConditionModel"  # its diffusers class
+    licence_note: str | None = None  # one line every download of the family's weights shows (FLUX.1 [dev])
 
     def base_class(self):
         """The diffusers pipeline class (imported on use: diffusers' lazy module loads it then)."""
@@ -45,7 +49,7 @@ class Backbone:
     @property
     def weight_parts(self) -> tuple[str, ...]:
         """The networks whose safetensors weights a local base folder must hold."""
-        return ("unet", "vae", *self.text_encoders)
+        return (self.denoiser, "vae", *self.text_encoders)
 
     def hub_file_patterns(self, unet_tuned: bool = False) -> list[str]:
         """The files of a Hub base model of this family that zeroft reads, as ``snapshot_download`` patterns.
@@ -57,7 +61,7 @@ class Backbone:
         """
         weights = [f"{stem}{tail}" for stem in WEIGHT_STEMS
                    for tail in (".safetensors", ".safetensors.index.json", "-*-of-*.safetensors")]
-        networks = [part for part in self.weight_parts if not (part == "unet" and unet_tuned)]
+        networks = [part for part in self.weight_parts if not (part == self.denoiser and unet_tuned)]
         return (["model_index.json", "scheduler/scheduler_config.json"]
                 + [f"{tokenizer}/{name}" for tokenizer in self.tokenizers for name in TOKENIZER_FILES]
                 + [f"{part}/{name}" for part in networks for name in ("config.json", *weights)])
@@ -74,6 +78,13 @@ BACKBONES = {
         name="sdxl", label="Stable Diffusion XL", base_pipeline="StableDiffusionXLPipeline",
         text_encoders=("text_encoder", "text_encoder_2"), tokenizers=("tokenizer", "tokenizer_2"),
         passed_as_none=("feature_extractor", "image_encoder"), native_size=1024, vae_fp32_under_fp16=True,
+    ),
+    # FLUX.1 [dev] / [schnell]: a 12B transformer; text by CLIP ViT-L/14 (pooled) and T5-XXL (tokens).
+    "flux": Backbone(
+        name="flux", label="FLUX.1", base_pipeline="FluxPipeline",
+        text_encoders=("text_encoder", "text_encoder_2"), tokenizers=("tokenizer", "tokenizer_2"),
+        passed_as_none=("image_encoder", "feature_extractor"), native_size=1024,
+        denoiser="transformer", denoiser_class="FluxTransformer2DModel",
     ),
 }
 

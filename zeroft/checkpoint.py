@@ -13,7 +13,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
-from .adapter import adapter_state_dict, uses_patch_tokens
+from .adapter import adapter_state_dict, object_token_width, uses_patch_tokens
 from .backbones import Backbone, get_backbone
 from .config import ADAPTER_NAME, ZeroFTConfig
 from .errors import HubUnavailableError
@@ -45,21 +45,22 @@ def save_unet_without_adapter(unet: UNet2DConditionModel, folder: str | Path) ->
 def _write_base(pipe, folder: Path, unet_tuned: bool, backbone: Backbone) -> None:
     """The base pipeline's parts from memory; its UNet only when untuned (a tuned one lives in unet/)."""
     parts = {name: getattr(pipe, name) for name in ("vae", *backbone.text_encoders, *backbone.tokenizers, "scheduler")}
-    # unet=None is on purpose; diffusers would warn "self.unet=None ... cannot be saved" on every export.
+    # unet=None (FLUX: transformer=None) is on purpose; diffusers would warn "self.unet=None ... cannot be saved"
+    # on every export.
     pipeline_logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
     level = pipeline_logger.level
     pipeline_logger.setLevel(logging.ERROR)
     try:
-        base = backbone.base_class()(**parts, unet=None, **backbone.base_arguments())
+        base = backbone.base_class()(**parts, **{backbone.denoiser: None}, **backbone.base_arguments())
         base.save_pretrained(folder, safe_serialization=True)
     finally:
         pipeline_logger.setLevel(level)
     if not unet_tuned:
         # The UNet in memory carries the object attention; write it clean and list it in the index.
-        save_unet_without_adapter(pipe.unet, folder / "unet")
+        save_unet_without_adapter(pipe.denoiser, folder / backbone.denoiser)
         index_path = folder / "model_index.json"
         index = json.loads(index_path.read_text())
-        index["unet"] = ["diffusers", "UNet2DConditionModel"]
+        index[backbone.denoiser] = ["diffusers", backbone.denoiser_class]
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
@@ -96,17 +97,20 @@ def save_checkpoint(
         raise ValueError("a quantized pipeline cannot be saved as a checkpoint; load it without quantization")
     unet_tuned = config.unet_tuned if unet_tuned is None else unet_tuned
     backbone = get_backbone(getattr(pipe, "backbone", "sd"))
-    projection = "plus" if uses_patch_tokens(pipe.unet) else "linear"
+    if unet_tuned and backbone.denoiser != "unet":
+        raise ValueError(f"a {backbone.label} checkpoint keeps its base {backbone.denoiser}: only the object attention "
+                         "is saved (unet_tuned is for Stable Diffusion UNets)")
+    projection = "plus" if uses_patch_tokens(pipe.denoiser) else "linear"
     config = config.replace(unet_tuned=unet_tuned, projection=projection,
                             image_embed_dim=pipe.object_encoder.width(projection),
-                            cross_attention_dim=pipe.unet.config.cross_attention_dim, backbone=backbone.name)
+                            cross_attention_dim=object_token_width(pipe.denoiser), backbone=backbone.name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not is_hub_id(config.base_model):
         _write_base(pipe, folder / config.base_model, unet_tuned, backbone)
     if config.encoder.path is not None:
         pipe.object_encoder.save(folder / config.encoder.path)
-    save_file(adapter_state_dict(pipe.unet), str(folder / ADAPTER_NAME), metadata={"format": "pt"})
+    save_file(adapter_state_dict(pipe.denoiser), str(folder / ADAPTER_NAME), metadata={"format": "pt"})
     if unet_tuned:
         save_unet_without_adapter(pipe.unet, folder / "unet")
     if dtype is not None:

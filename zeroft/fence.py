@@ -117,3 +117,15 @@ def rembg_knows(model: str) -> bool:
     except ImportError:
         return False
     return any(c.name() == model for c in sessions_class)
+
+
+def flux_unpack_latents(latents: torch.Tensor, height: int, width: int, vae_scale_factor: int) -> torch.Tensor:
+    """FLUX's packed latents (B, h/2 · w/2, 4C) back to the VAE's grid (B, C, h, w), for an output of ``height`` x
+    ``width`` pixels.
+
+    diffusers 0.42.1: ``FluxPipeline._unpack_latents`` (a static method), the inverse of the packing its public
+    ``prepare_latents`` does; no public method decodes without running the whole pipeline.
+    """
+    from diffusers import FluxPipeline
+
+    return FluxPipeline._unpack_latents(latents, height, width, vae_scale_factor)

@@ -11,7 +11,11 @@ numbered steps of ``__call__``. A family supplies three small hooks:
   a text (SDXL's pooled ``text_embeds``);
 - ``_size_conditions(height, width, batch)``: added conditions that depend on the output size
   only (SDXL's ``time_ids``), or {};
-- ``_decode(latents, output_type)``: latents to images, as the family's diffusers pipeline does.
+- ``_decode(latents, output_type, height, width)``: latents to images, as the family's diffusers pipeline does.
+
+A family whose denoiser is not a UNet (FLUX.1's transformer, zeroft.pipeline_flux) also overrides the
+denoiser's own hooks, whose defaults here are the UNet's: ``denoiser``, ``_prepare_latents``,
+``_set_timesteps``, ``_step_kwargs``, ``_scale_input`` and ``_model_call``.
 """
 
 from __future__ import annotations
@@ -57,10 +61,15 @@ class GenerationSettings:
     device: str
     dtype: str  # the UNet's weights' dtype ("float32", "bfloat16", ...): it changes the pixels
     guidance_interval: list[float] | None = None  # [σ_lo, σ_hi]: guidance only at steps with σ in (σ_lo, σ_hi]
+    embedded_guidance: float | None = None  # FLUX.1-dev's distilled guidance g; None for other backbones
 
     def to_dict(self) -> dict:
-        """The settings as a JSON-ready dict (the CLI's settings file, the app's "Settings used")."""
-        return asdict(self)
+        """The settings as a JSON-ready dict (the CLI's settings file, the app's "Settings used"); a setting only one
+        backbone has (``embedded_guidance``) is left out where it does not apply."""
+        settings = asdict(self)
+        if settings["embedded_guidance"] is None:
+            del settings["embedded_guidance"]
+        return settings
 
 
 EMBEDDING_CACHE_BYTES = 64 * 2**20  # object embeddings kept per pipeline: ~50 photos' ViT-H/14 patch tokens
@@ -170,7 +179,7 @@ class ZeroFTMixin:
 
     def set_object_scale(self, scale: float) -> None:
         """Scale of the object attention in every layer; 0 turns the object branch off entirely."""
-        set_object_scale(self.unet, scale)
+        set_object_scale(self.denoiser, scale)
 
     # ------------------------------------------------------------------ text side
 
@@ -189,6 +198,46 @@ class ZeroFTMixin:
         """Added UNet conditions that depend only on the output size; none for Stable Diffusion 1.x."""
         return {}
 
+    # ------------------------------------------------------------------ the denoiser (a UNet's, by default)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network the object attention lives in and the sampler calls: the UNet (FLUX: the transformer)."""
+        return self.unet
+
+    def _prepare_latents(self, batch: int, height: int, width: int, dtype: torch.dtype, device: torch.device,
+                         generator, latents: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        """(initial latents (N, C, h, w), what every denoiser call needs besides them: nothing for a UNet)."""
+        latents = self.prepare_latents(batch, self.unet.config.in_channels, height, width, dtype, device, generator,
+                                       latents)
+        return latents, {}
+
+    def _set_timesteps(self, steps: int, device: torch.device, height: int, width: int) -> torch.Tensor:
+        """Set the scheduler's timesteps for ``steps`` at this output size (FLUX shifts them with the size)."""
+        self.scheduler.set_timesteps(steps, device=device)
+        return self.scheduler.timesteps
+
+    def _step_kwargs(self, generator) -> dict:
+        """Extra arguments of ``scheduler.step`` (DDIM's eta, the generator of stochastic samplers)."""
+        return self.prepare_extra_step_kwargs(generator, 0.0)
+
+    def _scale_input(self, model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.scale_model_input(model_input, t)
+
+    def _model_call(self, model_input: torch.Tensor, t: torch.Tensor, text: torch.Tensor, added_cond_kwargs: dict,
+                    context: dict) -> torch.Tensor:
+        """One denoiser call on the batched branches (zeroft.guidance.batch_branches' text and added conditions)."""
+        return self.unet(model_input, t, encoder_hidden_states=text, added_cond_kwargs=added_cond_kwargs,
+                         return_dict=False)[0]
+
+    def _family_settings(self) -> dict:
+        """Settings only this family has, for :class:`GenerationSettings` (FLUX: ``embedded_guidance``)."""
+        return {}
+
+    def _check_grid(self, height: int, width: int) -> None:
+        """Refuse sizes the denoiser's latent grid cannot take beyond :func:`zeroft.validation.check_size`'s
+        multiple of 8 (FLUX packs 2 x 2 latents: multiples of 16)."""
+
     # ------------------------------------------------------------------ limits of one request
 
     @property
@@ -196,7 +245,7 @@ class ZeroFTMixin:
         """True for an IP-Adapter Plus model: o is the encoder's patch tokens (1, T, W), not its pooled (1, D)."""
         if self.zeroft_config is not None:
             return self.zeroft_config.projection == "plus"
-        return uses_patch_tokens(self.unet)
+        return uses_patch_tokens(self.denoiser)
 
     def null_object(self) -> torch.Tensor:
         """ϕ on the CPU, float32: zeros (1, D) for the pooled projection, the tokens of an all-zero normalised image
@@ -248,17 +297,16 @@ class ZeroFTMixin:
         clock = clock or self.clock
         device = self._execution_device
         native = self.native_size
-        side = native // self.vae_scale_factor
-        latents = torch.zeros(1, self.unet.config.in_channels, side, side, device=device, dtype=self.unet.dtype)  # (1, C, h, w)
         positive, _ = self.encode_prompt_cached("", "")
+        latents, context = self._prepare_latents(1, native, native, positive["encoder_hidden_states"].dtype, device,
+                                                 torch.Generator("cpu").manual_seed(0), None)
         null = self.null_object().to(device)  # (1, D) or (1, T, W)
         text, added_cond_kwargs = batch_branches(["text"], positive, positive, null, null,
                                                  self._size_conditions(native, native, 1))
-        timestep = torch.tensor(500, device=device)
+        timestep = torch.tensor(500.0, device=device)
 
         def one_call():
-            self.unet(latents, timestep, encoder_hidden_states=text, added_cond_kwargs=added_cond_kwargs,
-                      return_dict=False)
+            self._model_call(latents, timestep, text, added_cond_kwargs, context)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 
@@ -349,6 +397,7 @@ class ZeroFTMixin:
         device = self._execution_device
         height = check_size_for("height", self._default("height", height, native), native, device)
         width = check_size_for("width", self._default("width", width, native), native, device)
+        self._check_grid(height, width)
         seed = check_seed(seed)
         guidance_interval = check_interval(self._default("guidance_interval", guidance_interval))
         if object_image is not None and image_embeds is not None:
@@ -381,9 +430,17 @@ class ZeroFTMixin:
         negative = {key: value.expand(batch, *value.shape[1:]) for key, value in encoded[0][1].items()}  # (N, ...)
         size_conditions = self._size_conditions(height, width, batch)
 
-        # 4. Prepare timesteps, and refuse a request that would take longer than the budget
-        self.scheduler.set_timesteps(steps, device=device)
-        timesteps = self.scheduler.timesteps
+        # 4. Prepare latent variables (one generator per image, so image i depends on seed + i only) and timesteps
+        seeds: list[int] = []
+        if generator is None and seed is not None:
+            seeds = [seed + i for i in range(batch)]
+            generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        timesteps = self._set_timesteps(steps, device, height, width)  # first: the initial noise's scale may need it
+        text_dtype = positive["encoder_hidden_states"].dtype
+        latents, context = self._prepare_latents(batch, height, width, text_dtype, device, generator, latents)
+        extra_step_kwargs = self._step_kwargs(generator)
+
+        # 5. Refuse a request that would take longer than the budget
         branches = needed_branches(text_guidance, object_guidance)
         per_step = branches_per_step(self.scheduler, timesteps, branches, guidance_interval)
         mean_branches = sum(map(len, per_step)) / len(per_step)  # cost units per image and step, on average
@@ -395,17 +452,6 @@ class ZeroFTMixin:
                 self.measure_unit_seconds()
             watch = BudgetWatch(time_budget, work, self.step_times.estimate(work), clock=self.clock,
                                 remeasure=lambda: self.measure_unit_seconds(warm_up=False) * work.units_per_step)
-
-        # 5. Prepare latent variables; one generator per image so image i depends on seed + i only
-        seeds: list[int] = []
-        if generator is None and seed is not None:
-            seeds = [seed + i for i in range(batch)]
-            generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        text_dtype = positive["encoder_hidden_states"].dtype
-        latents = self.prepare_latents(
-            batch, self.unet.config.in_channels, height, width, text_dtype, device, generator, latents
-        )
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
 
         # 6. Batch the guidance branches: (∅,ϕ), (c,ϕ), (c,o), only those with non-zero weight (and outside a
         # guidance interval only the conditional one)
@@ -421,11 +467,8 @@ class ZeroFTMixin:
                     watch.begin_step()
                 running = per_step[i]
                 text_batch, added_cond_kwargs = batched[tuple(running)]
-                model_input = torch.cat([latents] * len(running))
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                noise_pred = self.unet(
-                    model_input, t, encoder_hidden_states=text_batch, added_cond_kwargs=added_cond_kwargs, return_dict=False
-                )[0]
+                model_input = self._scale_input(torch.cat([latents] * len(running)), t)
+                noise_pred = self._model_call(model_input, t, text_batch, added_cond_kwargs, context)
                 eps = dict(zip(running, noise_pred.chunk(len(running))))
                 noise_pred = combine_guidance(eps, text_guidance, object_guidance)
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
@@ -440,7 +483,7 @@ class ZeroFTMixin:
                 self.step_times.record(watch.work, watch.seconds_per_step())
 
             # 8. Decode
-            images = latents if output_type == "latent" else self._decode(latents, output_type)
+            images = latents if output_type == "latent" else self._decode(latents, output_type, height, width)
             progress_bar.update()
             if callback is not None:
                 callback(total, total)
@@ -450,8 +493,9 @@ class ZeroFTMixin:
             text_guidance=text_guidance, object_guidance=object_guidance, steps=steps, num_images=num_images,
             height=height, width=width, seed=seed if seeds else None, seeds=seeds, masks=[c.source for c in chosen],
             quantization=self.quantization, device=str(device),
-            dtype=str(self.unet.dtype).removeprefix("torch."),
+            dtype=str(self.denoiser.dtype).removeprefix("torch."),
             guidance_interval=list(guidance_interval) if guidance_interval is not None else None,
+            **self._family_settings(),
         )
         return ZeroFTOutput(images=images, masks=[c.mask for c in chosen], image_embeds=image_embeds.cpu(), seeds=seeds,
                             settings=settings)

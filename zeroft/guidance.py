@@ -127,13 +127,20 @@ def noise_levels(scheduler, timesteps: torch.Tensor) -> list[float]:
     """σ = √((1 − ᾱ_t) / ᾱ_t) at each of ``timesteps``, from the scheduler's ``alphas_cumprod``
     (interpolated linearly for fractional timesteps, as Karras schedules make them).
 
+    A flow-matching scheduler (FLUX.1's FlowMatchEulerDiscreteScheduler: x_t = (1 − s)·x + s·ε, t = 1000·s) has no
+    ᾱ: its s is turned into the same noise-to-signal ratio, σ = s / (1 − s) (infinite at s = 1, the first step,
+    which no finite interval holds).
+
     Raises:
-        InputError: a scheduler without ``alphas_cumprod`` (not a DDPM-family schedule).
+        InputError: a scheduler with neither ``alphas_cumprod`` nor flow-matching sigmas.
     """
     alphas = getattr(scheduler, "alphas_cumprod", None)
+    if alphas is None and hasattr(scheduler, "sigmas") and "shift" in getattr(scheduler, "config", {}):
+        flow = (timesteps.double().cpu() / scheduler.config.num_train_timesteps).clamp(0, 1)
+        return [s / (1 - s) if s < 1 else math.inf for s in flow.tolist()]
     if alphas is None:
-        raise InputError(f"Guidance on an interval needs a DDPM-family scheduler; {type(scheduler).__name__} has no "
-                         "alphas_cumprod.")
+        raise InputError(f"Guidance on an interval needs a DDPM-family or flow-matching scheduler; "
+                         f"{type(scheduler).__name__} has neither.")
     alphas = alphas.double().cpu()
     t = timesteps.double().cpu().clamp(0, len(alphas) - 1)
     below = t.floor().long()

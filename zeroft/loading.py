@@ -19,11 +19,12 @@ from .locate import resolve_checkpoint
 from .config import ZeroFTConfig
 from .generation import ZeroFTMixin
 from .pipeline import ZeroFTPipeline
+from .pipeline_flux import ZeroFTFluxPipeline
 from .pipeline_xl import ZeroFTXLPipeline
 from .memory import check_fits
 from .quantization import pick_device, pick_dtype
 
-PIPELINE_CLASSES = {cls.backbone: cls for cls in (ZeroFTPipeline, ZeroFTXLPipeline)}  # zeroft.backbones names
+PIPELINE_CLASSES = {cls.backbone: cls for cls in (ZeroFTPipeline, ZeroFTXLPipeline, ZeroFTFluxPipeline)}  # zeroft.backbones names
 
 
 def pipeline_class_for(config: ZeroFTConfig) -> type[ZeroFTMixin]:
@@ -33,7 +34,8 @@ def pipeline_class_for(config: ZeroFTConfig) -> type[ZeroFTMixin]:
 
 def load_pipeline(checkpoint: str | os.PathLike, revision: str | None = None, **kwargs) -> ZeroFTMixin:
     """Load a checkpoint folder, Hub repo id or preset name into the pipeline class it needs
-    (:class:`~zeroft.ZeroFTPipeline` for Stable Diffusion 1.x, :class:`~zeroft.ZeroFTXLPipeline` for SDXL).
+    (:class:`~zeroft.ZeroFTPipeline` for Stable Diffusion 1.x, :class:`~zeroft.ZeroFTXLPipeline` for SDXL,
+    :class:`~zeroft.ZeroFTFluxPipeline` for FLUX.1).
 
     Args:
         checkpoint: local checkpoint folder, Hub repo id (``org/name``) or preset name.

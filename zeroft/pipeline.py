@@ -65,7 +65,7 @@ class ZeroFTPipeline(ZeroFTMixin, StableDiffusionPipeline):
         positive, negative = self.encode_prompt(prompt, self._execution_device, 1, True, negative_prompt)
         return {"encoder_hidden_states": positive}, {"encoder_hidden_states": negative}
 
-    def _decode(self, latents: torch.Tensor, output_type: str):
+    def _decode(self, latents: torch.Tensor, output_type: str, height: int, width: int):
         decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
         return self.image_processor.postprocess(decoded, output_type=output_type,
                                                 do_denormalize=[True] * latents.shape[0])

@@ -77,7 +77,7 @@ class ZeroFTXLPipeline(ZeroFTMixin, StableDiffusionXLPipeline):
         time_ids = sdxl_time_ids(self, height, width, dtype=self.unet.dtype, projection_dim=projection_dim)
         return {"time_ids": time_ids.to(self._execution_device).repeat(batch, 1)}
 
-    def _decode(self, latents: torch.Tensor, output_type: str):
+    def _decode(self, latents: torch.Tensor, output_type: str, height: int, width: int):
         """Step 9 of diffusers' ``StableDiffusionXLPipeline.__call__`` (0.42.1), which has no method of its own: fp16
         VAEs that ask for it (``force_upcast``) decode in fp32, latent statistics where the VAE has them, the
         watermark where one is set. tests/test_guidance.py checks the images against the stock pipeline's."""

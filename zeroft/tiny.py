@@ -148,12 +148,41 @@ def tiny_sdxl_base_pipeline(seed: int = 0):
     )
 
 
+def tiny_flux_base_pipeline(seed: int = 0, guidance_embeds: bool = True):
+    """A tiny FluxPipeline with FLUX.1's structure (as diffusers' own FLUX tests build it): one double-stream and one
+    single-stream block, 32-wide text tokens from a tiny T5 and a 32-wide pooled CLIP text embedding, a 2-block VAE
+    with one latent channel (packed 2 x 2: 4 channels), FLUX.1-dev's scheduler settings. ``guidance_embeds`` False
+    is FLUX.1-schnell's layout (no embedded guidance)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                                         guidance_embeds=guidance_embeds)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8), layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+                        shift_factor=0.0609, scaling_factor=1.5035)
+    torch.manual_seed(seed)
+    t5 = T5EncoderModel(T5Config(vocab_size=600, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                 eos_token_id=1)).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=tiny_text_encoder(seed), tokenizer=tiny_tokenizer(),
+                        text_encoder_2=t5, tokenizer_2=tiny_tokenizer(), transformer=transformer)
+
+
 def make_tiny_checkpoint(folder: str | Path, seed: int = 0, masker: str = "border", num_tokens: int = 4,
                          backbone: str = "sd", projection: str = "linear") -> Path:
     """Write a complete, self-contained zeroft checkpoint with random tiny weights.
 
     Args:
-        backbone: "sd" (a tiny Stable Diffusion 1.x) or "sdxl" (a tiny SDXL: :func:`tiny_sdxl_base_pipeline`).
+        backbone: "sd" (a tiny Stable Diffusion 1.x), "sdxl" (a tiny SDXL: :func:`tiny_sdxl_base_pipeline`) or "flux"
+            (a tiny FLUX.1: :func:`tiny_flux_base_pipeline`).
         projection: "linear" (IP-Adapter) or "plus" (IP-Adapter Plus: a 2-block encoder's patch tokens through a
             64-wide resampler to ``num_tokens`` queries).
 
@@ -165,11 +194,12 @@ def make_tiny_checkpoint(folder: str | Path, seed: int = 0, masker: str = "borde
         >>> pipe.unet.config.cross_attention_dim
         32
     """
-    from .adapter import install_object_attention
+    from .adapter import install_object_attention, object_token_width
     from .loading import PIPELINE_CLASSES
 
     folder = Path(folder)
-    base = tiny_sdxl_base_pipeline(seed) if backbone == "sdxl" else tiny_base_pipeline(seed)
+    base = {"sdxl": tiny_sdxl_base_pipeline, "flux": tiny_flux_base_pipeline}.get(backbone, tiny_base_pipeline)(seed)
+    denoiser = base.transformer if backbone == "flux" else base.unet
     plus = projection == "plus"
     model_cfg = tiny_open_clip_config(2 if plus else None)
     save_open_clip_folder(tiny_open_clip(seed, 2 if plus else None), model_cfg, folder / "encoder", CLIP_MEAN, CLIP_STD)
@@ -179,14 +209,14 @@ def make_tiny_checkpoint(folder: str | Path, seed: int = 0, masker: str = "borde
         encoder=EncoderConfig(model_name="tiny", pretrained=None, path="encoder"),
         projection=projection,
         image_embed_dim=model_cfg["vision_cfg"]["width"] if plus else model_cfg["embed_dim"],
-        cross_attention_dim=base.unet.config.cross_attention_dim,
+        cross_attention_dim=object_token_width(denoiser),
         num_tokens=num_tokens,
         masker=masker,
         defaults=GenerationDefaults(text_guidance=5.0, object_guidance=3.0, steps=4, height=64, width=64),
         licenses={"all": "Apache-2.0 (random weights made by zeroft.tiny)"},
     )
     encoder = ObjectEncoder.from_config(config.encoder, folder)
-    install_object_attention(base.unet, config.image_embed_dim, num_tokens, seed=seed, projection=projection,
+    install_object_attention(denoiser, config.image_embed_dim, num_tokens, seed=seed, projection=projection,
                              resampler_width=64)
     pipe = PIPELINE_CLASSES[backbone](**base.components, object_encoder=encoder, zeroft_config=config)
     pipe.save_pretrained(folder)
