@@ -16,8 +16,13 @@ open_clip resolution code runs exactly as for the real weights. Three repositori
   ``sdxl_models/ip-adapter_sdxl_vit-h.safetensors``, ``sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors``,
   ``sdxl_models/image_encoder/``, the encoders as transformers ``CLIPVisionModelWithProjection``.
 
-open_clip's names ``ViT-H-14`` and ``ViT-bigG-14`` are pointed to tiny configs of the same shape
-family while a test runs (:func:`tiny_open_clip_names`), so every name in a preset is the real one.
+FLUX.1's repositories are built on their own (:func:`write_flux_repos`): ``black-forest-labs/FLUX.1-dev`` (FluxPipeline's
+layout: transformer/, two text encoders, a T5 tokenizer, an 8x VAE with FLUX's scale and shift),
+``XLabs-AI/flux-ip-adapter-v2`` (``ip_adapter.safetensors`` in XLabs' own key names, 16 tokens) and
+``openai/clip-vit-large-patch14`` (a whole transformers ``CLIPModel``, QuickGELU, ``model.safetensors``).
+
+open_clip's names ``ViT-H-14``, ``ViT-bigG-14`` and ``ViT-L-14-quickgelu`` are pointed to tiny configs of the same
+shape family while a test runs (:func:`tiny_open_clip_names`), so every name in a preset is the real one.
 """
 
 from __future__ import annotations
@@ -44,7 +49,14 @@ TINY_VIT_H = {"embed_dim": 32, "vision_cfg": {"image_size": 28, "layers": 2, "wi
 TINY_VIT_BIGG = {"embed_dim": 40, "vision_cfg": {"image_size": 28, "layers": 2, "width": 52, "head_width": 13,
                                                  "mlp_ratio": 4.9231, "patch_size": 14},
                  "text_cfg": {"context_length": 16, "vocab_size": 512, "width": 40, "heads": 2, "layers": 1}}
-TINY_OPEN_CLIP_NAMES = {"ViT-H-14": TINY_VIT_H, "ViT-bigG-14": TINY_VIT_BIGG}
+# OpenAI's CLIP ViT-L/14 (FLUX's XLabs adapter), QuickGELU as trained: open_clip ViT-L-14-quickgelu at 1/32 width.
+TINY_VIT_L = {"embed_dim": 24, "quick_gelu": True,
+              "vision_cfg": {"image_size": 28, "layers": 2, "width": 32, "head_width": 8, "patch_size": 14},
+              "text_cfg": {"context_length": 16, "vocab_size": 512, "width": 24, "heads": 2, "layers": 1}}
+TINY_OPEN_CLIP_NAMES = {"ViT-H-14": TINY_VIT_H, "ViT-bigG-14": TINY_VIT_BIGG, "ViT-L-14-quickgelu": TINY_VIT_L}
+FLUX_DEV_REPO = "black-forest-labs/FLUX.1-dev"
+XLABS_REPO = "XLabs-AI/flux-ip-adapter-v2"
+OPENAI_CLIP_REPO = "openai/clip-vit-large-patch14"
 
 
 def fake_hub_repo(hub: Path, repo_id: str, files: dict[str, Path]) -> Path:
@@ -128,12 +140,14 @@ SPECIAL_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", 
                   "pad_token": "<|endoftext|>"}
 
 
-def _write_tokenizers(folder: Path, max_length: int = 32) -> None:
-    """Each tokenizer folder in the files the real repos hold (vocab.json, merges.txt, two configs)
-    instead of the tokenizer.json transformers 5 writes, so the slow path that reads them is the one run."""
+def _write_tokenizers(folder: Path, max_length: int = 32, names: tuple[str, ...] | None = None) -> None:
+    """Each CLIP tokenizer folder (``names``; default every tokenizer*/) in the files the real repos hold (vocab.json,
+    merges.txt, two configs) instead of the tokenizer.json transformers 5 writes, so the slow path that reads them is
+    the one run."""
     from zeroft.tiny import byte_level_vocab
 
-    for tokenizer in sorted(folder.glob("tokenizer*/")):
+    folders = sorted(folder.glob("tokenizer*/")) if names is None else [folder / name for name in names]
+    for tokenizer in folders:
         for stale in tokenizer.iterdir():
             stale.unlink()
         (tokenizer / "vocab.json").write_text(json.dumps(byte_level_vocab()))
@@ -229,3 +243,84 @@ def copy_repo_file(repos: dict[str, Path], repo_id: str, path: str, destination:
     """A local copy of one file of a fabricated repo (what a user passes as a local file)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copyfile(repos[repo_id] / path, destination))
+
+
+def _t5_tokenizer():
+    """A T5 tokenizer (SentencePiece-style unigram over printable ASCII) saved as transformers writes one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [(chr(c), -3.0) for c in range(33, 127)]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0)
+
+
+def tiny_clip_model(model_cfg: dict, seed: int = 0):
+    """A whole transformers ``CLIPModel`` (both towers, QuickGELU) of the open_clip config's shape, random weights:
+    openai/clip-vit-large-patch14's layout."""
+    from transformers import CLIPConfig, CLIPModel
+
+    vision, text = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        vision_config=dict(hidden_size=vision["width"], intermediate_size=4 * vision["width"],
+                           num_hidden_layers=vision["layers"], num_attention_heads=vision["width"] // vision["head_width"],
+                           image_size=vision["image_size"], patch_size=vision["patch_size"], hidden_act="quick_gelu",
+                           projection_dim=model_cfg["embed_dim"]),  # the real config.json repeats it per tower
+        text_config=dict(hidden_size=text["width"], intermediate_size=4 * text["width"], num_hidden_layers=text["layers"],
+                         num_attention_heads=text["heads"], max_position_embeddings=text["context_length"],
+                         vocab_size=text["vocab_size"], hidden_act="quick_gelu", projection_dim=model_cfg["embed_dim"]),
+        projection_dim=model_cfg["embed_dim"])
+    model = CLIPModel(config).eval()
+    for parameter in model.parameters():
+        parameter.data.normal_(0, 0.2)
+    return model
+
+
+def xlabs_state(transformer, image_embed_dim: int, num_tokens: int, seed: int) -> dict[str, torch.Tensor]:
+    """A FLUX IP-Adapter in XLabs' own key names (``ip_adapter_proj_model.*``,
+    ``double_blocks.{i}.processor.ip_adapter_double_stream_{k,v}_proj.*``), which diffusers renames on loading."""
+    from zeroft.adapter import initial_adapter_state_dict
+
+    xlabs = {}
+    for key, value in initial_adapter_state_dict(transformer, image_embed_dim, num_tokens, seed=seed).items():
+        if key.startswith("image_proj."):
+            xlabs["ip_adapter_proj_model." + key.removeprefix("image_proj.")] = value
+        else:
+            _, block, part, kind = key.split(".")
+            name = {"to_k_ip": "ip_adapter_double_stream_k_proj", "to_v_ip": "ip_adapter_double_stream_v_proj"}[part]
+            xlabs[f"double_blocks.{block}.processor.{name}.{kind}"] = value
+    return xlabs
+
+
+def write_flux_repos(folder: str | Path, seed: int = 0) -> dict[str, Path]:
+    """FLUX.1 [dev], XLabs' IP-Adapter v2 and OpenAI's CLIP ViT-L/14 at toy size, as plain folders: {repo id: folder}."""
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+
+    from zeroft.tiny import tiny_flux_base_pipeline
+
+    folder = Path(folder)
+    repos = {FLUX_DEV_REPO: folder / "flux-dev", XLABS_REPO: folder / "xlabs", OPENAI_CLIP_REPO: folder / "clip-l"}
+    parts = tiny_flux_base_pipeline(seed).components
+    torch.manual_seed(seed)
+    parts["vae"] = AutoencoderKL(block_out_channels=[8, 8, 8, 8], in_channels=3, out_channels=3, latent_channels=4,
+                                 norm_num_groups=4, down_block_types=["DownEncoderBlock2D"] * 4,
+                                 up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, use_quant_conv=False,
+                                 use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159)  # FLUX's VAE
+    torch.manual_seed(seed)
+    parts["transformer"] = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=2, num_single_layers=1,
+                                                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                                  pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                                                  guidance_embeds=True)
+    parts["tokenizer_2"] = _t5_tokenizer()
+    pipe = FluxPipeline(**{k: v for k, v in parts.items() if v is not None})
+    pipe.save_pretrained(repos[FLUX_DEV_REPO], safe_serialization=True)
+    _write_tokenizers(repos[FLUX_DEV_REPO], 32, names=("tokenizer",))  # CLIP's files; tokenizer_2/ stays T5's
+    repos[XLABS_REPO].mkdir(parents=True, exist_ok=True)  # v2: 16 tokens of the T5 width
+    save_file(xlabs_state(pipe.transformer, TINY_VIT_L["embed_dim"], 16, seed + 5),
+              str(repos[XLABS_REPO] / "ip_adapter.safetensors"))
+    tiny_clip_model(TINY_VIT_L, seed).save_pretrained(repos[OPENAI_CLIP_REPO], safe_serialization=True)
+    return repos

@@ -40,8 +40,8 @@ def public_hub(hub, public_repos, tiny_open_clip_names, tmp_path, monkeypatch):
 
 def test_the_presets_name_the_public_files_and_their_licences():
     assert PRESET_NAMES == ("zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl-vit-h", "ip-adapter-sdxl", "ip-adapter-plus-sd15",
-                            "ip-adapter-plus-sdxl-vit-h")
-    for preset in IP_ADAPTER_PRESETS.values():
+                            "ip-adapter-plus-sdxl-vit-h", "ip-adapter-flux-dev")
+    for preset in (p for p in IP_ADAPTER_PRESETS.values() if p.backbone != "flux"):  # FLUX: tests/test_flux_presets.py
         config = preset.zeroft_config(image_embed_dim=1024, cross_attention_dim=768, num_tokens=4)
         assert config.backbone == ("sdxl" if "xl" in preset.base_model else "sd")
         assert config.defaults.height == config.defaults.width == (1024 if config.backbone == "sdxl" else 512)

@@ -33,7 +33,7 @@ class Backbone:
     vae_fp32_under_fp16: bool = False  # its pipelines honour the VAE's force_upcast (SDXL's VAE overflows in fp16)
     denoiser: str = "unet"  # the base pipeline's part the object attention goes into
     denoiser_class: str = "UNet2DConditionModel"  # its diffusers class
-    licence_note: str | None = None  # one line every download of the family's weights shows (FLUX.1 [dev])
+    sample_size: int | None = None  # latent side of the default output; None: the denoiser config's sample_size
 
     def base_class(self):
         """The diffusers pipeline class (imported on use: diffusers' lazy module loads it then)."""
@@ -85,6 +85,7 @@ BACKBONES = {
         text_encoders=("text_encoder", "text_encoder_2"), tokenizers=("tokenizer", "tokenizer_2"),
         passed_as_none=("image_encoder", "feature_extractor"), native_size=1024,
         denoiser="transformer", denoiser_class="FluxTransformer2DModel",
+        sample_size=128,  # FluxPipeline.default_sample_size: 1024 px with the 8x VAE
     ),
 }
 

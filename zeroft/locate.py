@@ -75,11 +75,13 @@ def native_size_of(checkpoint: str | os.PathLike) -> int | None:
             path = Path(cached) if isinstance(cached, str) else None
         return path if path is not None and path.is_file() else None
 
-    unet_file, vae_file = config_file("unet"), config_file("vae")
-    if unet_file is None or vae_file is None:
+    backbone = get_backbone(config.backbone)
+    unet_file = config_file(backbone.denoiser) if backbone.sample_size is None else None
+    vae_file = config_file("vae")
+    if (unet_file is None and backbone.sample_size is None) or vae_file is None:
         return None
     try:
-        sample_size = json.loads(unet_file.read_text())["sample_size"]
+        sample_size = backbone.sample_size or json.loads(unet_file.read_text())["sample_size"]
         blocks = json.loads(vae_file.read_text())["block_out_channels"]
     except (ValueError, KeyError, TypeError):
         return None  # a malformed config: loading the model reports it
@@ -89,9 +91,11 @@ def native_size_of(checkpoint: str | os.PathLike) -> int | None:
 
 def _base_unavailable(name: str, error: Exception) -> HubUnavailableError:
     """The error for a Hub base model that is neither in the Hugging Face cache nor downloadable."""
+    gated = (" FLUX.1 [dev] is a gated repository: accept its licence at huggingface.co/black-forest-labs/FLUX.1-dev "
+             "and log in (hf auth login) first." if name == "black-forest-labs/FLUX.1-dev" else "")
     return HubUnavailableError(
         f"Could not get the base model {name!r} from the Hugging Face Hub ({type(error).__name__}). "
-        "It is downloaded once on first use; check the network, or point base_model to a local folder.")
+        f"It is downloaded once on first use; check the network, or point base_model to a local folder.{gated}")
 
 
 def require_file(folder: Path, relative: str, why: str) -> None:

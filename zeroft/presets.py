@@ -39,6 +39,15 @@ embed_dim 1280), tensor for tensor (tests/test_presets.py checks the shapes at f
 hidden states before its last block) through a Perceiver resampler (depth 4, 64-wide heads) to 16 tokens
 (zeroft.adapter, diffusers' ``IPAdapterPlusImageProjection``).
 
+``ip-adapter-flux-dev``: FLUX.1 [dev] (black-forest-labs/FLUX.1-dev: a 12B transformer, CLIP ViT-L/14 and T5-XXL
+text encoders; FLUX.1 [dev] Non-Commercial License, a gated repository whose licence must be accepted on the Hub
+before the first download) with XLabs' IP-Adapter v2 (XLabs-AI/flux-ip-adapter-v2, ``ip_adapter.safetensors``,
+same licence: 16 tokens of 4096 from the pooled embedding, object attention in the 19 double-stream blocks;
+zeroft.adapter_flux), whose encoder is OpenAI's CLIP ViT-L/14 (openai/clip-vit-large-patch14, MIT: open_clip
+``ViT-L-14-quickgelu``, read from the whole-CLIP transformers file ``model.safetensors``, 1.7 GB, vision tower only).
+Its defaults: w_text 1 (no true text guidance: the text rides on FLUX.1-dev's embedded guidance, 3.5), w_obj 1
+(stock diffusers with the adapter at scale 1), 28 steps as FluxPipeline: a starting point, not a measured optimum.
+
 Pairing an adapter file with the wrong encoder is the commonest IP-Adapter error users report:
 :func:`check_adapter_encoder` catches it from the adapter's projection shape before any model
 is downloaded. All of them need a GPU to be pleasant.
@@ -47,6 +56,7 @@ is downloaded. All of them need a GPU to be pleasant.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 from collections.abc import Mapping
@@ -101,6 +111,12 @@ class IPAdapterPreset:
     # following 0.413 against 0.64 for plain IP-Adapter ViT-G SDXL), as diffusers' IP-Adapter guide runs adapters at
     # scale 0.5, which "typically produces balanced results". A starting point, not a measured optimum.
     object_guidance: float | None = None  # None: 5.0
+    steps: int = 30
+    adapter_license: str = "Apache-2.0"
+    encoder_license: str = "MIT"
+    # One line said at the first download of a preset whose weights carry conditions (FLUX.1 [dev]): the model card,
+    # the CLI and the app show it too.
+    licence_note: str | None = None
 
     @property
     def native_size(self) -> int:
@@ -135,14 +151,15 @@ class IPAdapterPreset:
             masker=DEFAULT_MASKER,
             defaults=GenerationDefaults(text_guidance=self.text_guidance,
                                         object_guidance=self.object_guidance if self.object_guidance is not None else 5.0,
-                                        steps=30,
+                                        steps=self.steps,
                                         height=self.native_size, width=self.native_size,
                                         negative_prompt=self.negative_prompt),
             training={"source": f"{self.adapter_repo}/{self.adapter_file} "
                                 f"(IP-Adapter{' Plus' if self.projection == 'plus' else ''}, Ye et al. 2023); "
                                 "not trained by zeroft"},
-            licenses={"adapter": f"Apache-2.0 ({self.adapter_repo})", "encoder": f"MIT ({self.encoder_title})",
-                      "base_model": self.base_license},
+            licenses={"adapter": f"{self.adapter_license} ({self.adapter_repo})",
+                      "encoder": f"{self.encoder_license} ({self.encoder_title})", "base_model": self.base_license,
+                      **({"note": self.licence_note} if self.licence_note else {})},
         )
 
 
@@ -158,9 +175,19 @@ IP_ADAPTER_PLUS_SD15 = IPAdapterPreset(adapter_file="models/ip-adapter-plus_sd15
                                        object_guidance=3.75)  # half of SD1.5's w_text 7.5
 IP_ADAPTER_PLUS_SDXL_VIT_H = IPAdapterPreset(adapter_file="sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
                                              projection="plus", object_guidance=2.5, **_SDXL)  # half of w_text 5
+FLUX_DEV_LICENCE_NOTE = ("FLUX.1 [dev] weights are under the FLUX.1 [dev] Non-Commercial License (no commercial use); "
+                         "the repository is gated: accept the licence at huggingface.co/black-forest-labs/FLUX.1-dev "
+                         "and log in (hf auth login) before the first download.")
+IP_ADAPTER_FLUX_DEV = IPAdapterPreset(
+    base_model="black-forest-labs/FLUX.1-dev", adapter_repo="XLabs-AI/flux-ip-adapter-v2",
+    adapter_file="ip_adapter.safetensors", encoder_model="ViT-L-14-quickgelu",
+    encoder_pretrained="hf-hub:openai/clip-vit-large-patch14/model.safetensors", encoder_title="OpenAI CLIP ViT-L/14",
+    backbone="flux", text_guidance=1.0, object_guidance=1.0, negative_prompt="", steps=28,
+    base_license="FLUX.1 [dev] Non-Commercial License (black-forest-labs/FLUX.1-dev, gated)",
+    adapter_license="FLUX.1 [dev] Non-Commercial License", licence_note=FLUX_DEV_LICENCE_NOTE)
 IP_ADAPTER_PRESETS = {"ip-adapter-sd15": IP_ADAPTER_SD15, "ip-adapter-sdxl-vit-h": IP_ADAPTER_SDXL_VIT_H,
                       "ip-adapter-sdxl": IP_ADAPTER_SDXL, "ip-adapter-plus-sd15": IP_ADAPTER_PLUS_SD15,
-                      "ip-adapter-plus-sdxl-vit-h": IP_ADAPTER_PLUS_SDXL_VIT_H}
+                      "ip-adapter-plus-sdxl-vit-h": IP_ADAPTER_PLUS_SDXL_VIT_H, "ip-adapter-flux-dev": IP_ADAPTER_FLUX_DEV}
 PRESET_NAMES = ("zeroft-toy", *IP_ADAPTER_PRESETS)
 
 
@@ -274,6 +301,9 @@ def import_ip_adapter(folder: str | Path, adapter_file: str | Path | None = None
     if adapter_file is None:
         from huggingface_hub import hf_hub_download
 
+        if preset.licence_note:
+            logging.getLogger(__name__).warning(preset.licence_note)
+
         try:
             adapter_file = hf_hub_download(preset.adapter_repo, preset.adapter_file)
         except Exception as error:
@@ -296,6 +326,16 @@ def import_ip_adapter(folder: str | Path, adapter_file: str | Path | None = None
             keys = set(f.keys())
     except (SafetensorError, OSError) as error:
         raise InputError(f"The adapter file {label} is not a safetensors file zeroft can read ({error}).") from None
+    state = None
+    if preset.backbone == "flux":  # XLabs' key names, renamed as diffusers renames them (zeroft.adapter_flux)
+        from .adapter_flux import flux_adapter_layout
+
+        with safe_open(str(adapter_file), framework="pt") as f:
+            try:
+                state = flux_adapter_layout({k: f.get_tensor(k) for k in f.keys()})
+            except ValueError as error:
+                raise InputError(f"The adapter file {label} is not a FLUX IP-Adapter file: {error}.") from None
+        keys = set(state)
     plus = is_plus_adapter(keys)
     if plus != (preset.projection == "plus"):
         given, wanted = ("an IP-Adapter Plus", "a plain IP-Adapter") if plus else ("a plain IP-Adapter", "an IP-Adapter Plus")
@@ -308,9 +348,10 @@ def import_ip_adapter(folder: str | Path, adapter_file: str | Path | None = None
     if any(k not in keys for k in needed) or not any(k.startswith("ip_adapter.") for k in keys):
         raise InputError(f"The adapter file {label} is not a {kind} weight file: it needs "
                          f"{', '.join(needed)} and ip_adapter.* weights.")
-    check_adapter_encoder(adapter_file, preset.encoder_config())
-    with safe_open(str(adapter_file), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    check_adapter_encoder(adapter_file if state is None else state, preset.encoder_config())
+    if state is None:
+        with safe_open(str(adapter_file), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
     if plus:
         from .adapter import check_plus_projection
 
