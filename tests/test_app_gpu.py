@@ -80,14 +80,14 @@ def test_a_gpu_machine_opens_on_the_real_model_with_real_photos(gpu_machine):
     model = _props(demo, "checkpoint")
     assert model["value"] == REAL_DEFAULT
     assert [c[0] for c in model["choices"]] == [REAL_DEFAULT, "zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl-vit-h",
-                                                "ip-adapter-sdxl", "ip-adapter-plus-sd15"]
+                                                "ip-adapter-sdxl", "ip-adapter-plus-sd15", "ip-adapter-flux-dev"]
     assert _props(demo, "toy-note")["visible"] is False
     assert _column_visibility(demo) == [False, True]
     assert _props(demo, "size")["value"] == 1024 and _props(demo, "text-guidance")["value"] == 5.0
     assert _props(demo, "prompt")["value"] == load_examples(REAL_EXAMPLES)[0].prompt
     handlers = Handlers(Checkpoints(default_checkpoint()))
     shown = [update["visible"] for update in handlers.model_view("zeroft-toy")]
-    assert shown == [True, True, False]  # choosing the toy model brings its note and examples back
+    assert shown == [True, True, False, False]  # choosing the toy model brings its note and examples back
 
 
 def test_the_readmes_way_to_the_toy_demo_on_a_gpu_machine(gpu_machine):
@@ -237,7 +237,7 @@ def test_space_front_matter_names_the_presets_weights(tmp_path_factory):
     assert front["app_file"] == "app.py" and front["python_version"] == "3.10.13"  # the one ZeroGPU runs
     assert front["suggested_hardware"] == "a10g-large"  # a flavour the Spaces config reference lists (24 GB)
     presets = zeroft.presets.IP_ADAPTER_PRESETS
-    assert set(front["models"]) == {p.base_model for p in presets.values()} | {p.adapter_repo for p in presets.values()}
+    assert set(front["models"]) == {repo for p in presets.values() for repo in p.hub_files()}  # bases, adapters, encoders
     preload = {line.split()[0]: sorted(line.split()[1].split(",")) for line in front["preload_from_hub"]}
     repos = write_public_repos(tmp_path_factory.mktemp("public-repos"))
     fetched = {}

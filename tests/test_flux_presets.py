@@ -96,3 +96,15 @@ def test_a_missing_base_says_the_repository_is_gated(hub, flux_repos, tiny_open_
     monkeypatch.setenv("ZEROFT_HOME", str(tmp_path / "zeroft-home"))
     with pytest.raises(HubUnavailableError, match="gated repository: accept its licence"):
         zeroft.load_pipeline("ip-adapter-flux-dev", device="cpu")
+
+
+def test_the_app_says_the_licence_and_what_the_weights_mean_on_flux():
+    from webapp import zerogpu
+    from webapp.handlers import FLUX_WEIGHTS_NOTE, model_note
+    from zeroft.presets import IP_ADAPTER_SDXL_VIT_H
+
+    note = model_note(IP_ADAPTER_FLUX_DEV.zeroft_config(768, 4096, 16))
+    assert FLUX_DEV_LICENCE_NOTE in note and FLUX_WEIGHTS_NOTE in note
+    assert model_note(IP_ADAPTER_SDXL_VIT_H.zeroft_config(1024, 2048, 4)) == "" and model_note(None) == ""
+    request = dict(steps=28, num_images=1, size=1024, native_size=1024)
+    assert zerogpu.gpu_seconds(backbone="flux", **request) > zerogpu.gpu_seconds(backbone="sdxl", **request)

@@ -83,6 +83,26 @@ def preview(photo: LoadedImage, mask: np.ndarray | None, config: ZeroFTConfig | 
     return object_view(photo.rgb, mask, config.encoder if config else EncoderConfig())
 
 
+FLUX_WEIGHTS_NOTE = (
+    "On FLUX.1 the prompt is carried by the model's own embedded guidance (3.5). **Text guidance** is true guidance "
+    "against the negative prompt on top of it: 1 turns it off (the usual setting, and the fastest). **Object "
+    "guidance** is true guidance over the photo's object: 1 is the adapter as diffusers runs it; more holds the "
+    "object closer, each step then costing a second transformer call.")
+
+
+def model_note(config) -> str:
+    """The note shown under the model choice: the checkpoint's licence note (FLUX.1 [dev]'s non-commercial, gated
+    licence) and, on FLUX.1, what the two weights mean; "" for the rest."""
+    if config is None:
+        return ""
+    parts = []
+    if config.licenses.get("note"):
+        parts.append(f"**Licence:** {config.licenses['note']}")
+    if config.backbone == "flux":
+        parts.append(FLUX_WEIGHTS_NOTE)
+    return "\n\n".join(parts)
+
+
 class Handlers:
     """The handlers of the app that offers ``offered``.
 
@@ -230,6 +250,9 @@ class Handlers:
         return gr.update(minimum=low, maximum=high, step=step, value=min(max(default, low), high))
 
     def model_view(self, checkpoint):
-        """What follows the selected model: the toy demo's note, and which examples show (toy or real photos)."""
+        """What follows the selected model: the toy demo's note, which examples show (toy or real photos), and the
+        model's own note (:func:`model_note`: its licence line, what the weights mean on FLUX.1)."""
         toy = self.offered.is_toy(checkpoint)
-        return gr.update(visible=toy), gr.update(visible=toy), gr.update(visible=not toy)
+        text = model_note(self.offered.config(checkpoint))
+        return (gr.update(visible=toy), gr.update(visible=toy), gr.update(visible=not toy),
+                gr.update(value=text, visible=bool(text)))

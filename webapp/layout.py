@@ -59,6 +59,7 @@ def build_demo(handlers, checkpoints: Checkpoints, examples: list[Example] | Non
     with App(title="zeroft", delete_cache=CACHE_CLEANUP) as demo:
         gr.Markdown(INTRO)
         note = gr.Markdown(TOY_NOTE, visible=toy, elem_id="toy-note")
+        model_note = gr.Markdown("", visible=False, elem_id="model-note")  # licence and weight meanings (FLUX.1)
         with gr.Row():
             with gr.Column(scale=1):
                 upload = PhotoUpload("Upload a photo", file_types=["image"], variant="primary", size="sm", elem_id="upload")
@@ -139,7 +140,7 @@ def build_demo(handlers, checkpoints: Checkpoints, examples: list[Example] | Non
                                                 api_name=api_name, api_visibility="undocumented",
                                                 concurrency_id=PIPELINE, concurrency_limit=1)
             boxes.append(box)
-        gr.on([demo.load, checkpoint.change], h.model_view, checkpoint, [note, *boxes], show_progress="hidden",
+        gr.on([demo.load, checkpoint.change], h.model_view, checkpoint, [note, *boxes, model_note], show_progress="hidden",
               api_visibility="private")
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     return demo

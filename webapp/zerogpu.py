@@ -29,7 +29,9 @@ from collections.abc import Callable
 # guidance, i.e. ~0.02 s per image per call; SDXL at 1024 px about 7 steps/s, ~0.07 s), x1.5 for a
 # slice with under half the SMs but a faster memory. Too long costs only queue priority; too short
 # ends the call, so SAFETY adds room.
-UNIT_SECONDS = {"sd": 0.03, "sdxl": 0.10}
+# FLUX.1 [dev] at 1024 px: an assumption, 6x SDXL's unit (its transformer has 11.9B parameters to the SDXL UNet's
+# 2.6B, and attends jointly over 4096 image and 512 text tokens); not measured on any GPU yet.
+UNIT_SECONDS = {"sd": 0.03, "sdxl": 0.10, "flux": 0.6}
 OVERHEAD_SECONDS = 15  # encoding the photo, decoding the images, moving them off the GPU, the first call's warm-up
 SAFETY = 1.5
 # ZeroGPU's GPUs are H200 slices (compute capability 9.0), where zeroft.quantization.pick_dtype picks bf16;
