@@ -13,7 +13,7 @@ from dataclasses import fields
 from zeroft.flags import ArgumentParser
 
 from .config import (BACKGROUND_FILL_CHOICES, ENCODER_VIEWS, MIXED_PRECISIONS, PREDICTION_TYPES, REPORTERS,
-                     TRAINED_PARTS, TrainConfig, default_of)
+                     TRAINED_PARTS, WEIGHTING_SCHEMES, TrainConfig, default_of)
 from .data import Regularization
 
 REGULARIZATION_FLAGS = tuple(f.name for f in fields(Regularization))
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(models, "init_checkpoint",
           help="start from this zeroft checkpoint's adapter (and unet/, if tuned) instead of fresh weights")
     _flag(models, "prediction_type", choices=PREDICTION_TYPES, help="override the base scheduler's prediction type")
+    _flag(models, "weighting_scheme", choices=WEIGHTING_SCHEMES,
+          help="FLUX.1: how the flow-matching loss draws σ and weights it (none: uniform σ; logit_normal, mode: "
+               "σ densities; sigma_sqrt, cosmap: loss weights), as diffusers' FLUX training examples")
 
     data = p.add_argument_group("data")
     _flag(data, "domain_data", help="domain-specific records (image, caption, identity, mask?)")

@@ -41,6 +41,9 @@ BACKGROUND_FILL_CHOICES = (*BACKGROUND_FILLS, "none")
 ENCODER_VIEWS = tuple(VIEWS)
 PREDICTION_TYPES = ("epsilon", "v_prediction")  # what DDPMScheduler's prediction_type accepts for SD-family UNets
 TRAINED_PARTS = ("whole", "adapter")  # whole: UNet + object attention + projection; adapter: the latter two
+# FLUX.1's rectified-flow loss: how σ is drawn and the loss weighted (diffusers.training_utils, as its FLUX and SD3
+# training examples name them): uniform σ ("none"), logit-normal σ, "mode" sampling, or sigma_sqrt / cosmap weights.
+WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")  # the autocast dtypes run() maps to a weight dtype
 REPORTERS = ("tensorboard", "none")
 
@@ -72,6 +75,7 @@ class TrainConfig:
     resampler_width: int = 768  # plus: the resampler's inner width, a multiple of 64 (h94's SD1.5 Plus file: 768)
     init_checkpoint: str | Path | None = None  # start from this zeroft checkpoint's adapter (and unet/) instead of fresh
     prediction_type: str | None = None  # overrides the base scheduler's (PREDICTION_TYPES); None keeps the base's
+    weighting_scheme: str = "none"  # FLUX.1: σ sampling / loss weighting of the flow-matching loss (WEIGHTING_SCHEMES)
 
     # data
     domain_data: str | Path | None = None  # domain-specific records (image, caption, identity, mask?)
@@ -137,6 +141,7 @@ class TrainConfig:
         for name, allowed in (("background_fill", BACKGROUND_FILL_CHOICES), ("encoder_views", ENCODER_VIEWS),
                               ("projection", PROJECTIONS),
                               ("train", TRAINED_PARTS), ("mixed_precision", MIXED_PRECISIONS),
+                              ("weighting_scheme", WEIGHTING_SCHEMES),
                               ("report_to", REPORTERS), ("lr_scheduler", tuple(s.value for s in SchedulerType))):
             _check_choice(name, getattr(self, name), allowed)
         if self.prediction_type is not None:

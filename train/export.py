@@ -1,7 +1,8 @@
 """Turning the trained models into a zeroft pipeline (validation) and a checkpoint folder (export).
 
 The pipeline class is the base model's family's (``zeroft.loading.PIPELINE_CLASSES``): ZeroFTPipeline
-for Stable Diffusion 1.x, ZeroFTXLPipeline for SDXL, built from that family's text encoders and tokenizers.
+for Stable Diffusion 1.x, ZeroFTXLPipeline for SDXL, ZeroFTFluxPipeline for FLUX.1, built from that family's text
+encoders and tokenizers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from zeroft.adapter import object_token_width
 from zeroft.checkpoint import push_to_hub, save_checkpoint
 from zeroft.config import EncoderConfig, GenerationDefaults, ZeroFTConfig
 from zeroft.generation import ZeroFTMixin
@@ -34,7 +36,7 @@ def zeroft_config(config: TrainConfig, models, training: dict | None = None) -> 
         encoder=encoder,
         projection=config.projection,
         image_embed_dim=models.encoder.width(config.projection),
-        cross_attention_dim=models.unet.config.cross_attention_dim,
+        cross_attention_dim=object_token_width(models.unet),
         num_tokens=config.num_tokens,
         unet_tuned=config.train == "whole",
         masker=config.masker,
@@ -47,8 +49,8 @@ def zeroft_config(config: TrainConfig, models, training: dict | None = None) -> 
 
 def training_pipeline(models, unet, scheduler, config: ZeroFTConfig) -> ZeroFTMixin:
     """The zeroft pipeline of the base model's family over the models being trained (shared, not copied)."""
-    return PIPELINE_CLASSES[models.backbone.name](vae=models.vae, unet=unet, scheduler=scheduler,
-                                                  object_encoder=models.encoder, zeroft_config=config,
+    return PIPELINE_CLASSES[models.backbone.name](vae=models.vae, scheduler=scheduler, object_encoder=models.encoder,
+                                                  zeroft_config=config, **{models.backbone.denoiser: unet},
                                                   **models.text_parts)
 
 

@@ -16,6 +16,9 @@ from zeroft.cache import LRUCache
 from .data import DROPPED_CAPTION
 
 
+TEXT_CACHE_BYTES = 2 * 2**30  # FLUX's 512 T5 tokens of 4096 are 8 MB a caption in fp32: bound the cache in bytes
+
+
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     """A CPU generator determined by (seed, step, micro-batch, rank) alone."""
     state = np.random.SeedSequence([seed, step, micro, rank]).generate_state(1, dtype=np.uint64)[0]
@@ -31,7 +34,8 @@ def conditions_on_text_time(unet) -> bool:
 class TextEncoderCache:
     """Frozen text conditions per caption (toy and class-name captions repeat a lot).
 
-    A call returns ``{"encoder_hidden_states": (B, T, C)}``, and with ``pooled`` (an SDXL UNet,
+    A call returns ``{"encoder_hidden_states": (B, T, C)}`` (FLUX.1, ``flux``: also ``pooled_projections`` (B, P), as
+    FluxPipeline.encode_prompt gives them), and with ``pooled`` (an SDXL UNet,
     :func:`conditions_on_text_time`) also ``{"text_embeds": (B, P)}``: then the tokens are both text
     encoders' penultimate hidden states joined and the pooled embedding the second encoder's, computed by
     the base pipeline's own ``encode_prompt``, so training conditions as inference does. Where the base
@@ -44,12 +48,16 @@ class TextEncoderCache:
         pooled: also return the pooled embedding (SDXL).
     """
 
-    def __init__(self, base, pooled: bool = False, maxsize: int = 4096):
-        self.base, self.pooled = base, pooled
+    def __init__(self, base, pooled: bool = False, maxsize: int = 4096, flux: bool = False):
+        self.base, self.pooled, self.flux = base, pooled, flux
         self.zeros_for_dropped = bool(base.config.get("force_zeros_for_empty_prompt", False))
-        self.cache = LRUCache(maxsize)
+        self.cache = LRUCache(maxsize, max_bytes=TEXT_CACHE_BYTES)
 
     def _encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        if self.flux:  # FLUX.1: T5 tokens (B, 512, C) and the pooled CLIP text (B, P), from FluxPipeline.encode_prompt
+            tokens, pooled, _ = self.base.encode_prompt(captions, prompt_2=None, device=self.base.text_encoder_2.device,
+                                                        num_images_per_prompt=1)
+            return {"encoder_hidden_states": tokens, "pooled_projections": pooled}
         if not self.pooled:
             tokenizer, text_encoder = self.base.tokenizer, self.base.text_encoder
             tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
@@ -77,11 +85,55 @@ class TextEncoderCache:
 
 @torch.no_grad()
 def encode_latents(vae, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] → scaled latents, sampled from the VAE posterior with ``generator``."""
+    """(B, 3, H, W) in [-1, 1] → scaled (and for FLUX shifted) latents, sampled from the VAE posterior with
+    ``generator``."""
     posterior = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist
     noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
     latents = posterior.mean + posterior.std * noise
-    return latents * vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts before scaling; SD's has none
+    return (latents - shift) * vae.config.scaling_factor
+
+
+def flow_matching_loss(transformer, latents: torch.Tensor, image_ids: torch.Tensor, text: dict[str, torch.Tensor],
+                       image_embeds: torch.Tensor, generator: torch.Generator, weighting_scheme: str = "none",
+                       guidance: float | None = 1.0) -> torch.Tensor:
+    """FLUX.1's rectified-flow objective (Esser et al. 2024; diffusers' FLUX training examples): the transformer's
+    velocity at x_σ = (1 − σ)·x + σ·ε against ε − x, in FLUX's packed 2 x 2 patches.
+
+    σ is drawn per sample by ``weighting_scheme`` (diffusers.training_utils: uniform for "none", logit-normal with
+    mean 0 and std 1, "mode" with scale 1.29) and the squared error weighted by it (sigma_sqrt, cosmap; 1 otherwise);
+    the transformer sees timestep σ (FluxPipeline passes t / 1000 = σ) and the embedded guidance ``guidance`` (1 in
+    training, as those examples use; None for a transformer without it, FLUX.1-schnell's; the caller reads its
+    config, since a transformer wrapped for several processes has none).
+
+    Args:
+        latents: (B, C, h, w) clean latents, scaled and shifted (:func:`encode_latents`).
+        image_ids: (h/2 · w/2, 3) the packed grid's position ids (FluxPipeline.prepare_latents).
+        text: ``encoder_hidden_states`` (B, T, C) T5 tokens and ``pooled_projections`` (B, P) pooled CLIP text.
+        image_embeds: (B, D) object embeddings (ϕ where dropped).
+    """
+    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+    from zeroft.fence import flux_pack_latents
+
+    batch = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    sigmas = compute_density_for_timestep_sampling(weighting_scheme, batch, logit_mean=0.0, logit_std=1.0,
+                                                   mode_scale=1.29, generator=generator).to(latents.device)
+    sigma = sigmas.view(-1, 1, 1, 1).to(latents.dtype)
+    noisy = flux_pack_latents((1.0 - sigma) * latents + sigma * noise)
+    target = flux_pack_latents(noise - latents)
+    hidden = text["encoder_hidden_states"]
+    embedded = None
+    if guidance is not None:
+        embedded = torch.full((batch,), float(guidance), device=latents.device, dtype=torch.float32)
+    prediction = transformer(
+        hidden_states=noisy, timestep=sigmas.to(latents.dtype), guidance=embedded,
+        pooled_projections=text["pooled_projections"], encoder_hidden_states=hidden,
+        txt_ids=torch.zeros(hidden.shape[1], 3, device=hidden.device, dtype=hidden.dtype), img_ids=image_ids,
+        joint_attention_kwargs={"ip_adapter_image_embeds": [image_embeds.unsqueeze(1)]}, return_dict=False)[0]
+    weighting = compute_loss_weighting_for_sd3(weighting_scheme, sigmas).view(-1, 1, 1).float()
+    return (weighting * (prediction.float() - target.float()) ** 2).mean()
 
 
 def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor,

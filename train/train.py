@@ -6,8 +6,9 @@ Runs the same on one CPU, one GPU, several GPUs or machines (``accelerate launch
 Steps of ``run``: build the models, the data and the optimizer; resume; then for each step
 render samples (train.data), compute the denoising loss (train.losses) and update; checkpoint
 atomically (train.checkpointing); render validation grids (train.validation); export a zeroft
-checkpoint (train.export). The base model's family, Stable Diffusion 1.x or SDXL, is read from its
-``model_index.json`` (zeroft.backbones); SDXL adds the pooled text and size conditions to every step.
+checkpoint (train.export). The base model's family, Stable Diffusion 1.x, SDXL or FLUX.1, is read from its
+``model_index.json`` (zeroft.backbones); SDXL adds the pooled text and size conditions to every step; FLUX.1
+trains its object attention (``--train adapter``) with the rectified-flow loss (train.losses.flow_matching_loss).
 
 Example:
     >>> from train.config import TrainConfig
@@ -44,7 +45,8 @@ from .checkpointing import checkpoint_step, clean_partial, load_training_state, 
 from .config import TrainConfig
 from .data import MixedTrainingData, collate, global_indices, open_streams, time_ids
 from .export import ema_weights, export_checkpoint, trainable_parameters, validation_pipeline
-from .losses import TextEncoderCache, conditions_on_text_time, diffusion_loss, encode_latents, step_generator
+from .losses import (TextEncoderCache, conditions_on_text_time, diffusion_loss, encode_latents, flow_matching_loss,
+                     step_generator)
 from .validation import render_validation
 
 logger = get_logger(__name__)
@@ -53,9 +55,9 @@ logger = get_logger(__name__)
 @dataclass
 class Models:
     base: DiffusionPipeline  # the diffusers base pipeline: frozen VAE, text encoders, tokenizers (its encode_prompt)
-    unet: torch.nn.Module
+    unet: torch.nn.Module  # the denoiser the object attention lives in: the UNet, or FLUX.1's transformer
     encoder: ObjectEncoder
-    noise_scheduler: DDPMScheduler
+    noise_scheduler: DDPMScheduler | None  # the UNet's training noise schedule; None for FLUX (flow matching)
     base_source: Path | None  # the local base folder, None for a Hub id (then the export refers to it)
     encoder_config: EncoderConfig
     backbone: Backbone  # the base model's family (zeroft.backbones), read from its model_index.json
@@ -94,16 +96,25 @@ def build_models(config: TrainConfig) -> Models:
     """The base model in its family's diffusers class, the object encoder and the UNet with object attention;
     everything but the trained part frozen."""
     backbone = backbone_of_index(DiffusionPipeline.load_config(str(config.base_model)))
+    flow = backbone.denoiser != "unet"  # FLUX.1: a transformer trained by flow matching
+    if flow and config.train != "adapter":
+        raise InputError(f"{backbone.label} trains its object attention only: use --train adapter (the whole "
+                         f"{backbone.denoiser}, 12B parameters, is not tuned).")
+    if flow and config.prediction_type:
+        raise InputError(f"--prediction_type is for Stable Diffusion's noise schedules; {backbone.label} is trained "
+                         "by flow matching (--weighting_scheme).")
     base = backbone.base_class().from_pretrained(str(config.base_model), **backbone.base_arguments(),
                                                  use_safetensors=True)
-    scheduler_config = dict(base.scheduler.config)
-    if config.prediction_type:
-        scheduler_config["prediction_type"] = config.prediction_type
-        base.scheduler = base.scheduler.__class__.from_config(scheduler_config)
-    noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+    noise_scheduler = None
+    if not flow:
+        scheduler_config = dict(base.scheduler.config)
+        if config.prediction_type:
+            scheduler_config["prediction_type"] = config.prediction_type
+            base.scheduler = base.scheduler.__class__.from_config(scheduler_config)
+        noise_scheduler = DDPMScheduler.from_config(scheduler_config)
     encoder_config = config.encoder_config()
     encoder = ObjectEncoder.from_config(encoder_config)
-    unet = base.unet
+    unet = getattr(base, backbone.denoiser)
     if config.init_checkpoint:
         init = Path(config.init_checkpoint)
         init_config = ZeroFTConfig.load(init)
@@ -168,9 +179,11 @@ class RankBatches(torch.utils.data.Sampler):
         return (self.max - self.start) * self.accumulation
 
 
-def training_step(models: Models, unet, batch, text_cache: TextEncoderCache, generator, weight_dtype) -> torch.Tensor:
+def training_step(models: Models, unet, batch, text_cache: TextEncoderCache, generator, weight_dtype,
+                  weighting_scheme: str = "none") -> torch.Tensor:
     """The denoising loss of one micro-batch: text conditions, object embeddings (ϕ where dropped), noise;
-    for SDXL also the pooled text embedding and the size conditions of each sample."""
+    for SDXL also the pooled text embedding and the size conditions of each sample; for FLUX.1 the flow-matching
+    loss with its pooled text."""
     device = next(unet.parameters()).device
     text = text_cache(batch["caption"], device)
     hidden = text.pop("encoder_hidden_states").to(weight_dtype)
@@ -178,7 +191,10 @@ def training_step(models: Models, unet, batch, text_cache: TextEncoderCache, gen
     if text_cache.pooled:
         added["time_ids"] = time_ids(batch).to(device, weight_dtype)  # (B, 6)
     count = len(batch["caption"])
-    if uses_patch_tokens(models.unet):  # Plus: patch tokens; ϕ the tokens of an all-zero normalised image, as at inference
+    if models.noise_scheduler is None:  # FLUX.1: ϕ is a black image's embedding, as at inference
+        embeds = models.encoder.black_embedding().float().to(device).repeat(count, 1)  # (B, D)
+        encode = models.encoder
+    elif uses_patch_tokens(models.unet):  # Plus: patch tokens; ϕ the tokens of an all-zero normalised image, as at inference
         embeds = models.encoder.null_tokens().float().to(device).repeat(count, 1, 1)  # (B, T, W)
         encode = models.encoder.tokens
     else:
@@ -188,6 +204,13 @@ def training_step(models: Models, unet, batch, text_cache: TextEncoderCache, gen
         chosen = batch["use_object"]
         embeds[chosen.to(device)] = encode(batch["condition"][chosen]).float().to(device)
     latents = encode_latents(models.vae, batch["pixel_values"], generator).to(weight_dtype)
+    if models.noise_scheduler is None:
+        pixels = latents.shape[-1] * models.base.vae_scale_factor
+        _, image_ids = models.base.prepare_latents(count, latents.shape[1], pixels, pixels, weight_dtype, device, None,
+                                                   latents=latents)  # the packed grid's position ids
+        return flow_matching_loss(unet, latents, image_ids, {"encoder_hidden_states": hidden, **added},
+                                  embeds.to(weight_dtype), generator, weighting_scheme,
+                                  guidance=1.0 if models.unet.config.guidance_embeds else None)
     return diffusion_loss(unet, models.noise_scheduler, latents, hidden, embeds.to(weight_dtype), generator,
                           added_cond_kwargs=added)
 
@@ -290,7 +313,8 @@ def train_steps(config: TrainConfig, accelerator: Accelerator, training: Trainin
                                           config.train_batch_size),
         collate_fn=collate, num_workers=config.dataloader_num_workers,
     )
-    text_cache = TextEncoderCache(training.models.base, pooled=conditions_on_text_time(training.models.unet))
+    text_cache = TextEncoderCache(training.models.base, pooled=conditions_on_text_time(training.models.unet),
+                                  flux=training.models.noise_scheduler is None)
     progress = tqdm(range(start_step, config.max_train_steps), initial=start_step, total=config.max_train_steps,
                     disable=not accelerator.is_local_main_process, desc="training")
     training.unet.train()
@@ -303,7 +327,7 @@ def train_steps(config: TrainConfig, accelerator: Accelerator, training: Trainin
             with accelerator.accumulate(training.unet):
                 generator = step_generator(config.seed, step, micro, accelerator.process_index)
                 loss = training_step(training.models, training.unet, batch, text_cache, generator,
-                                     training.weight_dtype)
+                                     training.weight_dtype, config.weighting_scheme)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(training.parameters, config.max_grad_norm)

@@ -129,3 +129,15 @@ def flux_unpack_latents(latents: torch.Tensor, height: int, width: int, vae_scal
     from diffusers import FluxPipeline
 
     return FluxPipeline._unpack_latents(latents, height, width, vae_scale_factor)
+
+
+def flux_pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """The VAE's latents (B, C, h, w) packed into FLUX's 2 x 2 patches (B, h/2 · w/2, 4C), what its transformer takes.
+
+    diffusers 0.42.1: ``FluxPipeline._pack_latents`` (a static method); its public ``prepare_latents`` packs only the
+    noise it draws itself, and training packs the noised image latents.
+    """
+    from diffusers import FluxPipeline
+
+    batch, channels, height, width = latents.shape
+    return FluxPipeline._pack_latents(latents, batch, channels, height, width)

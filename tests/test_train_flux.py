@@ -1,0 +1,131 @@
+"""train.train on a FLUX.1 base (issue 35): the paper's recipe on the object attention with the rectified-flow loss,
+export to a ZeroFTFluxPipeline that stock diffusers' load_ip_adapter reads, kill/resume, 2 processes.
+
+The runs reuse test_train's command line and subprocess helpers on a tiny FLUX.1 with the real structure
+(``make_tiny_checkpoint(..., backbone="flux")``), trained at 64 px.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train.train as trainer
+from train.checkpointing import list_checkpoints
+from train.config import TrainConfig
+from train.tiny_data import write_domain_imagefolder, write_general_jsonl
+from zeroft import InputError, ZeroFTConfig, ZeroFTFluxPipeline, load_pipeline
+from zeroft.tiny import make_tiny_checkpoint
+
+from conftest import square_photo
+from test_train import ROOT, TWO_RANKS, _argv, _assert_same, _run, _weights
+
+FLUX_RUN = ("--resolution", "64", "--max_train_steps", "3", "--checkpointing_steps", "2", "--use_ema",
+            "--train", "adapter", "--weighting_scheme", "logit_normal")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-flux")
+    folder = make_tiny_checkpoint(root / "flux", backbone="flux")
+    return {"base": folder / "base", "encoder": folder / "encoder", "domain": write_domain_imagefolder(root / "domain"),
+            "general": write_general_jsonl(root / "general"), "root": root}
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """One uninterrupted run, with what the transformer received in its training calls recorded."""
+    received = []
+
+    def record(transformer, args, kwargs):
+        if transformer.training:
+            received.append({name: kwargs[name] for name in ("timestep", "guidance", "joint_attention_kwargs")})
+
+    build_models = trainer.build_models
+
+    def build_models_with_hook(config):
+        models = build_models(config)
+        models.unet.register_forward_pre_hook(record, with_kwargs=True)
+        return models
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer, "build_models", build_models_with_hook)
+        export = trainer.main(_argv(setup, setup["root"] / "straight", *FLUX_RUN))
+    return export, received
+
+
+def test_flux_trains_its_object_attention_by_flow_matching(reference):
+    export, received = reference
+    assert len(received) == 3
+    for call in received:
+        assert call["guidance"].tolist() == [1.0, 1.0]  # embedded guidance 1 in training
+        assert ((call["timestep"] > 0) & (call["timestep"] < 1)).all()  # σ, as FluxPipeline passes t / 1000
+        assert call["joint_attention_kwargs"]["ip_adapter_image_embeds"][0].shape == (2, 1, 16)
+    config = ZeroFTConfig.load(export)
+    assert config.backbone == "flux" and not config.unet_tuned and config.training["weighting_scheme"] == "logit_normal"
+    assert not (export / "unet").exists() and not (export / "transformer").exists()
+
+
+def test_the_export_generates_and_stock_diffusers_loads_its_adapter(reference):
+    from diffusers import FluxPipeline
+
+    export, _ = reference
+    pipe = load_pipeline(export, device="cpu")
+    assert isinstance(pipe, ZeroFTFluxPipeline)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("an object on a blue background", object_image=square_photo(), object_guidance=2.0,
+               num_inference_steps=2, seed=0)
+    assert out.images[0].size == (64, 64)
+    stock = FluxPipeline.from_pretrained(export / "base")
+    stock.load_ip_adapter(str(export), subfolder="", weight_name="adapter.safetensors",
+                          image_encoder_pretrained_model_name_or_path=None)
+    trained = _weights(export)
+    assert torch.equal(stock.transformer.encoder_hid_proj.image_projection_layers[0].image_embeds.weight,
+                       trained["image_proj.proj.weight"])
+
+
+def test_flux_sigkill_and_resume_end_with_the_same_weights(setup, reference, tmp_path):
+    output = tmp_path / "killed"
+    argv = _argv(setup, output, *FLUX_RUN, "--resume", "latest")
+    process = _run(argv)
+    deadline = time.time() + 240
+    while not list_checkpoints(output) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list_checkpoints(output) and not (output / "final").exists()
+    resumed = _run(argv)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "resumed from" in err
+    _assert_same(_weights(output / "final"), _weights(reference[0]))
+
+
+def test_flux_two_processes_hold_identical_weights(setup, tmp_path):
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS)
+    argv = _argv(setup, tmp_path / "run", "--max_train_steps", "1", "--train", "adapter")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(tmp_path), *argv],
+        cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert ZeroFTConfig.load(tmp_path / "run" / "final").training["processes"] == 2
+
+
+def test_flux_refuses_whole_network_tuning_and_sd_noise_settings(setup, tmp_path):
+    settings = dict(base_model=setup["base"], encoder=setup["encoder"], domain_data=setup["domain"],
+                    general_data=setup["general"], resolution=32, output_dir=tmp_path / "x", masker="border")
+    with pytest.raises(InputError, match="use --train adapter"):
+        trainer.build_models(TrainConfig(**settings, train="whole"))
+    with pytest.raises(InputError, match="flow matching"):
+        trainer.build_models(TrainConfig(**settings, train="adapter", prediction_type="epsilon"))
