@@ -104,6 +104,9 @@ NOTES = [
     "then add about 0.7 and 0.6 GiB (probe of 2026-12-02).",
     "Times come from 2 cores shared with other jobs (one step per case): a 3-branch step faster than a 2-branch "
     "one is that noise; the memory figures do not depend on it.",
+    "The sd15-plus and sdxl-plus rows (2026-12-06) ran beside a toy-world training run and the test suite on the "
+    "same 2 cores: their seconds per image are 2-3x the base rows' for that reason, not the resampler's (16 queries "
+    "over 257 tokens, depth 4: a small fraction of one UNet call); their peaks are as valid as the others'.",
 ]
 
 

@@ -5,7 +5,8 @@ The figures are peaks measured on full-size models with random weights laid out 
 repositories (resident memory at its highest over loading and generating one image), not estimates:
 SD1.5 from ``bench/results/full_size.json`` (``python -m bench.full_size``, 512 px); SDXL at 512 px in
 float32 from the run that found this defect (issue 39, reported as GB and taken here as GiB, which errs
-toward refusing by 7%), at 1024 px in bfloat16 from full_size.json. Larger images need more than the
+toward refusing by 7%), at 1024 px in bfloat16 from full_size.json; the IP-Adapter Plus presets from its
+sd15-plus and sdxl-plus rows. Larger images need more than the
 512 px figures, so the check is a floor: it refuses what cannot fit, it does not promise the rest will.
 A combination not measured is not checked.
 """
@@ -24,8 +25,24 @@ MEASURED_CPU_PEAK_GIB = {
     ("ip-adapter-sdxl-vit-h", "float32", "int8"): 10.2,
     ("ip-adapter-sdxl", "float32", "none"): 23.0,
     ("ip-adapter-sdxl", "float32", "int8"): 13.0,
+    # bench.full_size's sdxl/bfloat16/zeroft rows, which ran the ViT-bigG/14 tower (ip-adapter-sdxl's); for ViT-H
+    # (the sdxl-plus rows' tower) they are an upper bound
+    ("ip-adapter-sdxl", "bfloat16", "none"): 14.63,
+    ("ip-adapter-sdxl", "bfloat16", "int8"): 11.85,
     ("ip-adapter-sdxl-vit-h", "bfloat16", "none"): 14.63,
     ("ip-adapter-sdxl-vit-h", "bfloat16", "int8"): 11.85,
+    # IP-Adapter Plus: bench.full_size's sd15-plus and sdxl-plus zeroft rows (ViT-H/14 patch tokens, a resampler)
+    ("ip-adapter-plus-sd15", "float32", "none"): 8.52,
+    ("ip-adapter-plus-sd15", "float32", "int8"): 7.20,
+    ("ip-adapter-plus-sdxl-vit-h", "bfloat16", "none"): 11.61,
+    ("ip-adapter-plus-sdxl-vit-h", "bfloat16", "int8"): 10.96,
+}
+# The rows of bench/results/full_size.json each measured peak comes from (tests/test_memory.py checks they agree).
+MEASURED_FROM = {
+    ("ip-adapter-sd15", "float32"): "sd15/float32/zeroft",
+    ("ip-adapter-sdxl", "bfloat16"): "sdxl/bfloat16/zeroft",
+    ("ip-adapter-plus-sd15", "float32"): "sd15-plus/float32/zeroft",
+    ("ip-adapter-plus-sdxl-vit-h", "bfloat16"): "sdxl-plus/bfloat16/zeroft",
 }
 
 
