@@ -245,19 +245,6 @@ def copy_repo_file(repos: dict[str, Path], repo_id: str, path: str, destination:
     return Path(shutil.copyfile(repos[repo_id] / path, destination))
 
 
-def _t5_tokenizer():
-    """A T5 tokenizer (SentencePiece-style unigram over printable ASCII) saved as transformers writes one."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import T5TokenizerFast
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [(chr(c), -3.0) for c in range(33, 127)]
-    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
-    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                           extra_ids=0)
-
-
 def tiny_clip_model(model_cfg: dict, seed: int = 0):
     """A whole transformers ``CLIPModel`` (both towers, QuickGELU) of the open_clip config's shape, random weights:
     openai/clip-vit-large-patch14's layout."""
@@ -315,7 +302,6 @@ def write_flux_repos(folder: str | Path, seed: int = 0) -> dict[str, Path]:
                                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                                   pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
                                                   guidance_embeds=True)
-    parts["tokenizer_2"] = _t5_tokenizer()
     pipe = FluxPipeline(**{k: v for k, v in parts.items() if v is not None})
     pipe.save_pretrained(repos[FLUX_DEV_REPO], safe_serialization=True)
     _write_tokenizers(repos[FLUX_DEV_REPO], 32, names=("tokenizer",))  # CLIP's files; tokenizer_2/ stays T5's

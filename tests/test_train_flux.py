@@ -129,3 +129,13 @@ def test_flux_refuses_whole_network_tuning_and_sd_noise_settings(setup, tmp_path
         trainer.build_models(TrainConfig(**settings, train="whole"))
     with pytest.raises(InputError, match="flow matching"):
         trainer.build_models(TrainConfig(**settings, train="adapter", prediction_type="epsilon"))
+
+
+def test_the_gpu_benchmarks_flux_rows_run_at_toy_size(tmp_path):
+    """bench/gpu.sh --backbone flux on a CPU (--dry-run): the same code path as on the GPU, at toy size."""
+    from bench.gpu_bench import main as gpu_bench
+
+    result = gpu_bench(["--dry-run", "--backbone", "flux", "--steps", "1", "--repeats", "1", "--out", str(tmp_path)])
+    row = result["backbones"]["flux"]["rows"]["fp16"]
+    assert {"diffusers_ip_adapter", "zeroft_equal_weights", "zeroft_one_branch", "zeroft_three_branches"} == set(
+        row["images_per_second"]) and row["ratio_one_branch"] > 0

@@ -148,6 +148,20 @@ def tiny_sdxl_base_pipeline(seed: int = 0):
     )
 
 
+def tiny_t5_tokenizer():
+    """A T5 tokenizer (a unigram model over printable ASCII, SentencePiece's ▁ word marks, <pad> 0, </s> 1) built
+    without any download: FLUX.1's tokenizer_2 at toy size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [(chr(c), -3.0) for c in range(33, 127)]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0)
+
+
 def tiny_flux_base_pipeline(seed: int = 0, guidance_embeds: bool = True):
     """A tiny FluxPipeline with FLUX.1's structure (as diffusers' own FLUX tests build it): one double-stream and one
     single-stream block, 32-wide text tokens from a tiny T5 and a 32-wide pooled CLIP text embedding, a 2-block VAE
@@ -173,7 +187,7 @@ def tiny_flux_base_pipeline(seed: int = 0, guidance_embeds: bool = True):
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=tiny_text_encoder(seed), tokenizer=tiny_tokenizer(),
-                        text_encoder_2=t5, tokenizer_2=tiny_tokenizer(), transformer=transformer)
+                        text_encoder_2=t5, tokenizer_2=tiny_t5_tokenizer(), transformer=transformer)
 
 
 def make_tiny_checkpoint(folder: str | Path, seed: int = 0, masker: str = "border", num_tokens: int = 4,
