@@ -125,7 +125,7 @@ def test_flux_two_processes_hold_identical_weights(setup, tmp_path):
 def test_flux_refuses_whole_network_tuning_and_sd_noise_settings(setup, tmp_path):
     settings = dict(base_model=setup["base"], encoder=setup["encoder"], domain_data=setup["domain"],
                     general_data=setup["general"], resolution=32, output_dir=tmp_path / "x", masker="border")
-    with pytest.raises(InputError, match="use --train adapter"):
+    with pytest.raises(InputError, match="use --train lora"):
         trainer.build_models(TrainConfig(**settings, train="whole"))
     with pytest.raises(InputError, match="flow matching"):
         trainer.build_models(TrainConfig(**settings, train="adapter", prediction_type="epsilon"))
@@ -139,3 +139,42 @@ def test_the_gpu_benchmarks_flux_rows_run_at_toy_size(tmp_path):
     row = result["backbones"]["flux"]["rows"]["fp16"]
     assert {"diffusers_ip_adapter", "zeroft_equal_weights", "zeroft_one_branch", "zeroft_three_branches"} == set(
         row["images_per_second"]) and row["ratio_one_branch"] > 0
+
+
+def test_flux_lora_trains_with_the_adapter_and_stock_diffusers_loads_both(setup, tmp_path):
+    """--train lora: a LoRA of the transformer's attention trains beside the object attention; the export holds it in
+    the file stock load_lora_weights reads, zeroft loads it, and zeroft's images at w_text = w_obj = 1 are stock
+    FluxPipeline's with the LoRA and the adapter loaded."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file
+
+    export = trainer.main(_argv(setup, tmp_path / "lora", "--train", "lora", "--lora_rank", "4"))
+    config = ZeroFTConfig.load(export)
+    assert config.lora_weights == "pytorch_lora_weights.safetensors" and config.training["trained"] == "lora"
+    lora = load_file(str(export / config.lora_weights))
+    assert any("lora_B" in key and value.abs().sum() > 0 for key, value in lora.items())  # B moved off zero
+    base = load_file(str(export / "base" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert not any("lora" in key or "base_layer" in key for key in base)  # the base stays a plain transformer
+    ours = load_pipeline(export, device="cpu")
+    ours.set_progress_bar_config(disable=True)
+    embeds = ours.encode_object(square_photo())[0]
+    latents = torch.randn((1, 16 * 16, 4), generator=torch.Generator().manual_seed(0))
+    mine = ours("an object", image_embeds=embeds, text_guidance=1.0, object_guidance=1.0, num_inference_steps=2,
+                latents=latents.clone(), output_type="np").images
+    stock = FluxPipeline.from_pretrained(export / "base")
+    stock.load_lora_weights(str(export), weight_name=config.lora_weights)
+    stock.load_ip_adapter(str(export), subfolder="", weight_name="adapter.safetensors",
+                          image_encoder_pretrained_model_name_or_path=None)
+    stock.set_progress_bar_config(disable=True)
+    theirs = stock("an object", ip_adapter_image_embeds=[embeds[:, None]],
+                   negative_ip_adapter_image_embeds=[ours.null_object()[:, None]], num_inference_steps=2,
+                   latents=latents.clone(), height=64, width=64, output_type="np").images
+    assert abs(mine - theirs).max() < 1e-4
+    without = FluxPipeline.from_pretrained(export / "base")
+    without.load_ip_adapter(str(export), subfolder="", weight_name="adapter.safetensors",
+                            image_encoder_pretrained_model_name_or_path=None)
+    without.set_progress_bar_config(disable=True)
+    plain = without("an object", ip_adapter_image_embeds=[embeds[:, None]],
+                    negative_ip_adapter_image_embeds=[ours.null_object()[:, None]], num_inference_steps=2,
+                    latents=latents.clone(), height=64, width=64, output_type="np").images
+    assert abs(mine - plain).max() > 1e-4  # the LoRA changes the images

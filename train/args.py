@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(models, "init_checkpoint",
           help="start from this zeroft checkpoint's adapter (and unet/, if tuned) instead of fresh weights")
     _flag(models, "prediction_type", choices=PREDICTION_TYPES, help="override the base scheduler's prediction type")
+    _flag(models, "lora_rank", type=int, help="--train lora: rank of the LoRA on the transformer's attention")
     _flag(models, "weighting_scheme", choices=WEIGHTING_SCHEMES,
           help="FLUX.1: how the flow-matching loss draws σ and weights it (none: uniform σ; logit_normal, mode: "
                "σ densities; sigma_sqrt, cosmap: loss weights), as diffusers' FLUX training examples")
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     opt = p.add_argument_group("optimisation")
     _flag(opt, "train", choices=TRAINED_PARTS,
-          help="whole: UNet + object attention + projection (the paper's default); adapter: the latter two")
+          help="whole: UNet + object attention + projection (the paper's default); adapter: the latter two; "
+               "lora (FLUX.1): a LoRA of the transformer's attention + the adapter")
     _flag(opt, "train_batch_size", type=int, help="per process")
     _flag(opt, "gradient_accumulation_steps", type=int, help="micro-batches per optimizer step")
     _flag(opt, "max_train_steps", type=int, help="optimizer steps in all")

@@ -40,7 +40,9 @@ from .sources import Columns
 BACKGROUND_FILL_CHOICES = (*BACKGROUND_FILLS, "none")
 ENCODER_VIEWS = tuple(VIEWS)
 PREDICTION_TYPES = ("epsilon", "v_prediction")  # what DDPMScheduler's prediction_type accepts for SD-family UNets
-TRAINED_PARTS = ("whole", "adapter")  # whole: UNet + object attention + projection; adapter: the latter two
+# whole: UNet + object attention + projection; adapter: the latter two; lora: a LoRA of the denoiser's attention + the
+# adapter (FLUX.1's stand-in for whole-network tuning at 12B parameters)
+TRAINED_PARTS = ("whole", "adapter", "lora")
 # FLUX.1's rectified-flow loss: how σ is drawn and the loss weighted (diffusers.training_utils, as its FLUX and SD3
 # training examples name them): uniform σ ("none"), logit-normal σ, "mode" sampling, or sigma_sqrt / cosmap weights.
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
@@ -76,6 +78,7 @@ class TrainConfig:
     init_checkpoint: str | Path | None = None  # start from this zeroft checkpoint's adapter (and unet/) instead of fresh
     prediction_type: str | None = None  # overrides the base scheduler's (PREDICTION_TYPES); None keeps the base's
     weighting_scheme: str = "none"  # FLUX.1: σ sampling / loss weighting of the flow-matching loss (WEIGHTING_SCHEMES)
+    lora_rank: int = 16  # --train lora: rank (and alpha) of the LoRA on the transformer's attention projections
 
     # data
     domain_data: str | Path | None = None  # domain-specific records (image, caption, identity, mask?)
@@ -152,7 +155,7 @@ class TrainConfig:
                 raise InputError(f"{name} must not be empty.")
 
     def _check_numbers(self) -> None:
-        for name, low in (("num_tokens", 1), ("resolution", 8), ("dataloader_num_workers", 0), ("train_batch_size", 1),
+        for name, low in (("num_tokens", 1), ("lora_rank", 1), ("resolution", 8), ("dataloader_num_workers", 0), ("train_batch_size", 1),
                           ("gradient_accumulation_steps", 1), ("max_train_steps", 1), ("lr_warmup_steps", 0),
                           ("seed", 0), ("checkpointing_steps", 1), ("checkpoints_total_limit", 1), ("log_every", 1),
                           ("validation_steps", 0)):

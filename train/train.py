@@ -97,9 +97,12 @@ def build_models(config: TrainConfig) -> Models:
     everything but the trained part frozen."""
     backbone = backbone_of_index(DiffusionPipeline.load_config(str(config.base_model)))
     flow = backbone.denoiser != "unet"  # FLUX.1: a transformer trained by flow matching
-    if flow and config.train != "adapter":
-        raise InputError(f"{backbone.label} trains its object attention only: use --train adapter (the whole "
-                         f"{backbone.denoiser}, 12B parameters, is not tuned).")
+    if flow and config.train == "whole":
+        raise InputError(f"{backbone.label}'s {backbone.denoiser} (12B parameters) is not tuned whole: use --train "
+                         "lora (a LoRA of its attention with the object attention) or --train adapter.")
+    if not flow and config.train == "lora":
+        raise InputError(f"--train lora is for FLUX.1's transformer; {backbone.label} tunes its whole UNet "
+                         "(--train whole) or the object attention (--train adapter).")
     if flow and config.prediction_type:
         raise InputError(f"--prediction_type is for Stable Diffusion's noise schedules; {backbone.label} is trained "
                          "by flow matching (--weighting_scheme).")
@@ -139,11 +142,31 @@ def build_models(config: TrainConfig) -> Models:
     for frozen in models.frozen:
         frozen.requires_grad_(False).eval()
     unet.requires_grad_(config.train == "whole")
+    if config.train == "lora":
+        add_lora(unet, config.lora_rank, config.seed)
     for parameter in adapter_parameters(unet):
         parameter.requires_grad_(True)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     return models
+
+
+LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")  # the attention projections diffusers' FLUX LoRA example tunes
+
+
+def add_lora(transformer, rank: int, seed: int) -> None:
+    """A trainable LoRA (peft, rank = alpha = ``rank``, Gaussian A, zero B: the model is unchanged at step 0) on every
+    attention projection of ``transformer`` (not the object attention's own to_k_ip / to_v_ip)."""
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise InputError("--train lora needs peft: pip install peft (or the train extra)") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                           target_modules=list(LORA_TARGETS)))
+    for name, parameter in transformer.named_parameters():
+        parameter.requires_grad_(".lora_" in name)
 
 
 def build_data(config: TrainConfig, encoder: ObjectEncoder) -> MixedTrainingData:

@@ -120,6 +120,8 @@ def assemble_pipeline(
     if config.unet_tuned and get_backbone(config.backbone).denoiser != "unet":
         raise InputError(f"{checkpoint} says its whole {get_backbone(config.backbone).denoiser} is tuned; zeroft "
                          "reads tuned weights only for Stable Diffusion UNets (unet/).")
+    if config.lora_weights:
+        require_file(folder, config.lora_weights, "the LoRA of its denoiser")
     if config.unet_tuned:
         require_file(folder, "unet/config.json", "the tuned UNet")
         require_file(folder, f"unet/{UNET_WEIGHTS}", "the tuned UNet")
@@ -155,6 +157,13 @@ def assemble_pipeline(
     components = {k: v for k, v in base.components.items() if k != "image_encoder"}
     pipe = pipeline_class(**components, object_encoder=encoder, zeroft_config=config, masker=pipe_masker,
                           quantization=quantization)
+    if config.lora_weights:  # the denoiser's LoRA, trained with the adapter (FLUX.1)
+        try:
+            import peft  # noqa: F401  (diffusers' LoRA loading needs it)
+        except ImportError:
+            raise InputError(f"{checkpoint} carries a LoRA of its {get_backbone(config.backbone).denoiser} "
+                             f"({config.lora_weights}); loading it needs peft: pip install peft") from None
+        pipe.load_lora_weights(str(folder), weight_name=config.lora_weights)
     if offload:
         pipe.enable_model_cpu_offload(device=device)
     else:

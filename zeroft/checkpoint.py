@@ -20,8 +20,16 @@ from .errors import HubUnavailableError
 from .locate import UNET_WEIGHTS, is_hub_id
 from .model_card import write_model_card
 
+LORA_NAME = "pytorch_lora_weights.safetensors"  # diffusers' load_lora_weights default file name
+
+
 def _is_adapter_key(key: str) -> bool:
     return key.startswith("encoder_hid_proj.") or ".processor." in key
+
+
+def has_lora(model) -> bool:
+    """Whether ``model`` carries a peft LoRA (diffusers' ``add_adapter`` / ``load_lora_weights``)."""
+    return bool(getattr(model, "peft_config", None))
 
 
 def save_unet_without_adapter(unet: UNet2DConditionModel, folder: str | Path) -> None:
@@ -38,7 +46,8 @@ def save_unet_without_adapter(unet: UNet2DConditionModel, folder: str | Path) ->
     if config.get("encoder_hid_dim_type") == "ip_image_proj":
         config["encoder_hid_dim_type"] = None
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    clean = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items() if not _is_adapter_key(k)}
+    clean = {k.replace(".base_layer.", "."): v.detach().cpu().contiguous() for k, v in unet.state_dict().items()
+             if not _is_adapter_key(k) and ".lora_" not in k}  # a LoRA's frozen base weights, without the LoRA
     save_file(clean, str(folder / UNET_WEIGHTS), metadata={"format": "pt"})
 
 
@@ -111,6 +120,13 @@ def save_checkpoint(
     if config.encoder.path is not None:
         pipe.object_encoder.save(folder / config.encoder.path)
     save_file(adapter_state_dict(pipe.denoiser), str(folder / ADAPTER_NAME), metadata={"format": "pt"})
+    if has_lora(pipe.denoiser):  # in the file stock diffusers' load_lora_weights reads
+        from peft.utils import get_peft_model_state_dict
+
+        backbone.base_class().save_lora_weights(
+            folder, weight_name=LORA_NAME, safe_serialization=True,
+            **{f"{backbone.denoiser}_lora_layers": get_peft_model_state_dict(pipe.denoiser)})
+        config = config.replace(lora_weights=LORA_NAME)
     if unet_tuned:
         save_unet_without_adapter(pipe.unet, folder / "unet")
     if dtype is not None:

@@ -75,6 +75,9 @@ class ZeroFTConfig:
     # "plus": its patch tokens (image_embed_dim = the tower's width) → a Perceiver resampler (IP-Adapter Plus)
     projection: str = "linear"
     unet_tuned: bool = False  # True when unet/ holds a whole-network fine-tune
+    # A LoRA of the denoiser trained with the adapter (FLUX.1's stand-in for whole-network tuning): its file in this
+    # folder, in the layout diffusers' load_lora_weights reads; None (not written) for none
+    lora_weights: str | None = None
     masker: str = DEFAULT_MASKER  # automatic mask (see zeroft.masking); "border" needs no download
     base_revision: str | None = None  # pinned Hub revision of base_model, for reproducibility
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
@@ -92,6 +95,8 @@ class ZeroFTConfig:
         data["format_version"] = FORMAT_VERSION  # what is written is the current format, whatever was read
         if data["defaults"]["guidance_interval"] is None:  # unset: the file stays as older zeroft versions read it
             del data["defaults"]["guidance_interval"]
+        if data["lora_weights"] is None:  # likewise
+            del data["lora_weights"]
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
