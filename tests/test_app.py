@@ -160,13 +160,14 @@ def test_checkpoint_names_and_aliases():
 
 
 def test_real_presets_are_offered_where_a_gpu_is(monkeypatch):
-    """The SD1.5 and SDXL presets, plain and Plus, with CUDA present (simulated) and the Hub reachable; the toy model alone on a CPU."""
+    """The SD1.5 and SDXL presets, plain and Plus, and FLUX.1's, with CUDA present (simulated) and the Hub reachable; the toy
+    model alone on a CPU."""
     assert Checkpoints().names == ["zeroft-toy"]  # this machine: no GPU (and the tests run offline)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.delenv("HF_HUB_OFFLINE")
     offered = Checkpoints()
     assert offered.names == ["zeroft-toy", "ip-adapter-sd15", "ip-adapter-sdxl-vit-h", "ip-adapter-sdxl",
-                             "ip-adapter-plus-sd15", "ip-adapter-plus-sdxl-vit-h"]
+                             "ip-adapter-plus-sd15", "ip-adapter-plus-sdxl-vit-h", "ip-adapter-flux-dev"]
     assert offered.where("ip-adapter-sdxl") == "ip-adapter-sdxl"  # a name, loaded (and downloaded) on first use
 
 

@@ -154,12 +154,10 @@ def _run(argv, **kwargs):
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def test_sigkill_and_resume_end_with_the_same_weights(setup, tmp_path):
-    steps = ["--max_train_steps", "8", "--checkpointing_steps", "2"]
-    reference = main(_argv(setup, tmp_path / "straight", *steps))
-
-    output = tmp_path / "killed"
-    process = _run(_argv(setup, output, *steps, "--resume", "latest"))
+def kill_and_resume(argv: list[str], output: Path) -> Path:
+    """Run ``python -m train.train argv`` (which must say ``--resume latest``), SIGKILL it once it has saved a training
+    state, run it again to the end; the exported folder. Used by every backbone's kill -9 test."""
+    process = _run(argv)
     deadline = time.time() + 240
     while not list_checkpoints(output) and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -168,12 +166,19 @@ def test_sigkill_and_resume_end_with_the_same_weights(setup, tmp_path):
     assert process.returncode == -signal.SIGKILL
     assert list_checkpoints(output), "the run should have saved a checkpoint before the kill"
     assert not (output / "final").exists()
-
-    resumed = _run(_argv(setup, output, *steps, "--resume", "latest"))
+    resumed = _run(argv)
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert "resumed from" in err
-    _assert_same(_weights(output / "final"), _weights(reference))
+    return output / "final"
+
+
+def test_sigkill_and_resume_end_with_the_same_weights(setup, tmp_path):
+    steps = ["--max_train_steps", "8", "--checkpointing_steps", "2"]
+    reference = main(_argv(setup, tmp_path / "straight", *steps))
+    output = tmp_path / "killed"
+    _assert_same(_weights(kill_and_resume(_argv(setup, output, *steps, "--resume", "latest"), output)),
+                 _weights(reference))
 
 
 KILL_DURING_SAVE = """
@@ -234,18 +239,23 @@ with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
 """
 
 
-def test_two_processes_hold_identical_weights_and_see_disjoint_data(setup, tmp_path):
-    script = tmp_path / "two_ranks.py"
+def two_ranks(argv: list[str], folder: Path) -> list[dict]:
+    """``python -m train.train argv`` as two processes (torch.distributed.run, gloo); each rank's record of what it
+    saw and a digest of its weights (TWO_RANKS). Used by every backbone's two-process test."""
+    script = folder / "two_ranks.py"
     script.write_text(TWO_RANKS)
-    argv = _argv(setup, tmp_path / "run", "--max_train_steps", "2")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(tmp_path), *argv],
+         str(folder), *argv],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_two_processes_hold_identical_weights_and_see_disjoint_data(setup, tmp_path):
+    ranks = two_ranks(_argv(setup, tmp_path / "run", "--max_train_steps", "2"), tmp_path)
     assert ranks[0]["weights"] == ranks[1]["weights"]
     records = [{(s["stream"], s["record"]) for s in rank["seen"]} for rank in ranks]
     assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 4

@@ -5,25 +5,18 @@ The runs reuse test_train's command line and subprocess helpers on a tiny FLUX.1
 (``make_tiny_checkpoint(..., backbone="flux")``), trained at 64 px.
 """
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 import train.train as trainer
-from train.checkpointing import list_checkpoints
 from train.config import TrainConfig
 from train.tiny_data import write_domain_imagefolder, write_general_jsonl
 from zeroft import InputError, ZeroFTConfig, ZeroFTFluxPipeline, load_pipeline
 from zeroft.tiny import make_tiny_checkpoint
 
 from conftest import square_photo
-from test_train import ROOT, TWO_RANKS, _argv, _assert_same, _run, _weights
+from test_train import _argv, _assert_same, _weights, kill_and_resume, two_ranks
 
 FLUX_RUN = ("--resolution", "64", "--max_train_steps", "3", "--checkpointing_steps", "2", "--use_ema",
             "--train", "adapter", "--weighting_scheme", "logit_normal")
@@ -91,33 +84,12 @@ def test_the_export_generates_and_stock_diffusers_loads_its_adapter(reference):
 
 def test_flux_sigkill_and_resume_end_with_the_same_weights(setup, reference, tmp_path):
     output = tmp_path / "killed"
-    argv = _argv(setup, output, *FLUX_RUN, "--resume", "latest")
-    process = _run(argv)
-    deadline = time.time() + 240
-    while not list_checkpoints(output) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert list_checkpoints(output) and not (output / "final").exists()
-    resumed = _run(argv)
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
-    assert "resumed from" in err
-    _assert_same(_weights(output / "final"), _weights(reference[0]))
+    final = kill_and_resume(_argv(setup, output, *FLUX_RUN, "--resume", "latest"), output)
+    _assert_same(_weights(final), _weights(reference[0]))
 
 
 def test_flux_two_processes_hold_identical_weights(setup, tmp_path):
-    script = tmp_path / "two_ranks.py"
-    script.write_text(TWO_RANKS)
-    argv = _argv(setup, tmp_path / "run", "--max_train_steps", "1", "--train", "adapter")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(tmp_path), *argv],
-        cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = two_ranks(_argv(setup, tmp_path / "run", "--max_train_steps", "1", "--train", "adapter"), tmp_path)
     assert ranks[0]["weights"] == ranks[1]["weights"]
     assert ZeroFTConfig.load(tmp_path / "run" / "final").training["processes"] == 2
 
@@ -161,20 +133,16 @@ def test_flux_lora_trains_with_the_adapter_and_stock_diffusers_loads_both(setup,
     latents = torch.randn((1, 16 * 16, 4), generator=torch.Generator().manual_seed(0))
     mine = ours("an object", image_embeds=embeds, text_guidance=1.0, object_guidance=1.0, num_inference_steps=2,
                 latents=latents.clone(), output_type="np").images
-    stock = FluxPipeline.from_pretrained(export / "base")
-    stock.load_lora_weights(str(export), weight_name=config.lora_weights)
-    stock.load_ip_adapter(str(export), subfolder="", weight_name="adapter.safetensors",
-                          image_encoder_pretrained_model_name_or_path=None)
-    stock.set_progress_bar_config(disable=True)
-    theirs = stock("an object", ip_adapter_image_embeds=[embeds[:, None]],
-                   negative_ip_adapter_image_embeds=[ours.null_object()[:, None]], num_inference_steps=2,
-                   latents=latents.clone(), height=64, width=64, output_type="np").images
-    assert abs(mine - theirs).max() < 1e-4
-    without = FluxPipeline.from_pretrained(export / "base")
-    without.load_ip_adapter(str(export), subfolder="", weight_name="adapter.safetensors",
-                            image_encoder_pretrained_model_name_or_path=None)
-    without.set_progress_bar_config(disable=True)
-    plain = without("an object", ip_adapter_image_embeds=[embeds[:, None]],
+    def stock(lora: bool):
+        pipe = FluxPipeline.from_pretrained(export / "base")
+        if lora:
+            pipe.load_lora_weights(str(export), weight_name=config.lora_weights)
+        pipe.load_ip_adapter(str(export), subfolder="", weight_name="adapter.safetensors",
+                             image_encoder_pretrained_model_name_or_path=None)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe("an object", ip_adapter_image_embeds=[embeds[:, None]],
                     negative_ip_adapter_image_embeds=[ours.null_object()[:, None]], num_inference_steps=2,
                     latents=latents.clone(), height=64, width=64, output_type="np").images
-    assert abs(mine - plain).max() > 1e-4  # the LoRA changes the images
+
+    assert abs(mine - stock(lora=True)).max() < 1e-4
+    assert abs(mine - stock(lora=False)).max() > 1e-4  # the LoRA changes the images

@@ -6,18 +6,12 @@ size conditions (original 64, target 48) differ from what a missing record would
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from PIL import Image
 
 import train.train as trainer
-from train.checkpointing import list_checkpoints
 from train.data import MixedTrainingData, Regularization, collate, open_streams, time_ids
 from train.losses import TextEncoderCache
 from train.sources import Columns
@@ -26,7 +20,7 @@ from zeroft import ZeroFTConfig, ZeroFTXLPipeline, load_pipeline
 from zeroft.tiny import tiny_base_pipeline, tiny_sdxl_base_pipeline
 
 from conftest import square_photo
-from test_train import ROOT, TWO_RANKS, _argv, _assert_same, _run, _weights
+from test_train import _argv, _assert_same, _weights, kill_and_resume, two_ranks
 
 SDXL_RUN = ("--resolution", "48", "--max_train_steps", "3", "--checkpointing_steps", "2", "--use_ema")
 
@@ -120,34 +114,13 @@ def test_sdxl_run_conditions_on_pooled_text_and_sizes_and_exports_an_xl_pipeline
 
 def test_sdxl_sigkill_and_resume_end_with_the_same_weights(setup, reference, tmp_path):
     output = tmp_path / "killed"
-    argv = _argv(setup, output, *SDXL_RUN, "--resume", "latest")
-    process = _run(argv)
-    deadline = time.time() + 240
-    while not list_checkpoints(output) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
-    assert list_checkpoints(output) and not (output / "final").exists()
-    resumed = _run(argv)
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
-    assert "resumed from" in err
-    _assert_same(_weights(output / "final"), _weights(reference[0]))  # the EMA weights, exported
+    final = kill_and_resume(_argv(setup, output, *SDXL_RUN, "--resume", "latest"), output)
+    _assert_same(_weights(final), _weights(reference[0]))  # the EMA weights, exported
 
 
 def test_sdxl_two_processes_in_adapter_mode_hold_identical_weights(setup, tmp_path):
-    script = tmp_path / "two_ranks.py"
-    script.write_text(TWO_RANKS)
-    argv = _argv(setup, tmp_path / "run", "--resolution", "48", "--max_train_steps", "1", "--train", "adapter")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(tmp_path), *argv],
-        cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = two_ranks(_argv(setup, tmp_path / "run", "--resolution", "48", "--max_train_steps", "1", "--train",
+                            "adapter"), tmp_path)
     assert ranks[0]["weights"] == ranks[1]["weights"]
     assert not {(s["stream"], s["record"]) for s in ranks[0]["seen"]} & {(s["stream"], s["record"]) for s in ranks[1]["seen"]}
     export = tmp_path / "run" / "final"

@@ -93,6 +93,17 @@ def _build_parser(commands) -> None:
     c.add_argument("--score-every", type=int, default=1000, help="steps between scored (saved) training states")
 
 
+def _recipe_experiment_checks(args, counts: tuple[str, ...]) -> Path:
+    """The checks the training-recipe experiments share (each of ``counts`` at least one, the checkpoint and the
+    judge present); the checkpoint's folder."""
+    for flag in counts:
+        at_least_one(flag.replace("_", "-"), getattr(args, flag))
+    checkpoint = checkpoint_option(args, "checkpoint")
+    if not Path(args.judge).is_file():
+        raise InputError(f"--judge {args.judge}: no such file")
+    return checkpoint
+
+
 def _recipe_experiment_options(parser, work: str, work_help: str, checkpoint_help: str, out: str) -> None:
     """The options the two training-recipe experiments (recipes, copying) share: where they work and score."""
     parser.add_argument("--work", default=work, help=work_help)
@@ -208,11 +219,7 @@ def run(argv=None) -> dict:
     if args.command == "ablations":
         return run_ablations(Path(args.work), args.steps, args.seed, args.only)
     if args.command == "recipes":
-        for flag in ("base_steps", "steps", "references"):
-            at_least_one(flag.replace("_", "-"), getattr(args, flag))
-        checkpoint = checkpoint_option(args, "checkpoint")
-        if not Path(args.judge).is_file():
-            raise InputError(f"--judge {args.judge}: no such file")
+        checkpoint = _recipe_experiment_checks(args, ("base_steps", "steps", "references"))
         report = train_recipes(Path(args.work), checkpoint, Path(args.judge).parent, args.base_steps,
                                args.steps, args.seed, args.only)
         if not args.train_only:
@@ -220,21 +227,13 @@ def run(argv=None) -> dict:
                                                     Path(args.out), args.references, args.seed)
         return report
     if args.command == "tokens":
-        for flag in ("base_steps", "steps", "references"):
-            at_least_one(flag.replace("_", "-"), getattr(args, flag))
-        checkpoint = checkpoint_option(args, "checkpoint")
-        if not Path(args.judge).is_file():
-            raise InputError(f"--judge {args.judge}: no such file")
+        checkpoint = _recipe_experiment_checks(args, ("base_steps", "steps", "references"))
         return run_tokens(Path(args.work), checkpoint, Path(args.judge), Path(args.out), args.base_steps, args.steps,
                           args.references, args.seed, args.train_only)
     if args.command == "copying":
-        for flag in ("steps", "score_every", "references"):
-            at_least_one(flag.replace("_", "-"), getattr(args, flag))
+        checkpoint = _recipe_experiment_checks(args, ("steps", "score_every", "references"))
         if args.steps % args.score_every:
             raise InputError(f"--steps {args.steps} must be a multiple of --score-every {args.score_every}")
-        checkpoint = checkpoint_option(args, "checkpoint")
-        if not Path(args.judge).is_file():
-            raise InputError(f"--judge {args.judge}: no such file")
         return run_copying(Path(args.work), checkpoint, Path(args.judge), Path(args.out), args.arms, args.steps,
                            args.score_every, args.references, args.seed)
     if args.command == "eval":

@@ -20,7 +20,7 @@ from zeroft.validation import size_limits
 
 from .paths import APP_DIR
 
-GPU_PRESETS = tuple(IP_ADAPTER_PRESETS)  # offered where a CUDA GPU is: ip-adapter-sd15, -sdxl-vit-h, -sdxl, -plus-*
+GPU_PRESETS = tuple(IP_ADAPTER_PRESETS)  # offered where a CUDA GPU is: ip-adapter-sd15, -sdxl-vit-h, -sdxl, -plus-*, -flux-dev
 # The default where a GPU is: SDXL (1024 px) with IP-Adapter Plus, the public choice for objects (it keeps
 # details from the encoder's patch tokens, DreamBench++ concept preservation 0.833 against 0.59 for plain ViT-G
 # SDXL), with the ViT-H/14 image encoder (632M parameters, a 2.5 GB file shared with the SD1.5 presets) rather

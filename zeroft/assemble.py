@@ -158,11 +158,11 @@ def assemble_pipeline(
     pipe = pipeline_class(**components, object_encoder=encoder, zeroft_config=config, masker=pipe_masker,
                           quantization=quantization)
     if config.lora_weights:  # the denoiser's LoRA, trained with the adapter (FLUX.1)
-        try:
-            import peft  # noqa: F401  (diffusers' LoRA loading needs it)
-        except ImportError:
+        from importlib.util import find_spec
+
+        if find_spec("peft") is None:  # diffusers' LoRA loading needs it
             raise InputError(f"{checkpoint} carries a LoRA of its {get_backbone(config.backbone).denoiser} "
-                             f"({config.lora_weights}); loading it needs peft: pip install peft") from None
+                             f"({config.lora_weights}); loading it needs peft: pip install peft")
         pipe.load_lora_weights(str(folder), weight_name=config.lora_weights)
     if offload:
         pipe.enable_model_cpu_offload(device=device)
