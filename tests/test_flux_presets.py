@@ -108,3 +108,18 @@ def test_the_app_says_the_licence_and_what_the_weights_mean_on_flux():
     assert model_note(IP_ADAPTER_SDXL_VIT_H.zeroft_config(1024, 2048, 4)) == "" and model_note(None) == ""
     request = dict(steps=28, num_images=1, size=1024, native_size=1024)
     assert zerogpu.gpu_seconds(backbone="flux", **request) > zerogpu.gpu_seconds(backbone="sdxl", **request)
+
+
+def test_the_preset_generates_with_int8_on_a_cpu(flux_hub):
+    """int8 (torchao, as it loads) quantizes the transformer, both text encoders, the object encoder and the object
+    attention; bitsandbytes is refused on a CPU with a message."""
+    pipe = zeroft.load_pipeline("ip-adapter-flux-dev", device="cpu", masker="border", quantization="int8")
+    layer = pipe.transformer.encoder_hid_proj.image_projection_layers[0]
+    assert type(layer.image_embeds.weight).__name__ == "Int8Tensor" and pipe.quantization == "int8"
+    assert type(pipe.transformer.transformer_blocks[0].attn.to_q.weight).__name__ == "Int8Tensor"
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a toy on a beach", object_image=square_photo(size=96), object_guidance=2.0, num_inference_steps=2,
+               height=256, width=256, seed=0)
+    assert out.images[0].size == (256, 256) and out.settings.quantization == "int8"
+    with pytest.raises(zeroft.InputError, match="needs an NVIDIA GPU"):
+        zeroft.load_pipeline("ip-adapter-flux-dev", device="cpu", masker="border", quantization="bnb-4bit")

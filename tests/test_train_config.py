@@ -30,7 +30,7 @@ DEFAULTS_BEFORE = {
     "encoder": "ViT-H-14", "encoder_pretrained": "laion2b_s32b_b79k", "background_fill": "gray",
     "encoder_views": "none", "crop_to_object": True, "num_tokens": 4, "projection": "linear", "resampler_width": 768,
     "init_checkpoint": None,
-    "prediction_type": None, "domain_data": None, "general_data": None, "split": "train", "domain_image_column": "image",
+    "prediction_type": None, "weighting_scheme": "none", "lora_rank": 16, "domain_data": None, "general_data": None, "split": "train", "domain_image_column": "image",
     "domain_caption_column": "caption", "general_image_column": "image", "general_caption_column": "caption",
     "domain_identity_column": "identity", "domain_mask_column": "mask", "resolution": 512,
     "masker": "rembg:u2net", "dataloader_num_workers": 0, "mix_ratio": 0.3, "cross_reference": 0.5,

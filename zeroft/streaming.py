@@ -349,6 +349,8 @@ def load_streaming(model_class: type, folder: str | Path, *, dtype: torch.dtype 
             config.dtype = dtype
         with init_empty_weights(include_buffers=False), _default_dtype(dtype):
             model = model_class(config)
+        if hasattr(model, "tie_weights"):  # built empty, tied weights are not yet one tensor (T5's embed_tokens and
+            model.tie_weights()  # shared, whose file holds only shared.weight): tie them before matching the file
         names = transformers_key_names(model, entries)
         entries = {names[key]: entry for key, entry in entries.items()}
         # Checkpoints written by older transformers carry e.g. text_model.embeddings.position_ids, which

@@ -4,6 +4,7 @@ Each is one command of ``python -m toyworld`` (toyworld/__main__.py); results go
 
 - ablations.py: ``ablations``, the paper's ablations retrained at one budget;
 - recipes.py: ``recipes``, the paper's data recipe against IP-Adapter's at one budget, scored by conflicts.py;
+- tokens.py: ``tokens``, the paper's recipe with pooled object tokens against patch tokens (IP-Adapter Plus);
 - conflicts.py: photo against text, the scoring of ``recipes``, ``copying`` and ``interval`` (background copy, ceiling);
 - copying.py: ``copying``, does IP-Adapter's data recipe teach the shipped model to copy its reference;
 - interval.py: ``interval``, three-branch guidance only on an interval of noise levels against every step;
