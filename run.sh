@@ -21,6 +21,9 @@ setup() {
       || .venv/bin/python -m pip install -q torch torchvision
   fi
   .venv/bin/python -m pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
+  # rembg's matting library (pymatting) compiles its numba functions on first import and caches them beside the
+  # package: about 40 s on 2 cores. Once here, not in the app's first automatic mask (or the first test that masks).
+  .venv/bin/python -c "import rembg" >/dev/null 2>&1 || true
   echo "$want" > "$stamp"
 }
 
