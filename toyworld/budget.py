@@ -22,6 +22,7 @@ class Budget:
     vae: int = 5000  # batch 16 (2000 steps left patterns blurred)
     encoder: int = 2500  # batch = the 60 training identities
     judge: int = 2000  # batch 64 (1200 steps read patterns at 0.90 on clean renderings)
+    judge_eval_images: int = 512  # held-out renderings the judge's recorded accuracy is measured on
     base: int = 5000  # batch base_batch
     zeroft: int = 26000  # batch zeroft_batch. With true-to-outline masks, 26,000 steps beat 14,000 on TRAINING
     # identities (0.840 vs 0.774 identity, 288 pairs); with the old masker they had not (toyworld/results/toyworld-26000)
@@ -48,7 +49,7 @@ GPU = Budget(base=2000, base_batch=128, base_lr=4e-4, zeroft=3500, zeroft_batch=
 BUDGETS = {"cpu": Budget(), "gpu": GPU}
 
 QUICK = Budget(vae=3, encoder=3, judge=3, base=3, zeroft=2, general_images=64, domain_per_identity=2,
-               checkpoint_every=1, guidance_pairs_per_identity=1, sampler_steps=2,
+               checkpoint_every=1, guidance_pairs_per_identity=1, sampler_steps=2, judge_eval_images=32,
                sweep_identity_stride=30)  # 2 identities: 16 pairs per sweep row, enough to run every row
 
 

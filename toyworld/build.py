@@ -136,7 +136,8 @@ def pretrain(run: BuildRun, grow_from: Path | None) -> None:
     else:
         run.timed("encoder", train_encoder, work / "encoder", run.train_ids, run.held_out, budget.encoder, seed,
                   run.device, workers)
-    run.timed("judge", train_judge, work / "judge", run.train_ids, run.held_out, vae, budget.judge, seed, workers)
+    run.timed("judge", train_judge, work / "judge", run.train_ids, run.held_out, vae, budget.judge, seed, workers,
+              budget.judge_eval_images)
     if grow_from is None:
         run.timed("base", train_base, work / "base", run.train_ids, vae, budget.base, seed, budget.base_batch, workers,
                   budget.base_lr, budget.unet)

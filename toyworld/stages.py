@@ -217,8 +217,9 @@ def degrade(pixels: torch.Tensor, vae, generator: torch.Generator) -> torch.Tens
 
 
 def train_judge(folder: Path, identities: list[Identity], held_out: list[Identity], vae, steps: int, seed: int,
-                workers: int = 0) -> dict:
-    """Attribute classifier on renderings of ALL identities (it is the measuring instrument); on ``vae``'s device."""
+                workers: int = 0, eval_images: int = 512) -> dict:
+    """Attribute classifier on renderings of ALL identities (it is the measuring instrument); on ``vae``'s device.
+    Its accuracy is recorded on ``eval_images`` held-out renderings, clean and through the VAE."""
     device = _device_of(vae)
     judge = Judge().to(device)
     optimizer = torch.optim.AdamW(judge.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -236,8 +237,8 @@ def train_judge(folder: Path, identities: list[Identity], held_out: list[Identit
         optimizer.zero_grad(set_to_none=True)
     judge.eval()
     save_file({k: v.contiguous().cpu() for k, v in judge.state_dict().items()}, str(folder / "judge.safetensors"))
-    return stage.finish({"accuracy_held_out_clean": judge_accuracy(judge, held_out, None, seed),
-                         "accuracy_held_out_vae": judge_accuracy(judge, held_out, vae, seed)})
+    return stage.finish({"accuracy_held_out_clean": judge_accuracy(judge, held_out, None, seed, eval_images),
+                         "accuracy_held_out_vae": judge_accuracy(judge, held_out, vae, seed, eval_images)})
 
 
 @torch.no_grad()
