@@ -23,6 +23,7 @@ class Budget:
     encoder: int = 2500  # batch = the 60 training identities
     judge: int = 2000  # batch 64 (1200 steps read patterns at 0.90 on clean renderings)
     judge_eval_images: int = 512  # held-out renderings the judge's recorded accuracy is measured on
+    guidance_grid: tuple[tuple[float, ...], tuple[float, ...]] = ((2.0, 3.0, 5.0, 7.5), (1.5, 3.0, 5.0))  # w_text, w_obj
     base: int = 5000  # batch base_batch
     zeroft: int = 26000  # batch zeroft_batch. With true-to-outline masks, 26,000 steps beat 14,000 on TRAINING
     # identities (0.840 vs 0.774 identity, 288 pairs); with the old masker they had not (toyworld/results/toyworld-26000)
@@ -50,6 +51,7 @@ BUDGETS = {"cpu": Budget(), "gpu": GPU}
 
 QUICK = Budget(vae=3, encoder=3, judge=3, base=3, zeroft=2, general_images=64, domain_per_identity=2,
                checkpoint_every=1, guidance_pairs_per_identity=1, sampler_steps=2, judge_eval_images=32,
+               guidance_grid=((3.0, 7.5), (3.0, 5.0)),
                sweep_identity_stride=30)  # 2 identities: 16 pairs per sweep row, enough to run every row
 
 

@@ -193,7 +193,7 @@ def sweep_defaults(run: BuildRun, pipe: ZeroFTPipeline) -> tuple[float, float]:
     views, view_sweep = choose_views(pipe, judge, pairs, run.budget.sampler_steps, 5.0, 3.0)
     run.report["views_sweep_on_training_identities"] = view_sweep
     logger.info(f"encoder views: {views}")
-    w_text, w_object, sweep = choose_guidance(pipe, judge, pairs, run.budget.sampler_steps)
+    w_text, w_object, sweep = choose_guidance(pipe, judge, pairs, run.budget.sampler_steps, *run.budget.guidance_grid)
     run.report["guidance_sweep_on_training_identities"] = sweep
     return w_text, w_object
 
