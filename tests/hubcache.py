@@ -239,6 +239,14 @@ def fill_hub(hub: Path, repos: dict[str, Path], leave_out: tuple[str, ...] = ())
             fake_hub_folder(hub, repo_id, folder)
 
 
+def serve_repos(hub: Path, repos: dict[str, Path], home: Path, monkeypatch, leave_out: tuple[str, ...] = ()) -> dict:
+    """:func:`fill_hub`, and ``home`` (empty) as ZEROFT_HOME, where the presets are imported: what a preset test
+    starts from; returns ``repos``."""
+    fill_hub(hub, repos, leave_out)
+    monkeypatch.setenv("ZEROFT_HOME", str(home))
+    return repos
+
+
 def copy_repo_file(repos: dict[str, Path], repo_id: str, path: str, destination: Path) -> Path:
     """A local copy of one file of a fabricated repo (what a user passes as a local file)."""
     destination.parent.mkdir(parents=True, exist_ok=True)

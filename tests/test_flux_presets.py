@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from hubcache import (FLUX_DEV_REPO, OPENAI_CLIP_REPO, XLABS_REPO, fill_hub, hub, tiny_open_clip_names,  # noqa: F401
+from hubcache import (FLUX_DEV_REPO, OPENAI_CLIP_REPO, XLABS_REPO, hub, serve_repos, tiny_open_clip_names,  # noqa: F401
                       write_flux_repos)  # (fixtures used by name)
 
 import zeroft
@@ -25,9 +25,7 @@ def flux_repos(tmp_path_factory):
 
 @pytest.fixture
 def flux_hub(hub, flux_repos, tiny_open_clip_names, tmp_path, monkeypatch):
-    fill_hub(hub, flux_repos)
-    monkeypatch.setenv("ZEROFT_HOME", str(tmp_path / "zeroft-home"))
-    return flux_repos
+    return serve_repos(hub, flux_repos, tmp_path / "zeroft-home", monkeypatch)
 
 
 def test_the_preset_names_its_files_licences_and_defaults():
@@ -92,8 +90,7 @@ def test_an_xlabs_file_loads_as_stock_diffusers_loads_it(flux_hub, tmp_path):
 
 
 def test_a_missing_base_says_the_repository_is_gated(hub, flux_repos, tiny_open_clip_names, tmp_path, monkeypatch):
-    fill_hub(hub, flux_repos, leave_out=(FLUX_DEV_REPO,))
-    monkeypatch.setenv("ZEROFT_HOME", str(tmp_path / "zeroft-home"))
+    serve_repos(hub, flux_repos, tmp_path / "zeroft-home", monkeypatch, leave_out=(FLUX_DEV_REPO,))
     with pytest.raises(HubUnavailableError, match="gated repository: accept its licence"):
         zeroft.load_pipeline("ip-adapter-flux-dev", device="cpu")
 

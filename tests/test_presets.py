@@ -8,7 +8,7 @@ open_clip exactly as from the Hub; open_clip's ViT-H-14 and ViT-bigG-14 resolve 
 import pytest
 import torch
 from hubcache import (IP_ADAPTER_REPO, SDXL_REPO, TINY_VIT_BIGG, copy_repo_file, fake_hub_repo, fill_hub,  # noqa: F401
-                      hub, tiny_clip_vision, tiny_open_clip_names, write_public_repos)  # (fixtures used by name)
+                      hub, serve_repos, tiny_clip_vision, tiny_open_clip_names, write_public_repos)  # (fixtures used by name)
 from safetensors.torch import load_file
 
 import zeroft
@@ -33,9 +33,7 @@ def public_repos(tmp_path_factory):
 @pytest.fixture
 def public_hub(hub, public_repos, tiny_open_clip_names, tmp_path, monkeypatch):
     """All three repositories in the cache, tiny open_clip names, an empty ZEROFT_HOME."""
-    fill_hub(hub, public_repos)
-    monkeypatch.setenv("ZEROFT_HOME", str(tmp_path / "zeroft-home"))
-    return public_repos
+    return serve_repos(hub, public_repos, tmp_path / "zeroft-home", monkeypatch)
 
 
 def test_the_presets_name_the_public_files_and_their_licences():

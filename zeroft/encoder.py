@@ -294,7 +294,7 @@ class ObjectEncoder(nn.Module):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.source = source  # local folder the weights came from, copied by save()
-        self._null_tokens: dict[tuple, torch.Tensor] = {}  # (views, dtype, device) -> null_tokens(); black_embedding
+        self._null_objects: dict[tuple, torch.Tensor] = {}  # (kind, views, dtype, device) -> null_tokens(), black_embedding()
         check_views(config.views)
         self.requires_grad_(False)
         self.eval()
@@ -388,21 +388,22 @@ class ObjectEncoder(nn.Module):
         """(1, V·(1 + P), W): the tokens of an all-zero *normalised* image, IP-Adapter Plus's null object ϕ (what
         Plus was trained to drop to, and what diffusers feeds its unconditional branch). The encoder is frozen, so
         they are computed once per views, dtype and device (the pipeline and the trainer ask at every call/step)."""
-        key = (self.config.views, self.dtype, self.device)
-        if key not in self._null_tokens:
-            self._null_tokens[key] = self.tokens(torch.zeros(1, 3, self.image_size, self.image_size))
-        return self._null_tokens[key]
+        return self._null_object("tokens", lambda: self.tokens(torch.zeros(1, 3, self.image_size, self.image_size)))
 
     def black_embedding(self) -> torch.Tensor:
         """(1, D): the pooled embedding of a black image (every pixel 0 before normalisation), the null object ϕ of
         FLUX pipelines: what diffusers' FluxPipeline encodes for the negative branch when no negative IP image is
         given (a black ``np.zeros`` image). Computed once per views, dtype and device, like :meth:`null_tokens`."""
-        key = ("black", self.config.views, self.dtype, self.device)
-        if key not in self._null_tokens:
-            pixels = ((torch.zeros(3, 1, 1) - self.mean) / self.std).expand(3, self.image_size, self.image_size)
-            with torch.no_grad():
-                self._null_tokens[key] = self(pixels[None])
-        return self._null_tokens[key]
+        pixels = ((torch.zeros(3, 1, 1) - self.mean) / self.std).expand(3, self.image_size, self.image_size)
+        return self._null_object("black", lambda: self(pixels[None]))
+
+    @torch.no_grad()
+    def _null_object(self, kind: str, compute) -> torch.Tensor:
+        """``compute()`` once per ``kind`` and the encoder's views, dtype and device, then kept."""
+        key = (kind, self.config.views, self.dtype, self.device)
+        if key not in self._null_objects:
+            self._null_objects[key] = compute()
+        return self._null_objects[key]
 
     def width(self, projection: str) -> int:
         """The width of what ``projection`` reads from this encoder: the patch tokens' for "plus", the pooled
