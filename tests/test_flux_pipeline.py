@@ -54,6 +54,35 @@ def test_the_checkpoint_is_a_flux_one_with_the_adapter_in_the_layout_diffusers_r
     assert index["_class_name"] == "FluxPipeline" and index["transformer"] == ["diffusers", "FluxTransformer2DModel"]
 
 
+def test_fresh_object_keys_start_as_the_text_path_where_the_t5_width_differs_from_the_blocks():
+    """FLUX.1: T5 tokens 4096 wide, blocks 3072: to_k_ip (4096 -> 3072) starts as add_k_proj after context_embedder
+    (neither alone has its shape), and the transformer runs with those weights installed."""
+    from diffusers import FluxTransformer2DModel
+
+    from zeroft.adapter import initial_adapter_state_dict
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=2, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=24,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+    state = initial_adapter_state_dict(transformer, 12, num_tokens=3)
+    assert state["ip_adapter.1.to_k_ip.weight"].shape == (32, 24) and state["image_proj.proj.weight"].shape == (72, 12)
+    tokens = torch.randn(5, 24)
+    block = transformer.transformer_blocks[1].attn
+    with torch.no_grad():
+        for ours, theirs in (("to_k_ip", block.add_k_proj), ("to_v_ip", block.add_v_proj)):
+            expected = theirs(transformer.context_embedder(tokens))
+            got = tokens @ state[f"ip_adapter.1.{ours}.weight"].T + state[f"ip_adapter.1.{ours}.bias"]
+            assert torch.allclose(got, expected, atol=1e-5)
+    load_object_attention(transformer, state)
+    with torch.no_grad():
+        out = transformer(hidden_states=torch.randn(1, 16, 4), encoder_hidden_states=torch.randn(1, 7, 24),
+                          pooled_projections=torch.randn(1, 32), timestep=torch.tensor([0.5]),
+                          img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(7, 3),
+                          joint_attention_kwargs={"ip_adapter_image_embeds": [torch.randn(1, 1, 12)]}).sample
+    assert out.shape == (1, 16, 4) and torch.isfinite(out).all()
+
+
 def test_the_null_object_is_diffusers_black_image(flux):
     """ϕ: what FluxPipeline encodes for a missing negative IP image, np.zeros through CLIPImageProcessor."""
     from transformers import CLIPImageProcessor

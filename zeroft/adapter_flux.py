@@ -59,9 +59,15 @@ def _double_stream_processors(transformer: FluxTransformer2DModel) -> list[str]:
 
 def initial_flux_adapter_state_dict(transformer: FluxTransformer2DModel, image_embed_dim: int, num_tokens: int = 4,
                                     seed: int = 0) -> dict[str, torch.Tensor]:
-    """Fresh adapter weights: every block's object key/value copied from its text key/value (``add_k_proj``,
-    ``add_v_proj``: the projections of the text tokens, whose space the projection places the object tokens in, as
-    zeroft.adapter does for a UNet's ``to_k``/``to_v``), a random projection at nn.Linear's initialisation."""
+    """Fresh adapter weights: every block's object key/value starts as its text key/value, a random projection at
+    nn.Linear's initialisation.
+
+    Object tokens are projected into the text encoder's space (``joint_attention_dim`` wide, T5's 4096 on FLUX.1),
+    where the text tokens start; a text token reaches a block's key through ``context_embedder`` (4096 -> 3072)
+    and then the block's ``add_k_proj`` (3072 -> 3072). ``to_k_ip`` (4096 -> 3072) starts as that composition,
+    ``add_k_proj(context_embedder(x))``, so object tokens are keyed as text tokens would be from the first training
+    step (as zeroft.adapter copies a UNet's ``to_k``/``to_v``); likewise ``to_v_ip``. On FLUX.1 the two widths
+    differ, so neither projection alone has to_k_ip's shape."""
     cross_dim = transformer.config.joint_attention_dim
     generator = torch.Generator().manual_seed(seed)
     bound = 1.0 / image_embed_dim**0.5
@@ -71,10 +77,13 @@ def initial_flux_adapter_state_dict(transformer: FluxTransformer2DModel, image_e
         "image_proj.norm.weight": torch.ones(cross_dim),
         "image_proj.norm.bias": torch.zeros(cross_dim),
     }
+    embedder = transformer.context_embedder
+    w_in, b_in = embedder.weight.detach().float().cpu(), embedder.bias.detach().float().cpu()
     for index, block in enumerate(transformer.transformer_blocks):
         for ours, theirs in (("to_k_ip", block.attn.add_k_proj), ("to_v_ip", block.attn.add_v_proj)):
-            state[f"ip_adapter.{index}.{ours}.weight"] = theirs.weight.detach().float().cpu().clone()
-            state[f"ip_adapter.{index}.{ours}.bias"] = theirs.bias.detach().float().cpu().clone()
+            weight, bias = theirs.weight.detach().float().cpu(), theirs.bias.detach().float().cpu()
+            state[f"ip_adapter.{index}.{ours}.weight"] = weight @ w_in  # (inner, joint): x -> W (W_in x + b_in) + b
+            state[f"ip_adapter.{index}.{ours}.bias"] = weight @ b_in + bias
     return state
 
 
