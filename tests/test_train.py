@@ -64,6 +64,9 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
     if unet.is_file():
         weights.update({f"unet.{k}": v for k, v in load_file(str(unet)).items()})
+    lora = folder / "pytorch_lora_weights.safetensors"  # FLUX's --train lora
+    if lora.is_file():
+        weights.update({f"lora.{k}": v for k, v in load_file(str(lora)).items()})
     return weights
 
 

@@ -1,11 +1,13 @@
 """train.train on a FLUX.1 base (issue 35): the paper's recipe on the object attention with the rectified-flow loss,
-export to a ZeroFTFluxPipeline that stock diffusers' load_ip_adapter reads, kill/resume, 2 processes.
+export to a ZeroFTFluxPipeline that stock diffusers' load_ip_adapter reads, kill/resume (adapter and LoRA),
+2 processes, FLUX.1-schnell's layout (no embedded guidance) as a base.
 
 The runs reuse test_train's command line and subprocess helpers on a tiny FLUX.1 with the real structure
 (``make_tiny_checkpoint(..., backbone="flux")``), trained at 64 px.
 """
 
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,6 +22,7 @@ from test_train import _argv, _assert_same, _weights, kill_and_resume, two_ranks
 
 FLUX_RUN = ("--resolution", "64", "--max_train_steps", "3", "--checkpointing_steps", "2", "--use_ema",
             "--train", "adapter", "--weighting_scheme", "logit_normal")
+LORA_RUN = (*FLUX_RUN, "--train", "lora", "--lora_rank", "4")  # the adapter's run, with a LoRA (the last --train wins)
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +33,8 @@ def setup(tmp_path_factory):
             "general": write_general_jsonl(root / "general"), "root": root}
 
 
-@pytest.fixture(scope="module")
-def reference(setup):
-    """One uninterrupted run, with what the transformer received in its training calls recorded."""
+def _recorded_run(argv: list[str]):
+    """train.train's main on ``argv``, with what the transformer received in its training calls: (export, calls)."""
     received = []
 
     def record(transformer, args, kwargs):
@@ -48,8 +50,20 @@ def reference(setup):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainer, "build_models", build_models_with_hook)
-        export = trainer.main(_argv(setup, setup["root"] / "straight", *FLUX_RUN))
+        export = trainer.main(argv)
     return export, received
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """One uninterrupted run, with what the transformer received in its training calls recorded."""
+    return _recorded_run(_argv(setup, setup["root"] / "straight", *FLUX_RUN))
+
+
+@pytest.fixture(scope="module")
+def lora_reference(setup):
+    """One uninterrupted --train lora run."""
+    return trainer.main(_argv(setup, setup["root"] / "lora", *LORA_RUN))
 
 
 def test_flux_trains_its_object_attention_by_flow_matching(reference):
@@ -82,10 +96,32 @@ def test_the_export_generates_and_stock_diffusers_loads_its_adapter(reference):
                        trained["image_proj.proj.weight"])
 
 
-def test_flux_sigkill_and_resume_end_with_the_same_weights(setup, reference, tmp_path):
+def test_flux_lora_sigkill_and_resume_end_with_the_same_weights(setup, lora_reference, tmp_path):
+    """kill -9 after the step-2 save, then --resume latest: the uninterrupted run's adapter, its EMA and the LoRA, bit
+    for bit (the LoRA's weights and optimizer state are in the training state as the adapter's are; one test for
+    both trained parts, since a --train lora run trains the adapter too)."""
     output = tmp_path / "killed"
-    final = kill_and_resume(_argv(setup, output, *FLUX_RUN, "--resume", "latest"), output)
-    _assert_same(_weights(final), _weights(reference[0]))
+    final = kill_and_resume(_argv(setup, output, *LORA_RUN, "--resume", "latest"), output)
+    weights = _weights(final)
+    assert any(key.startswith("lora.") for key in weights)
+    _assert_same(weights, _weights(lora_reference))
+
+
+def test_flux_schnell_trains_without_embedded_guidance_and_its_export_generates(setup, tmp_path):
+    """FLUX.1-schnell's layout (guidance_embeds false: no guidance embedding) as the base: the transformer gets no
+    guidance in training, and the export generates with none (GenerationSettings leaves it out)."""
+    from zeroft.tiny import tiny_flux_base_pipeline
+
+    base = tmp_path / "schnell"
+    tiny_flux_base_pipeline(guidance_embeds=False).save_pretrained(base)
+    export, received = _recorded_run(_argv({**setup, "base": base}, tmp_path / "run", "--train", "adapter"))
+    assert len(received) == 2 and all(call["guidance"] is None for call in received)
+    pipe = load_pipeline(export, device="cpu")
+    assert isinstance(pipe, ZeroFTFluxPipeline) and not pipe.transformer.config.guidance_embeds
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("an object", object_image=square_photo(), object_guidance=2.0, num_inference_steps=2, seed=0,
+               output_type="np")
+    assert np.isfinite(out.images).all() and "embedded_guidance" not in out.settings.to_dict()
 
 
 def test_flux_two_processes_hold_identical_weights(setup, tmp_path):
@@ -113,14 +149,14 @@ def test_the_gpu_benchmarks_flux_rows_run_at_toy_size(tmp_path):
         row["images_per_second"]) and row["ratio_one_branch"] > 0
 
 
-def test_flux_lora_trains_with_the_adapter_and_stock_diffusers_loads_both(setup, tmp_path):
+def test_flux_lora_trains_with_the_adapter_and_stock_diffusers_loads_both(lora_reference):
     """--train lora: a LoRA of the transformer's attention trains beside the object attention; the export holds it in
     the file stock load_lora_weights reads, zeroft loads it, and zeroft's images at w_text = w_obj = 1 are stock
     FluxPipeline's with the LoRA and the adapter loaded."""
     from diffusers import FluxPipeline
     from safetensors.torch import load_file
 
-    export = trainer.main(_argv(setup, tmp_path / "lora", "--train", "lora", "--lora_rank", "4"))
+    export = lora_reference
     config = ZeroFTConfig.load(export)
     assert config.lora_weights == "pytorch_lora_weights.safetensors" and config.training["trained"] == "lora"
     lora = load_file(str(export / config.lora_weights))
