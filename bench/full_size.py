@@ -1,6 +1,6 @@
 """Full-size CPU benchmark: load time, peak resident memory and seconds per step, none vs int8.
 
-    python -m bench.full_size [--backbone sd15|sdxl|sd15-plus|sdxl-plus|all] [--dtype auto|float32|bfloat16[,...]] [--dry-run]
+    python -m bench.full_size [--backbone sd15|sdxl|sd15-plus|sdxl-plus|flux|all] [--dtype auto|float32|bfloat16[,...]] [--dry-run]
 
 Random weights at the real configurations (speed and memory do not depend on the values), written
 once into ``--cache`` (default /work/bench-cache, outside git) and reused:
@@ -10,7 +10,12 @@ once into ``--cache`` (default /work/bench-cache, outside git) and reused:
 - sdxl: SDXL base UNet (2.6B), VAE, CLIP ViT-L/14 text and OpenCLIP bigG/14 text encoder
   (``CLIPTextModelWithProjection``, 695M), at 1024 px, with the ViT-bigG/14 image tower (1.8B);
 - sd15-plus, sdxl-plus: the same bases with the ViT-H/14 tower and an IP-Adapter Plus adapter (patch tokens through
-  a resampler), as the Plus presets run (zeroft loader only).
+  a resampler), as the Plus presets run (zeroft loader only);
+- flux: FLUX.1-dev's transformer (11.9B), VAE (84M, 16 latent channels), CLIP ViT-L/14 and T5-XXL (4.8B) text
+  encoders, with OpenAI's CLIP ViT-L/14 image tower (304M) and an XLabs-v2-shaped adapter, as the preset
+  ip-adapter-flux-dev runs (zeroft loader, int8 only: bf16 weights alone are 33 GB, more than this machine has), at
+  256 and 512 px, one load for both sizes. Its parts are written tensor by tensor from models built on the meta
+  device (the transformer would not fit in memory whole), in shards with an index as the real repositories are.
 
 Each case runs in a fresh process (so its peak, VmHWM, is its own) under a watchdog that stops it
 if the machine runs short of memory (the machine is shared). Loaders: ``from_pretrained`` (int8:
@@ -68,6 +73,23 @@ VIT_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num
              patch_size=14, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5)
 VIT_BIGG = dict(VIT_H, hidden_size=1664, intermediate_size=8192, num_hidden_layers=48, projection_dim=1280)
 
+# FLUX.1-dev (black-forest-labs/FLUX.1-dev transformer/, vae/, text_encoder_2/ config.json): 19 double-stream and 38
+# single-stream blocks of 3072; T5 v1.1 XXL's encoder; a 16-channel VAE. Its CLIP text encoder is CLIP_L_TEXT.
+FLUX_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                        guidance_embeds=True, axes_dims_rope=[16, 56, 56])
+FLUX_VAE = dict(SD_VAE, latent_channels=16, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+                use_quant_conv=False, use_post_quant_conv=False, force_upcast=True)
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
+              feed_forward_proj="gated-gelu", decoder_start_token_id=0, pad_token_id=0,
+              eos_token_id=1)
+# OpenAI's CLIP ViT-L/14 vision tower (openai/clip-vit-large-patch14), the XLabs adapter's encoder.
+VIT_L = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
+             patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+FLUX_SIZES = (256, 512)
+FLUX_NUM_TOKENS = 16  # XLabs' v2 adapter
+
 # part -> (class name, config); the order is the order of loading. dtype: of the weight files (SDXL's
 # in fp32 would be 21 GB, most of this machine's memory: bf16, as its published fp16 variant halves it).
 BACKBONES = {
@@ -85,6 +107,10 @@ BACKBONES = {
 BACKBONES["sd15-plus"] = dict(BACKBONES["sd15"], plus=dict(num_tokens=16, resampler_width=768))
 BACKBONES["sdxl-plus"] = dict(BACKBONES["sdxl"], encoder="ViT-H-14", plus=dict(num_tokens=16, resampler_width=1280),
                               parts={**BACKBONES["sdxl"]["parts"], "image_encoder": ("CLIPVisionModelWithProjection", VIT_H)})
+BACKBONES["flux"] = dict(size=512, dtype="bfloat16", encoder="ViT-L-14-quickgelu", flux=True, parts={
+    "text_encoder": ("CLIPTextModel", CLIP_L_TEXT), "text_encoder_2": ("T5EncoderModel", T5_XXL),
+    "image_encoder": ("CLIPVisionModelWithProjection", VIT_L), "transformer": ("FluxTransformer2DModel", FLUX_TRANSFORMER),
+    "vae": ("AutoencoderKL", FLUX_VAE)})
 QUANTIZED_PARTS = ("unet", "text_encoder", "text_encoder_2", "image_encoder")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 NOTES = [
@@ -148,6 +174,114 @@ def peak_bytes() -> int:
 def base_folder(backbone: str, cache: Path) -> Path:
     return cache / f"{backbone}-{BACKBONES[backbone]['dtype']}"
 
+SHARD_BYTES = 2 * 1024 ** 3
+
+
+def _random_tensor(name: str, shape: torch.Size, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """Norm scales 1, biases 0, other weights N(0, 1/fan_in): activations stay finite through 57 blocks."""
+    if len(shape) == 1:
+        return (torch.ones if name.endswith("weight") else torch.zeros)(shape, dtype=dtype)
+    fan_in = max(1, shape[1:].numel())
+    return (torch.randn(shape, generator=generator) * fan_in ** -0.5).to(dtype)
+
+
+def write_random_part(class_name: str, config: dict, folder: Path, dtype: torch.dtype, seed: int = 0) -> None:
+    """A model folder (config.json + safetensors shards + index) of random weights, written tensor by tensor.
+
+    The model is built on the meta device (no memory); each tensor is drawn, gathered into a shard of at most
+    SHARD_BYTES and written, so the largest part (FLUX.1's 11.9B transformer, 23.8 GB in bf16) never exists whole.
+    Tied parameters are written once (as save_pretrained does); persistent buffers are written as they are.
+    """
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
+
+    with init_empty_weights():
+        model = build_part(class_name, config)
+    if hasattr(model, "tie_weights"):  # T5: encoder.embed_tokens is shared (one tensor in the file, as FLUX.1-dev's)
+        model.tie_weights()
+    diffusers_model = hasattr(model, "save_config")
+    stem = "diffusion_pytorch_model" if diffusers_model else "model"
+    tmp = folder.parent / f"{folder.name}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    all_parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    entries = [(name, param.shape) for name, param in model.named_parameters()]  # tied ones once
+    entries += [(name, buffer) for name, buffer in model.state_dict().items() if name not in all_parameters]
+    shards, shard, shard_bytes, weight_map = [], {}, 0, {}
+
+    def flush():
+        nonlocal shard, shard_bytes
+        if shard:
+            shards.append(f"{stem}-{len(shards) + 1:05d}.safetensors")
+            save_file(shard, str(tmp / shards[-1]), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, shards[-1]))
+            shard, shard_bytes = {}, 0
+
+    for name, shape_or_buffer in entries:
+        if isinstance(shape_or_buffer, torch.Tensor) and shape_or_buffer.device.type != "meta":
+            tensor = shape_or_buffer.detach().clone()
+        else:
+            tensor = _random_tensor(name, torch.Size(shape_or_buffer.shape if isinstance(shape_or_buffer, torch.Tensor)
+                                                     else shape_or_buffer), dtype, generator)
+        if shard_bytes + tensor.nbytes > SHARD_BYTES:
+            flush()
+        shard[name] = tensor.contiguous()
+        shard_bytes += tensor.nbytes
+    flush()
+    total = len(shards)
+    for index, shard_name in enumerate(shards, 1):  # the real repositories' names: -0000i-of-0000N
+        final = f"{stem}-{index:05d}-of-{total:05d}.safetensors"
+        (tmp / shard_name).rename(tmp / final)
+        weight_map = {k: final if v == shard_name else v for k, v in weight_map.items()}
+    size = sum((tmp / name).stat().st_size for name in set(weight_map.values()))
+    (tmp / f"{stem}.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+    if diffusers_model:
+        model.save_config(tmp)
+    else:
+        model.config.save_pretrained(tmp)
+    tmp.rename(folder)  # a half-written part is never taken as done
+
+
+def write_flux_models(folder: Path) -> Path:
+    """FLUX.1-dev's pipeline folder at full size, random weights, plus image_encoder/ (the adapter's encoder)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from zeroft.tiny import tiny_t5_tokenizer, tiny_tokenizer
+
+    spec = BACKBONES["flux"]
+    for seed, (part, (class_name, config)) in enumerate(spec["parts"].items()):
+        if not (folder / part / "config.json").is_file():
+            write_random_part(class_name, config, folder / part, DTYPES[spec["dtype"]], seed)
+    if not (folder / "tokenizer").is_dir():
+        tiny_tokenizer(77).save_pretrained(folder / "tokenizer")
+    if not (folder / "tokenizer_2").is_dir():  # token ids < 100: any vocabulary size does; padded to 512 as FLUX.1-dev
+        tiny_t5_tokenizer().save_pretrained(folder / "tokenizer_2")
+    if not (folder / "scheduler").is_dir():  # FLUX.1-dev's scheduler_config.json
+        FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                        base_image_seq_len=256, max_image_seq_len=4096).save_pretrained(folder / "scheduler")
+    index = {"_class_name": "FluxPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"]}
+    for part, (class_name, _) in spec["parts"].items():
+        if part != "image_encoder":
+            index[part] = ["diffusers" if part in ("transformer", "vae") else "transformers", class_name]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def flux_adapter_state(dtype: torch.dtype, image_embed_dim: int = 768, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights of XLabs' v2 adapter's shapes in zeroft's layout (zeroft.adapter_flux): a projection to 16
+    tokens of 4096, to_k_ip/to_v_ip (4096 -> 3072) in each of the 19 double-stream blocks."""
+    config, generator = FLUX_TRANSFORMER, torch.Generator().manual_seed(seed)
+    cross, inner = config["joint_attention_dim"], config["num_attention_heads"] * config["attention_head_dim"]
+    shapes = {"image_proj.proj.weight": (FLUX_NUM_TOKENS * cross, image_embed_dim),
+              "image_proj.proj.bias": (FLUX_NUM_TOKENS * cross,), "image_proj.norm.weight": (cross,),
+              "image_proj.norm.bias": (cross,)}
+    for block in range(config["num_layers"]):
+        for kind in ("to_k_ip", "to_v_ip"):
+            shapes.update({f"ip_adapter.{block}.{kind}.weight": (inner, cross), f"ip_adapter.{block}.{kind}.bias": (inner,)})
+    return {name: _random_tensor(name, torch.Size(shape), dtype, generator) for name, shape in shapes.items()}
+
 
 def write_models(backbone: str, cache: Path) -> Path:
     """The random-weight base folder (a diffusers pipeline layout + image_encoder/), written once."""
@@ -156,6 +290,8 @@ def write_models(backbone: str, cache: Path) -> Path:
     spec = BACKBONES[backbone]
     dtype = spec["dtype"]
     folder = base_folder(backbone, cache)
+    if spec.get("flux"):
+        return write_flux_models(folder)
     for part, (class_name, config) in spec["parts"].items():
         if (folder / part / "config.json").is_file():
             continue
@@ -211,8 +347,21 @@ def write_checkpoint(backbone: str, base: Path) -> Path:
     encoder.mkdir(exist_ok=True)
     model_cfg = open_clip.get_model_config(spec["encoder"])
     (encoder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+    weights = sorted((base / "image_encoder").glob("model*.safetensors"))  # one file, or FLUX's one shard
     if not (encoder / "open_clip_model.safetensors").exists():  # the transformers layout, which zeroft converts
-        (encoder / "open_clip_model.safetensors").symlink_to(base / "image_encoder" / "model.safetensors")
+        (encoder / "open_clip_model.safetensors").symlink_to(weights[0])
+    if spec.get("flux"):
+        save_file(flux_adapter_state(DTYPES[spec["dtype"]], model_cfg["embed_dim"]), str(folder / ADAPTER_NAME))
+        config = ZeroFTConfig(
+            base_model="base", backbone="flux",
+            encoder=EncoderConfig(model_name=spec["encoder"], pretrained=None, path="encoder"),
+            num_tokens=FLUX_NUM_TOKENS, image_embed_dim=model_cfg["embed_dim"],
+            cross_attention_dim=FLUX_TRANSFORMER["joint_attention_dim"], masker="border",
+            defaults=GenerationDefaults(text_guidance=1.0, object_guidance=1.0, height=spec["size"],
+                                        width=spec["size"], steps=1),
+            licenses={"all": "random weights made by bench.full_size"})
+        config.save(folder)
+        return folder
     unet = load_streaming(UNet2DConditionModel, base, subfolder="unet", dtype=None)  # in the file dtype
     width = model_cfg["vision_cfg"]["width"] if plus else model_cfg["embed_dim"]  # patch tokens' or pooled width
     state = (initial_adapter_state_dict(unet, width, plus["num_tokens"], projection="plus",
@@ -298,7 +447,9 @@ def load_zeroft(backbone: str, checkpoint: Path, quantization: str, dtype: torch
     from zeroft import ZeroFTPipeline
 
     cls = ZeroFTPipeline
-    if "text_encoder_2" in BACKBONES[backbone]["parts"]:
+    if BACKBONES[backbone].get("flux"):
+        from zeroft import ZeroFTFluxPipeline as cls  # noqa: N813
+    elif "text_encoder_2" in BACKBONES[backbone]["parts"]:
         from zeroft import ZeroFTXLPipeline as cls  # noqa: N813
     pipe = cls.from_pretrained(checkpoint, device="cpu", dtype=dtype, quantization=quantization)
     pipe.set_progress_bar_config(disable=True)
@@ -320,6 +471,53 @@ def run_zeroft(pipe, steps: int) -> dict:
     return timings
 
 
+class CallTimer:
+    """Seconds spent in a module's forward calls (forward hooks): the transformer's steps, T5's encodes."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.seconds, self.calls, self._started = 0.0, 0, None
+        module.register_forward_pre_hook(lambda *_: setattr(self, "_started", time.perf_counter()))
+        module.register_forward_hook(lambda *_: self._stop())
+
+    def _stop(self) -> None:
+        self.seconds += time.perf_counter() - self._started
+        self.calls += 1
+
+    def take(self) -> tuple[float, int]:
+        taken = (self.seconds, self.calls)
+        self.seconds, self.calls = 0.0, 0
+        return taken
+
+
+# FLUX's three guidance forms (zeroft.pipeline_flux): branches -> (w_text, w_obj, negative prompt).
+FLUX_FORMS = {1: (1.0, 1.0, None), 2: (1.0, 2.0, None), 3: (3.5, 2.0, "blurry, low quality")}
+
+
+def run_zeroft_flux(pipe, steps: int) -> dict:
+    """At each of FLUX_SIZES, one image per guidance form (1, 2 or 3 branches in one batched transformer call):
+    seconds per image, per transformer step and in T5; the peak after each size (so the 256 px peak is its own)."""
+    from PIL import Image
+
+    photo = Image.new("RGB", (256, 256), (30, 30, 220))
+    photo.paste((220, 30, 30), (64, 64, 192, 192))
+    steps_timer, t5_timer = CallTimer(pipe.transformer), CallTimer(pipe.text_encoder_2)
+    sizes = {}
+    for size in FLUX_SIZES:
+        row = sizes[str(size)] = {}
+        for branches, (w_text, w_obj, negative) in FLUX_FORMS.items():
+            started = time.perf_counter()
+            pipe("an object", object_image=photo, text_guidance=w_text, object_guidance=w_obj,
+                 negative_prompt=negative, num_inference_steps=steps, seed=0, height=size, width=size,
+                 output_type="np")
+            row[f"branches_{branches}_s_per_image"] = round(time.perf_counter() - started, 2)
+            seconds, calls = steps_timer.take()
+            row[f"branches_{branches}_s_per_step"] = round(seconds / max(calls, 1), 2)
+            row[f"branches_{branches}_t5_s"] = round(t5_timer.take()[0], 2)  # 0 where the prompt cache answers
+            row[f"peak_after_branches_{branches}_gib"] = round(peak_bytes() / GIB, 2)
+        row["peak_gib"] = round(peak_bytes() / GIB, 2)
+    return {"sizes": sizes}
+
+
 def run_case(backbone: str, loader: str, quantization: str, steps: int, dtype_name: str, cache: Path, out: Path) -> None:
     torch.set_num_threads(2)
     dtype = DTYPES[dtype_name]
@@ -332,7 +530,10 @@ def run_case(backbone: str, loader: str, quantization: str, steps: int, dtype_na
     after_load = dict(load_s=round(time.perf_counter() - started, 2), rss_after_load_gib=round(rss_bytes() / GIB, 2),
                       peak_during_load_gib=round(peak_bytes() / GIB, 2),
                       rss_after_load_anon_gib=round(_status("RssAnon") / GIB, 2))
-    timings = run_zeroft(pipe, steps) if loader == "zeroft" else run_plain(backbone, models, steps, dtype)
+    if BACKBONES[backbone].get("flux"):
+        timings = run_zeroft_flux(pipe, steps)
+    else:
+        timings = run_zeroft(pipe, steps) if loader == "zeroft" else run_plain(backbone, models, steps, dtype)
     # Weights mapped from a file (from_pretrained's lazy safetensors tensors) are RssFile: resident, but
     # clean pages the kernel may drop and read again; loaded or quantized ones are RssAnon.
     end = {kind: round(_status(f"Rss{kind.capitalize()}") / GIB, 2) for kind in ("anon", "file")}
@@ -379,15 +580,22 @@ def plan(backbones: list[str]) -> dict:
 
     sizes = {}
     for backbone in backbones:
-        with init_empty_weights():
-            sizes[backbone] = {part: round(sum(p.numel() for p in build_part(*spec).parameters()) / 1e6, 1)
-                               for part, spec in BACKBONES[backbone]["parts"].items()}
+        sizes[backbone] = {}
+        for part, spec in BACKBONES[backbone]["parts"].items():
+            with init_empty_weights():
+                model = build_part(*spec)
+            if hasattr(model, "tie_weights"):
+                model.tie_weights()
+            sizes[backbone][part] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
     return sizes
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     backbones = ["sd15", "sdxl"] if args.backbone == "all" else [args.backbone]
+    if args.backbone == "flux" and not (args._case or args.dry_run) and (args.loaders != "zeroft" or args.quantizations != "int8"):
+        raise SystemExit("--backbone flux runs --loaders zeroft --quantizations int8 only: its bf16 weights alone "
+                         "(transformer 23.8 GB, T5-XXL 9.5 GB) are more than this machine's memory")
     if args._write:  # in a process of its own, so that the parent stays small (see peak_bytes)
         backbone, zeroft = args._write.split(",")
         base = write_models(backbone, args.cache)
@@ -446,6 +654,12 @@ def table(cases: dict) -> str:
     for name, case in sorted(cases.items()):
         if "error" in case:
             lines.append(f"{name:40} {case['error']}")
+            continue
+        if "sizes" in case:  # FLUX: one load, a row per size
+            for size, row in case["sizes"].items():
+                lines.append(f"{name + ' ' + size + ' px':40} {case['load_s']:7.1f} {case['rss_after_load_gib']:11.2f} GiB "
+                             f"{case['peak_during_load_gib']:9.2f} {row['peak_gib']:6.2f} "
+                             + " ".join(f"{row[f'branches_{b}_s_per_step']:6.1f}" for b in FLUX_FORMS) + " (s/step 1/2/3br)")
             continue
         equal = case.get("equal_weights_s_per_step", case.get("equal_weights_s_per_image"))
         unequal = case.get("unequal_weights_s_per_step", case.get("unequal_weights_s_per_image"))

@@ -182,3 +182,22 @@ def test_intervals_read_flow_matching_noise_levels_and_sizes_fit_the_packed_grid
     monkeypatch.setattr(pipe, "vae_scale_factor", 8)  # FLUX.1's VAE: packed latents need multiples of 16 px
     with pytest.raises(InputError, match="multiple of 16"):
         pipe._check_grid(1000, 1024)
+
+
+def test_the_cli_sets_flux_embedded_guidance_and_refuses_it_elsewhere(flux, tmp_path, capsys):
+    from zeroft.cli import main
+
+    folder, _ = flux
+    square_photo().save(tmp_path / "photo.png")
+    common = ["--image", str(tmp_path / "photo.png"), "--prompt", "a toy", "--steps", "2", "--seed", "0",
+              "--masker", "border", "--device", "cpu"]
+    assert main(["generate", "--checkpoint", str(folder), *common, "--embedded-guidance", "5",
+                 "--out", str(tmp_path / "out")]) == 0
+    settings = json.loads((tmp_path / "out" / "zeroft_001.json").read_text())
+    assert settings["embedded_guidance"] == 5.0 and settings["text_guidance"] == 5.0  # the tiny checkpoint's w_text
+    sd = make_tiny_checkpoint(tmp_path / "sd")
+    assert main(["generate", "--checkpoint", str(sd), *common, "--embedded-guidance", "5",
+                 "--out", str(tmp_path / "sd-out")]) == 2
+    assert "FLUX.1-dev's distilled guidance" in capsys.readouterr().err and not (tmp_path / "sd-out").exists()
+    assert main(["generate", "--checkpoint", str(folder), *common, "--embedded-guidance", "-1",
+                 "--out", str(tmp_path / "bad")]) == 2

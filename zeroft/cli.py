@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     gen.add_argument("--num-images", type=int, default=1)
     gen.add_argument("--text-guidance", type=float, default=None, help="w_text, 0..30 (default: the checkpoint's)")
     gen.add_argument("--object-guidance", type=float, default=None, help="w_obj, 0..30 (default: the checkpoint's)")
+    gen.add_argument("--embedded-guidance", type=float, default=None, metavar="G",
+                     help="FLUX.1-dev only: the distilled guidance g that carries the text (default 3.5)")
     gen.add_argument("--steps", type=int, default=None)
     gen.add_argument("--guidance-interval", nargs="+", default=None, metavar="LO HI | off",
                      help="guide only at steps whose noise level sigma is in (LO, HI], one branch elsewhere: cheaper; "
@@ -133,6 +135,8 @@ def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> Path:
     for name, value in (("text guidance", args.text_guidance), ("object guidance", args.object_guidance)):
         if value is not None:
             check_guidance(name, value)
+    if args.embedded_guidance is not None:
+        check_guidance("embedded guidance", args.embedded_guidance)
     if args.steps is not None:
         check_steps(args.steps)
     args.guidance_interval = _guidance_interval(args.guidance_interval)
@@ -143,6 +147,13 @@ def _check_before_loading(args: argparse.Namespace, checkpoint: str) -> Path:
     device = pick_device(args.device)
     check_fits(checkpoint, device, pick_dtype(device), args.quantization)  # too big for this CPU: before downloading
     folder = resolve_checkpoint(checkpoint)
+    if args.embedded_guidance is not None:
+        from .config import ZeroFTConfig
+
+        backbone = ZeroFTConfig.load(folder).backbone
+        if backbone != "flux":
+            raise InputError(f"--embedded-guidance is FLUX.1-dev's distilled guidance; {checkpoint} is a {backbone} "
+                             "model: use --text-guidance.")
     native = native_size_of(folder)
     for name, value in (("height", args.height), ("width", args.width)):
         if value is None:
@@ -197,6 +208,7 @@ def generate(args: argparse.Namespace) -> Path:
             text_guidance=args.text_guidance, object_guidance=args.object_guidance, num_images=args.num_images,
             num_inference_steps=args.steps, seed=seed, height=args.height, width=args.width, callback=progress,
             time_budget=args.time_budget, guidance_interval=args.guidance_interval,
+            **({} if args.embedded_guidance is None else {"embedded_guidance": args.embedded_guidance}),
         )
     seconds = time.perf_counter() - start
     out = Path(args.out)
