@@ -87,7 +87,7 @@ def test_a_gpu_machine_opens_on_the_real_model_with_real_photos(gpu_machine):
     assert _props(demo, "prompt")["value"] == load_examples(REAL_EXAMPLES)[0].prompt
     handlers = Handlers(Checkpoints(default_checkpoint()))
     shown = [update["visible"] for update in handlers.model_view("zeroft-toy")]
-    assert shown == [True, True, False, False]  # choosing the toy model brings its note and examples back
+    assert shown == [True, True, False, False, False]  # the toy model brings its note and examples back (no FLUX slider)
 
 
 def test_the_readmes_way_to_the_toy_demo_on_a_gpu_machine(gpu_machine):

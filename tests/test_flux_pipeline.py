@@ -145,6 +145,23 @@ def test_unequal_weights_batch_three_branches_and_a_saved_checkpoint_reloads(flu
     assert np.abs(same.images - out.images).max() < 1e-5
 
 
+def test_t5_encodes_each_text_once_so_a_shared_negative_prompt_is_not_encoded_per_prompt(flux):
+    _, pipe = flux
+    pipe.prompt_cache.clear()
+    pipe.text_cache.clear()
+    calls = []
+    hook = pipe.text_encoder_2.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        first = pipe.encode_prompt_cached("a red square", "")
+        pipe.encode_prompt_cached("a blue square", "")
+        pipe.encode_prompt_cached("a red square", "blurry")
+    finally:
+        hook.remove()
+    assert len(calls) == 4  # "a red square", "", "a blue square", "blurry"
+    fresh = pipe._encode_text("a red square")
+    assert all(torch.equal(first[0][k], fresh[k]) for k in fresh)  # cached = uncached
+
+
 def test_the_xlabs_layout_loads_to_the_same_weights(flux):
     """XLabs' own key names (ip_adapter_proj_model.*, double_blocks.{i}.processor.ip_adapter_double_stream_*) are
     renamed as diffusers renames them."""
@@ -201,3 +218,19 @@ def test_the_cli_sets_flux_embedded_guidance_and_refuses_it_elsewhere(flux, tmp_
     assert "FLUX.1-dev's distilled guidance" in capsys.readouterr().err and not (tmp_path / "sd-out").exists()
     assert main(["generate", "--checkpoint", str(folder), *common, "--embedded-guidance", "-1",
                  "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_the_app_shows_embedded_guidance_for_flux_only_and_passes_it_on(flux):
+    from webapp.catalogue import Checkpoints
+    from webapp.handlers import Handlers
+
+    import zeroft
+
+    folder, _ = flux
+    handlers = Handlers(Checkpoints(str(folder)))
+    assert handlers.model_view(folder.name)[-1]["visible"] is True
+    assert handlers.model_view("zeroft-toy")[-1]["visible"] is False
+    editor = {"background": zeroft.load_image(square_photo()), "layers": [], "composite": None}
+    _, settings, _ = handlers.generate(editor, "one object", "", 1.0, 2.0, 2, 1, 0, False, 64, "none", folder.name,
+                                       None, None, None, 6.0, progress=lambda *args, **kwargs: None)
+    assert settings["embedded_guidance"] == 6.0 and settings["object_guidance"] == 2.0

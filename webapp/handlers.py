@@ -84,7 +84,8 @@ def preview(photo: LoadedImage, mask: np.ndarray | None, config: ZeroFTConfig | 
 
 
 FLUX_WEIGHTS_NOTE = (
-    "On FLUX.1 the prompt is carried by the model's own embedded guidance (3.5). **Text guidance** is true guidance "
+    "On FLUX.1 the prompt is carried by the model's own embedded guidance (3.5; **Embedded guidance** under "
+    "Advanced). **Text guidance** is true guidance "
     "against the negative prompt on top of it: 1 turns it off (the usual setting, and the fastest). **Object "
     "guidance** is true guidance over the photo's object: 1 is the adapter as diffusers runs it; more holds the "
     "object closer, each step then costing a second transformer call.")
@@ -178,8 +179,11 @@ class Handlers:
 
     def generate(self, editor, prompt, negative_prompt, text_guidance, object_guidance, steps, num_images, seed,
                  random_seed, size, quantization, checkpoint, interval_on=None, interval_low=None, interval_high=None,
-                 session=None, progress=gr.Progress()):
+                 embedded_guidance=None, session=None, progress=gr.Progress()):
         """The page's and the API's /generate: (gallery of (image, caption), settings used, seed).
+
+        ``embedded_guidance``: FLUX.1-dev's distilled guidance g (None: the pipeline's 3.5); other models ignore it, as
+        the page hides its slider for them.
 
         ``interval_on``: guidance only for noise levels in (``interval_low``, ``interval_high``] (True), at every
         step (False), or as the model's defaults say (None, what an API call that leaves it out gets)."""
@@ -190,6 +194,9 @@ class Handlers:
         if random_seed or seed is None:
             seed = random.randrange(2**31)
         pipe = self.pipeline(checkpoint, quantization)
+        config = self.offered.config(checkpoint)
+        family = {"embedded_guidance": embedded_guidance} if embedded_guidance is not None and config is not None \
+            and config.backbone == "flux" else {}
         progress(0, desc="generating")
         try:
             out = pipe(
@@ -197,7 +204,7 @@ class Handlers:
                 text_guidance=text_guidance, object_guidance=object_guidance, num_images=num_images,
                 num_inference_steps=steps, seed=seed, height=size, width=size, time_budget=self.time_budget,
                 guidance_interval=None if interval_on is None else (interval_low, interval_high) if interval_on else "off",
-                callback=lambda step, total: progress((step, total), desc="generating"),
+                callback=lambda step, total: progress((step, total), desc="generating"), **family,
             )
         except EmptyMaskError as error:
             raise user_error(empty_mask_message(error)) from None
@@ -221,7 +228,7 @@ class Handlers:
 
     def gpu_seconds(self, editor, prompt, negative_prompt, text_guidance, object_guidance, steps, num_images, seed,
                     random_seed, size, quantization, checkpoint, interval_on=None, interval_low=None, interval_high=None,
-                    session=None, progress=None) -> int:
+                    embedded_guidance=None, session=None, progress=None) -> int:
         """The GPU time a ZeroGPU call asks for (its duration function, called with generate's arguments)."""
         config = self.offered.config(checkpoint)
         native = self.offered.native_size(checkpoint) or (config.defaults.height if config else 1024)
@@ -250,9 +257,12 @@ class Handlers:
         return gr.update(minimum=low, maximum=high, step=step, value=min(max(default, low), high))
 
     def model_view(self, checkpoint):
-        """What follows the selected model: the toy demo's note, which examples show (toy or real photos), and the
-        model's own note (:func:`model_note`: its licence line, what the weights mean on FLUX.1)."""
+        """What follows the selected model: the toy demo's note, which examples show (toy or real photos), the
+        model's own note (:func:`model_note`: its licence line, what the weights mean on FLUX.1) and the embedded
+        guidance slider (FLUX.1 with a guidance embedding: FLUX.1-dev)."""
         toy = self.offered.is_toy(checkpoint)
-        text = model_note(self.offered.config(checkpoint))
+        config = self.offered.config(checkpoint)
+        text = model_note(config)
+        flux = config is not None and config.backbone == "flux"
         return (gr.update(visible=toy), gr.update(visible=toy), gr.update(visible=not toy),
-                gr.update(value=text, visible=bool(text)))
+                gr.update(value=text, visible=bool(text)), gr.update(visible=flux))

@@ -8,12 +8,15 @@ import torch
 
 import zeroft
 from zeroft.guidance import PAPER_SDXL_INTERVAL
+from zeroft.pipeline_flux import DEFAULT_EMBEDDED_GUIDANCE
 from zeroft.validation import GUIDANCE_RANGE, MAX_PROMPT_CHARS, NUM_IMAGES_RANGE, STEPS_RANGE
 
 from .catalogue import GPU_PRESETS, REAL_DEFAULT, Checkpoints
 from .components import App, CheckpointChoice, NumberBox, PhotoEditor, PhotoInput, PhotoUpload, SeedBox, Setting
 from .examples import Example
 from .handlers import SIZE_FALLBACK
+
+EMBEDDED_RANGE = (1.0, 10.0)  # FLUX.1-dev's distilled guidance, around FluxPipeline's default 3.5
 
 CACHE_CLEANUP = (1800, 7200)  # gradio's upload/result cache: every 30 min, delete files older than 2 h
 PIPELINE = "pipeline"  # the one concurrency group of every event that runs the shared pipeline
@@ -103,6 +106,10 @@ def build_demo(handlers, checkpoints: Checkpoints, examples: list[Example] | Non
                         interval_low = NumberBox(value=interval[0], minimum=0, step=0.01, label="σ low", elem_id="interval-low")
                         interval_high = NumberBox(value=interval[1], minimum=0, step=0.01, label="σ high",
                                                   elem_id="interval-high")
+                    embedded = Setting(*EMBEDDED_RANGE, value=DEFAULT_EMBEDDED_GUIDANCE, step=0.5,
+                                       label="Embedded guidance (FLUX.1-dev)", visible=False,
+                                       info="The guidance FLUX.1-dev was distilled with, which carries the prompt: "
+                                            "higher follows the text more closely.", elem_id="embedded-guidance")
                     checkpoint = CheckpointChoice(checkpoints.names, value=default, label="Model", elem_id="checkpoint")
                     checkpoint.offered = checkpoints
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -110,7 +117,7 @@ def build_demo(handlers, checkpoints: Checkpoints, examples: list[Example] | Non
         used = gr.JSON(label="Settings used", elem_id="settings")
 
         inputs = [editor, prompt, negative, text_guidance, object_guidance, steps, num_images, seed, random_seed,
-                  size, quantization, checkpoint, interval_on, interval_low, interval_high]
+                  size, quantization, checkpoint, interval_on, interval_low, interval_high, embedded]
         session = gr.State(None)  # the images this visitor was shown, with their photos and masks (webapp.editor)
         upload.upload(h.on_upload, [upload, checkpoint, session], session, show_progress="hidden",
                       api_visibility="private").success(
@@ -140,7 +147,7 @@ def build_demo(handlers, checkpoints: Checkpoints, examples: list[Example] | Non
                                                 api_name=api_name, api_visibility="undocumented",
                                                 concurrency_id=PIPELINE, concurrency_limit=1)
             boxes.append(box)
-        gr.on([demo.load, checkpoint.change], h.model_view, checkpoint, [note, *boxes, model_note], show_progress="hidden",
+        gr.on([demo.load, checkpoint.change], h.model_view, checkpoint, [note, *boxes, model_note, embedded], show_progress="hidden",
               api_visibility="private")
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     return demo

@@ -73,6 +73,8 @@ class GenerationSettings:
 
 
 EMBEDDING_CACHE_BYTES = 64 * 2**20  # object embeddings kept per pipeline: ~50 photos' ViT-H/14 patch tokens
+# text conditions kept per pipeline: SD's entries are 0.5 MB, FLUX.1's T5 tokens (512 x 4096) 4 to 8 MB per text
+PROMPT_CACHE_BYTES = 256 * 2**20
 
 
 class EncodedObject(NamedTuple):
@@ -110,7 +112,7 @@ class ZeroFTMixin:
         self.mask_cache = mask_cache  # (photo digest, masker spec) -> automatic mask: one per process, the app's too
         # (photo, mask, encoder) digests -> (1, D) embedding, or (1, T, W) patch tokens (1.3 MB each for ViT-H/14)
         self.embedding_cache = LRUCache(cache_size, max_bytes=EMBEDDING_CACHE_BYTES)
-        self.prompt_cache = LRUCache(cache_size)  # (prompt, negative prompt) -> text conditions
+        self.prompt_cache = LRUCache(cache_size, max_bytes=PROMPT_CACHE_BYTES)  # (prompt, negative) -> conditions
         self.encoder_calls = 0
         self.step_times = StepTimes()  # what a step costs here, learned from the runs (zeroft.timing)
         self.clock: Callable[[], float] = time.perf_counter  # times the steps; a fake one in tests

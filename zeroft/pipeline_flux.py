@@ -31,7 +31,8 @@ from .config import ZeroFTConfig
 from .encoder import ObjectEncoder
 from .errors import InputError
 from .fence import flux_unpack_latents
-from .generation import ZeroFTMixin
+from .cache import LRUCache
+from .generation import PROMPT_CACHE_BYTES, ZeroFTMixin
 from .masking import Masker
 from .validation import check_guidance, native_size
 
@@ -76,6 +77,9 @@ class ZeroFTFluxPipeline(ZeroFTMixin, FluxPipeline):
         )
         self._init_zeroft(object_encoder, zeroft_config, masker, cache_size, quantization)
         self._embedded_guidance = DEFAULT_EMBEDDED_GUIDANCE
+        # text -> its conditions: T5-XXL is the costliest encoder here, so a negative prompt shared by many prompts
+        # (usually "") is encoded once, not once per (prompt, negative prompt) pair as prompt_cache keys them
+        self.text_cache = LRUCache(cache_size, max_bytes=PROMPT_CACHE_BYTES)
 
     # ------------------------------------------------------------------ what FLUX.1 adds to a call
 
@@ -102,13 +106,15 @@ class ZeroFTFluxPipeline(ZeroFTMixin, FluxPipeline):
     # ------------------------------------------------------------------ text side
 
     def _text_conditions(self, prompt: str, negative_prompt: str) -> tuple[dict, dict]:
-        """T5 tokens (1, 512, 4096) and the pooled CLIP embedding (1, 768) of the prompt and of the negative prompt."""
-        conditions = []
-        for text in (prompt, negative_prompt):
-            tokens, pooled, _ = self.encode_prompt(prompt=text, prompt_2=None, device=self._execution_device,
-                                                   num_images_per_prompt=1, max_sequence_length=MAX_SEQUENCE_LENGTH)
-            conditions.append({"encoder_hidden_states": tokens, "pooled_projections": pooled})
-        return conditions[0], conditions[1]
+        """T5 tokens (1, 512, 4096) and the pooled CLIP embedding (1, 768) of the prompt and of the negative prompt,
+        each from ``text_cache`` or encoded once."""
+        return self.text_cache.get_or_create(prompt, lambda: self._encode_text(prompt)), \
+            self.text_cache.get_or_create(negative_prompt, lambda: self._encode_text(negative_prompt))
+
+    def _encode_text(self, text: str) -> dict:
+        tokens, pooled, _ = self.encode_prompt(prompt=text, prompt_2=None, device=self._execution_device,
+                                               num_images_per_prompt=1, max_sequence_length=MAX_SEQUENCE_LENGTH)
+        return {"encoder_hidden_states": tokens, "pooled_projections": pooled}
 
     # ------------------------------------------------------------------ the denoiser: FLUX.1's transformer
 
