@@ -133,6 +133,13 @@ NOTES = [
     "The sd15-plus and sdxl-plus rows (2026-12-06) ran beside a toy-world training run and the test suite on the "
     "same 2 cores: their seconds per image are 2-3x the base rows' for that reason, not the resampler's (16 queries "
     "over 257 tokens, depth 4: a small fraction of one UNet call); their peaks are as valid as the others'.",
+    "flux (2026-12-06): one load, then at 256 and at 512 px one 1-step image per guidance form (1 branch: w_text = "
+    "w_obj = 1; 2: w_obj 2; 3: w_obj 2, w_text 3.5 and a negative prompt), all branches in one batched transformer "
+    "call; s/step is the transformer call alone (forward hooks), t5_s T5-XXL's encodes in that image (0 where the "
+    "prompt cache answered). The random files match the real repositories' sizes (transformer 23.80 GB, T5-XXL "
+    "encoder 9.52 GB). The peak (19.48 GiB) is reached while loading, not generating. The first 256 px image's "
+    "step (44 s) includes first-call warm-up; per branch a step costs about 30 s at 256 px and 70-75 s at 512 px, "
+    "as bf16 blocks timed alone (0.54 s per double- or single-stream block at 768 tokens).",
 ]
 
 

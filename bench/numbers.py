@@ -92,6 +92,14 @@ FIGURES = (
            lambda r: (f"SD1.5 fp32 512 px {_peak(r, 'sd15/float32/zeroft/none'):.2f} vs "
                       f"{_peak(r, 'sd15/float32/zeroft/int8'):.2f} GiB; SDXL bf16 1024 px "
                       f"{_peak(r, 'sdxl/bfloat16/zeroft/none'):.2f} vs {_peak(r, 'sdxl/bfloat16/zeroft/int8'):.2f} GiB")),
+    Figure("FLUX.1-dev + XLabs adapter at full size on a 2-core CPU, random weights, int8 (bf16 does not fit: 33 GB "
+           "of weights)", "bench/results/full_size.json", "python -m bench.full_size --backbone flux --loaders zeroft "
+           "--quantizations int8",
+           lambda r: (lambda c: f"peak {c['peak_gib']:.2f} GiB, load {c['load_s']:.0f} s; s per transformer step, "
+                      f"1 / 3 branches: {c['sizes']['256']['branches_1_s_per_step']:.0f} / "
+                      f"{c['sizes']['256']['branches_3_s_per_step']:.0f} at 256 px, "
+                      f"{c['sizes']['512']['branches_1_s_per_step']:.0f} / "
+                      f"{c['sizes']['512']['branches_3_s_per_step']:.0f} at 512 px")(r["cases"]["flux/bfloat16/zeroft/int8"])),
 )
 
 

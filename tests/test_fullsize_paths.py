@@ -226,3 +226,31 @@ def test_a_checkpoint_holding_only_its_config_is_a_plain_error(checkpoint_copy, 
                    "--device", "cpu", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert status == 3 and "adapter.safetensors" in err and "Traceback" not in err
+
+
+def test_the_full_size_benchmarks_random_writer_lays_out_shards_the_loaders_read(tmp_path, monkeypatch):
+    """bench.full_size writes FLUX.1's parts tensor by tensor (the transformer never whole in memory) as sharded
+    safetensors with an index, as the real repositories are: diffusers, transformers and zeroft.streaming read them
+    to the same weights, and T5's tied embedding is written once (as FLUX.1-dev's text_encoder_2 holds it)."""
+    import bench.full_size as full_size
+    from diffusers import FluxTransformer2DModel
+    from transformers import T5EncoderModel
+
+    from zeroft.streaming import load_streaming
+
+    monkeypatch.setattr(full_size, "SHARD_BYTES", 40_000)
+    flux = dict(full_size.FLUX_TRANSFORMER, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+    full_size.write_random_part("FluxTransformer2DModel", flux, tmp_path / "transformer", torch.bfloat16)
+    shards = sorted(p.name for p in (tmp_path / "transformer").glob("*.safetensors"))
+    assert len(shards) > 1 and shards[-1] == f"diffusion_pytorch_model-{len(shards):05d}-of-{len(shards):05d}.safetensors"
+    theirs = FluxTransformer2DModel.from_pretrained(tmp_path / "transformer")
+    ours = load_streaming(FluxTransformer2DModel, tmp_path, subfolder="transformer", dtype=torch.bfloat16)
+    assert all(torch.equal(a, b) for a, b in zip(theirs.state_dict().values(), ours.state_dict().values()))
+    assert torch.isfinite(theirs.transformer_blocks[0].attn.to_q.weight.float()).all()
+    t5 = dict(full_size.T5_XXL, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=600)
+    full_size.write_random_part("T5EncoderModel", t5, tmp_path / "text_encoder_2", torch.bfloat16)
+    index = json.loads((tmp_path / "text_encoder_2" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "shared.weight" in index and "encoder.embed_tokens.weight" not in index
+    encoder = load_streaming(T5EncoderModel, tmp_path, subfolder="text_encoder_2", dtype=torch.bfloat16)
+    assert torch.equal(encoder.encoder.embed_tokens.weight, encoder.shared.weight)

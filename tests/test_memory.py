@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from zeroft import InputError
-from zeroft.memory import MEASURED_CPU_PEAK_GIB, MEASURED_FROM, check_fits
+from zeroft.memory import CPU_FLOOR_GIB, MEASURED_CPU_PEAK_GIB, MEASURED_FROM, check_fits
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "full_size.json"
 
@@ -17,6 +17,19 @@ def test_the_measured_peaks_are_the_full_size_benchmarks():
     for (preset, dtype), case in MEASURED_FROM.items():
         for quantization in ("none", "int8"):
             assert MEASURED_CPU_PEAK_GIB[(preset, dtype, quantization)] == cases[f"{case}/{quantization}"]["peak_gib"]
+
+
+def test_flux_on_a_cpu_is_refused_below_its_measured_int8_peak_and_its_weights_floor():
+    case = json.loads(RESULTS.read_text())["cases"]["flux/bfloat16/zeroft/int8"]
+    assert MEASURED_CPU_PEAK_GIB[("ip-adapter-flux-dev", "bfloat16", "int8")] == case["peak_gib"]
+    assert CPU_FLOOR_GIB[("ip-adapter-flux-dev", "float32", "int8")] == case["peak_gib"]
+    with pytest.raises(InputError, match=r"needs at least 32.98 GiB.*int8.*peaked at about 19.48 GiB"):
+        check_fits("ip-adapter-flux-dev", "cpu", "bfloat16", "none", available=22.0)
+    with pytest.raises(InputError, match=r"needs at least 65.95 GiB.*int8.*needs at least 19.48 GiB"):
+        check_fits("ip-adapter-flux-dev", "cpu", "float32", "none", available=22.0)
+    with pytest.raises(InputError, match=r"peaked at about 19.48 GiB.*Use a machine with more memory, or a GPU"):
+        check_fits("ip-adapter-flux-dev", "cpu", "bfloat16", "int8", available=16.0)
+    check_fits("ip-adapter-flux-dev", "cpu", "bfloat16", "int8", available=22.0)  # fits
 
 
 def test_a_plus_preset_too_big_for_this_cpu_is_refused_with_int8_offered():
