@@ -172,7 +172,7 @@ def test_zerogpu_loads_at_start_once_and_generates_pil_images(monkeypatch, tiny_
         session = handlers.on_upload(zeroft.load_image(square_photo()), name)
         editor = {"background": latest(session).background, "layers": [], "composite": None}
         gallery, settings, seed = generate(editor, "a red square", "", 5.0, 3.0, 2, 2, 7, False, 64, "none", name,
-                                           False, 0.28, 5.42, session, progress=lambda *args, **kwargs: None)
+                                           False, 0.28, 5.42, None, session, progress=lambda *args, **kwargs: None)
         assert loads == [("cuda", torch.bfloat16)]  # the GPU call used the model loaded at start-up
         assert stand_in.durations == [app_zerogpu.gpu_seconds(steps=2, num_images=2, size=64, backbone="sd",
                                                                native_size=64)]
