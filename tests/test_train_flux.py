@@ -114,7 +114,8 @@ def test_flux_schnell_trains_without_embedded_guidance_and_its_export_generates(
 
     base = tmp_path / "schnell"
     tiny_flux_base_pipeline(guidance_embeds=False).save_pretrained(base)
-    export, received = _recorded_run(_argv({**setup, "base": base}, tmp_path / "run", "--train", "adapter"))
+    export, received = _recorded_run(_argv({**setup, "base": base}, tmp_path / "run", "--train", "adapter",
+                                           "--cache_latents"))  # (and the latent cache in a run)
     assert len(received) == 2 and all(call["guidance"] is None for call in received)
     pipe = load_pipeline(export, device="cpu")
     assert isinstance(pipe, ZeroFTFluxPipeline) and not pipe.transformer.config.guidance_embeds
@@ -122,6 +123,25 @@ def test_flux_schnell_trains_without_embedded_guidance_and_its_export_generates(
     out = pipe("an object", object_image=square_photo(), object_guidance=2.0, num_inference_steps=2, seed=0,
                output_type="np")
     assert np.isfinite(out.images).all() and "embedded_guidance" not in out.settings.to_dict()
+
+
+def test_cached_latents_are_the_uncached_ones_and_an_image_seen_again_skips_the_vae(setup):
+    """--cache_latents keeps each image's VAE posterior: latents drawn with the same generator match the uncached
+    path's, and only images not seen before go through the encoder."""
+    from diffusers import AutoencoderKL
+
+    from train.losses import LatentCache, encode_latents
+
+    vae = AutoencoderKL.from_pretrained(setup["base"] / "vae")
+    pixels = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    cache = LatentCache(vae)
+    keys = [("domain", 0), ("general", 4), ("domain", 1)]
+    first = encode_latents(vae, pixels[:2], torch.Generator().manual_seed(1), cache, keys[:2])
+    again = encode_latents(vae, pixels[1:], torch.Generator().manual_seed(2), cache, keys[1:])  # one seen, one new
+    assert cache.encoded == 3
+    for got, rows, seed in ((first, slice(0, 2), 1), (again, slice(1, 3), 2)):
+        assert torch.allclose(got, encode_latents(vae, pixels[rows], torch.Generator().manual_seed(seed)), atol=1e-5)
+    assert TrainConfig.__dataclass_fields__["cache_latents"].default is False
 
 
 def test_flux_two_processes_hold_identical_weights(setup, tmp_path):

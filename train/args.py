@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="autocast precision (fp16 on GPUs; bf16 on recent GPUs and CPUs)")
     _flag(opt, "cpu", action="store_true", help="train on the CPU even when a CUDA GPU is present")
     _flag(opt, "gradient_checkpointing", action="store_true", help="recompute activations to save memory")
+    _flag(opt, "cache_latents", action="store_true",
+          help="keep each training image's VAE posterior in memory (2 GiB at most): an image drawn again skips the VAE")
     _flag(opt, "use_8bit_adam", action="store_true", help="bitsandbytes AdamW8bit (CUDA only)")
     _flag(opt, "use_ema", action="store_true", help="keep an EMA of the trained weights and export it")
     _flag(opt, "ema_decay", type=float, help="EMA decay per step")

@@ -110,6 +110,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # autocast precision (MIXED_PRECISIONS): fp16 on GPUs, bf16 on recent GPUs and CPUs
     cpu: bool = False  # train on the CPU even when a CUDA GPU is present
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
+    cache_latents: bool = False  # keep each training image's VAE posterior (train.losses.LatentCache, byte-bounded)
     use_8bit_adam: bool = False  # bitsandbytes AdamW8bit: less optimizer memory, CUDA only
     use_ema: bool = False  # keep an EMA of the trained weights; validation and export use it
     ema_decay: float = 0.999  # EMA decay per step

@@ -83,13 +83,48 @@ class TextEncoderCache:
         return {name: torch.stack([r[name] for r in rows]).to(device) for name in rows[0]}
 
 
+LATENT_CACHE_BYTES = 2 * 2**30  # FLUX at 512 px: (16, 64, 64) mean and std in fp32, 0.5 MB an image: ~4,000 images
+
+
+class LatentCache:
+    """Each training image's VAE posterior (mean, std), kept so that an image seen again skips the VAE encoder.
+
+    The target photos are read deterministically (a centre crop at the training resolution, no augmentation), so an
+    image's posterior is the same every time it is drawn; latents are still sampled from it with the step's generator,
+    as :func:`encode_latents` does without the cache. Keys are (stream, record) pairs; a byte-bounded LRU in memory.
+    """
+
+    def __init__(self, vae, max_bytes: int = LATENT_CACHE_BYTES):
+        self.vae = vae
+        self.cache = LRUCache(2**31, max_bytes=max_bytes)
+        self.encoded = 0  # images that went through the VAE encoder
+
+    def posterior(self, pixel_values: torch.Tensor, keys: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std), each (B, C, h, w), of ``pixel_values`` (B, 3, H, W): cached ones looked up, the rest encoded
+        in one batch and stored."""
+        found = {i: self.cache.get(key) for i, key in enumerate(keys)}
+        missing = [i for i, value in found.items() if value is None]
+        if missing:
+            posterior = self.vae.encode(pixel_values[missing].to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist
+            for row, i in enumerate(missing):
+                found[i] = (posterior.mean[row].detach().clone(), posterior.std[row].detach().clone())
+                self.cache.put(keys[i], found[i])
+            self.encoded += len(missing)
+        return (torch.stack([found[i][0] for i in range(len(keys))]), torch.stack([found[i][1] for i in range(len(keys))]))
+
+
 @torch.no_grad()
-def encode_latents(vae, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def encode_latents(vae, pixel_values: torch.Tensor, generator: torch.Generator, cache: LatentCache | None = None,
+                   keys: list | None = None) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] → scaled (and for FLUX shifted) latents, sampled from the VAE posterior with
-    ``generator``."""
-    posterior = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist
-    noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
-    latents = posterior.mean + posterior.std * noise
+    ``generator``; with ``cache`` (and the images' ``keys``) the posterior of an image seen before is looked up."""
+    if cache is None:
+        posterior = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist
+        mean, std = posterior.mean, posterior.std
+    else:
+        mean, std = cache.posterior(pixel_values, keys)
+    noise = torch.randn(mean.shape, generator=generator).to(mean)
+    latents = mean + std * noise
     shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts before scaling; SD's has none
     return (latents - shift) * vae.config.scaling_factor
 

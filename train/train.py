@@ -45,8 +45,8 @@ from .checkpointing import checkpoint_step, clean_partial, load_training_state, 
 from .config import TrainConfig
 from .data import MixedTrainingData, collate, global_indices, open_streams, time_ids
 from .export import ema_weights, export_checkpoint, trainable_parameters, validation_pipeline
-from .losses import (TextEncoderCache, conditions_on_text_time, diffusion_loss, encode_latents, flow_matching_loss,
-                     step_generator)
+from .losses import (LatentCache, TextEncoderCache, conditions_on_text_time, diffusion_loss, encode_latents,
+                     flow_matching_loss, step_generator)
 from .validation import render_validation
 
 logger = get_logger(__name__)
@@ -203,10 +203,10 @@ class RankBatches(torch.utils.data.Sampler):
 
 
 def training_step(models: Models, unet, batch, text_cache: TextEncoderCache, generator, weight_dtype,
-                  weighting_scheme: str = "none") -> torch.Tensor:
+                  weighting_scheme: str = "none", latent_cache: LatentCache | None = None) -> torch.Tensor:
     """The denoising loss of one micro-batch: text conditions, object embeddings (ϕ where dropped), noise;
     for SDXL also the pooled text embedding and the size conditions of each sample; for FLUX.1 the flow-matching
-    loss with its pooled text."""
+    loss with its pooled text. ``latent_cache``: the images' VAE posteriors, kept (--cache_latents)."""
     device = next(unet.parameters()).device
     text = text_cache(batch["caption"], device)
     hidden = text.pop("encoder_hidden_states").to(weight_dtype)
@@ -226,7 +226,8 @@ def training_step(models: Models, unet, batch, text_cache: TextEncoderCache, gen
     if batch["use_object"].any():
         chosen = batch["use_object"]
         embeds[chosen.to(device)] = encode(batch["condition"][chosen]).float().to(device)
-    latents = encode_latents(models.vae, batch["pixel_values"], generator).to(weight_dtype)
+    keys = list(zip(batch["stream"], batch["record"]))
+    latents = encode_latents(models.vae, batch["pixel_values"], generator, latent_cache, keys).to(weight_dtype)
     if models.noise_scheduler is None:
         pixels = latents.shape[-1] * models.base.vae_scale_factor
         _, image_ids = models.base.prepare_latents(count, latents.shape[1], pixels, pixels, weight_dtype, device, None,
@@ -338,6 +339,7 @@ def train_steps(config: TrainConfig, accelerator: Accelerator, training: Trainin
     )
     text_cache = TextEncoderCache(training.models.base, pooled=conditions_on_text_time(training.models.unet),
                                   flux=training.models.noise_scheduler is None)
+    latent_cache = LatentCache(training.models.vae) if config.cache_latents else None
     progress = tqdm(range(start_step, config.max_train_steps), initial=start_step, total=config.max_train_steps,
                     disable=not accelerator.is_local_main_process, desc="training")
     training.unet.train()
@@ -350,7 +352,7 @@ def train_steps(config: TrainConfig, accelerator: Accelerator, training: Trainin
             with accelerator.accumulate(training.unet):
                 generator = step_generator(config.seed, step, micro, accelerator.process_index)
                 loss = training_step(training.models, training.unet, batch, text_cache, generator,
-                                     training.weight_dtype, config.weighting_scheme)
+                                     training.weight_dtype, config.weighting_scheme, latent_cache)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(training.parameters, config.max_grad_norm)
