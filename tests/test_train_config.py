@@ -38,7 +38,7 @@ DEFAULTS_BEFORE = {
     "mask_condition": True, "train": "whole", "train_batch_size": 8, "gradient_accumulation_steps": 1,
     "max_train_steps": 10000, "learning_rate": 1e-05, "lr_scheduler": "constant_with_warmup",
     "lr_warmup_steps": 500, "adam_weight_decay": 0.01, "max_grad_norm": 1.0, "mixed_precision": "no",
-    "cpu": False, "gradient_checkpointing": False, "use_8bit_adam": False, "use_ema": False,
+    "cpu": False, "gradient_checkpointing": False, "cache_latents": False, "use_8bit_adam": False, "use_ema": False,
     "ema_decay": 0.999, "seed": 0, "export_dir": None, "checkpointing_steps": 500,
     "checkpoints_total_limit": 3, "resume": None, "report_to": "tensorboard", "log_every": 10,
     "validation_images": (), "validation_prompts": (), "validation_steps": 0,
