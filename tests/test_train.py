@@ -147,7 +147,7 @@ def _eval_loss(folder: Path, setup) -> float:
 
 def test_loss_decreases_on_a_tiny_overfit_run(setup, tmp_path):
     before = run(_config(setup, tmp_path / "zero", learning_rate=1e-12, steps=1))
-    after = run(_config(setup, tmp_path / "fit", steps=40))
+    after = run(_config(setup, tmp_path / "fit", steps=15))  # 15 steps: 0.24x the untrained loss (40: 0.08x)
     assert _eval_loss(after, setup) < 0.7 * _eval_loss(before, setup)
 
 
@@ -177,7 +177,7 @@ def kill_and_resume(argv: list[str], output: Path) -> Path:
 
 
 def test_sigkill_and_resume_end_with_the_same_weights(setup, tmp_path):
-    steps = ["--max_train_steps", "8", "--checkpointing_steps", "2"]
+    steps = ["--max_train_steps", "4", "--checkpointing_steps", "2"]
     reference = main(_argv(setup, tmp_path / "straight", *steps))
     output = tmp_path / "killed"
     _assert_same(_weights(kill_and_resume(_argv(setup, output, *steps, "--resume", "latest"), output)),
