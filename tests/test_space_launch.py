@@ -71,8 +71,12 @@ class Started:
 
     def __init__(self, env: dict, port: int, log: Path):
         self.port, self.log = port, log
+        # SIGINT as a terminal gives it: a shell that starts a job in the background without job control (a CI
+        # runner's `cmd &`) leaves SIGINT ignored in it and in its children, and Ctrl-C would then be a no-op here
         self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log.open("w"),
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        self.killed = False
 
     def wait_listening(self, timeout: float = 180) -> set[str]:
         deadline = time.monotonic() + timeout
@@ -93,6 +97,7 @@ class Started:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+                self.killed = True
         return self.log.read_text()
 
 
@@ -150,6 +155,7 @@ def test_python_app_py_run_locally_listens_on_loopback_only(tmp_path):
         assert app.wait_listening() == {"127.0.0.1"}
     finally:
         log = app.stop(signal.SIGINT)  # Ctrl-C at a terminal
+    assert not app.killed, "Ctrl-C did not stop the app within 30 s"
     assert "Traceback" not in log and "Invalid file descriptor" not in log, log[-3000:]
 
 
