@@ -7,6 +7,8 @@ moved inside a function to dodge a cycle still counts as an edge.
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("zeroft", "train", "toyworld", "bench", "webapp")
 
@@ -129,3 +131,22 @@ def test_checkpoint_module_knows_no_pipeline_class():
     graph = import_graph()
     for module in ("zeroft.checkpoint", "zeroft.assemble", "zeroft.locate"):
         assert "zeroft.pipeline" not in graph[module] and "zeroft.pipeline_xl" not in graph[module], module
+
+
+def test_importing_zeroft_loads_no_model_library_until_a_name_is_used():
+    """``import zeroft`` is cheap (PEP 562 exports): the CLI's --help and input checks need no torch or diffusers;
+    every public name still resolves to its owning module's object."""
+    import importlib
+    import subprocess
+    import sys
+
+    import zeroft
+
+    code = "import sys, zeroft; print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
+    for name in zeroft.__all__:
+        owner = importlib.import_module(f"zeroft.{zeroft._OWNER[name]}")
+        assert getattr(zeroft, name) is getattr(owner, name) and name in dir(zeroft)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        zeroft.nothing  # noqa: B018
