@@ -192,55 +192,64 @@ def _random_tensor(name: str, shape: torch.Size, dtype: torch.dtype, generator: 
     return (torch.randn(shape, generator=generator) * fan_in ** -0.5).to(dtype)
 
 
+def build_empty(class_name: str, config: dict):
+    """The part on the meta device (parameters take no memory), tied weights tied: T5's encoder.embed_tokens is its
+    shared embedding, one tensor in the file as in FLUX.1-dev's text_encoder_2."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = build_part(class_name, config)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model
+
+
 def write_random_part(class_name: str, config: dict, folder: Path, dtype: torch.dtype, seed: int = 0) -> None:
     """A model folder (config.json + safetensors shards + index) of random weights, written tensor by tensor.
 
     The model is built on the meta device (no memory); each tensor is drawn, gathered into a shard of at most
     SHARD_BYTES and written, so the largest part (FLUX.1's 11.9B transformer, 23.8 GB in bf16) never exists whole.
-    Tied parameters are written once (as save_pretrained does); persistent buffers are written as they are.
+    Tied parameters are written once (as save_pretrained does); persistent buffers (real tensors: init_empty_weights
+    leaves buffers on the CPU) are written as they are.
     """
-    from accelerate import init_empty_weights
     from safetensors.torch import save_file
 
-    with init_empty_weights():
-        model = build_part(class_name, config)
-    if hasattr(model, "tie_weights"):  # T5: encoder.embed_tokens is shared (one tensor in the file, as FLUX.1-dev's)
-        model.tie_weights()
+    model = build_empty(class_name, config)
     diffusers_model = hasattr(model, "save_config")
     stem = "diffusion_pytorch_model" if diffusers_model else "model"
     tmp = folder.parent / f"{folder.name}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
-    all_parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
-    entries = [(name, param.shape) for name, param in model.named_parameters()]  # tied ones once
-    entries += [(name, buffer) for name, buffer in model.state_dict().items() if name not in all_parameters]
-    shards, shard, shard_bytes, weight_map = [], {}, 0, {}
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+
+    def tensors():
+        for name, parameter in model.named_parameters():  # tied ones once
+            yield name, _random_tensor(name, parameter.shape, dtype, generator)
+        for name, buffer in model.state_dict().items():
+            if name not in parameters:
+                yield name, buffer.detach().clone()
+
+    shards, shard, shard_bytes = [], {}, 0  # shards: the tensor names of each shard written
 
     def flush():
         nonlocal shard, shard_bytes
         if shard:
-            shards.append(f"{stem}-{len(shards) + 1:05d}.safetensors")
-            save_file(shard, str(tmp / shards[-1]), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(shard, shards[-1]))
+            save_file(shard, str(tmp / f"{stem}-{len(shards) + 1:05d}.safetensors"), metadata={"format": "pt"})
+            shards.append(list(shard))
             shard, shard_bytes = {}, 0
 
-    for name, shape_or_buffer in entries:
-        if isinstance(shape_or_buffer, torch.Tensor) and shape_or_buffer.device.type != "meta":
-            tensor = shape_or_buffer.detach().clone()
-        else:
-            tensor = _random_tensor(name, torch.Size(shape_or_buffer.shape if isinstance(shape_or_buffer, torch.Tensor)
-                                                     else shape_or_buffer), dtype, generator)
+    for name, tensor in tensors():
         if shard_bytes + tensor.nbytes > SHARD_BYTES:
             flush()
         shard[name] = tensor.contiguous()
         shard_bytes += tensor.nbytes
     flush()
-    total = len(shards)
-    for index, shard_name in enumerate(shards, 1):  # the real repositories' names: -0000i-of-0000N
-        final = f"{stem}-{index:05d}-of-{total:05d}.safetensors"
-        (tmp / shard_name).rename(tmp / final)
-        weight_map = {k: final if v == shard_name else v for k, v in weight_map.items()}
-    size = sum((tmp / name).stat().st_size for name in set(weight_map.values()))
+    weight_map, size = {}, 0
+    for index, names in enumerate(shards, 1):  # the real repositories' names: -0000i-of-0000N
+        final = tmp / f"{stem}-{index:05d}-of-{len(shards):05d}.safetensors"
+        (tmp / f"{stem}-{index:05d}.safetensors").rename(final)
+        weight_map.update(dict.fromkeys(names, final.name))
+        size += final.stat().st_size
     (tmp / f"{stem}.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
     if diffusers_model:
@@ -463,12 +472,18 @@ def load_zeroft(backbone: str, checkpoint: Path, quantization: str, dtype: torch
     return pipe
 
 
-def run_zeroft(pipe, steps: int) -> dict:
-    """One image with equal weights (two branches) and one with unequal weights (three): seconds each."""
+def object_photo():
+    """The benchmark's reference photo: a red square on blue, 256 px."""
     from PIL import Image
 
     photo = Image.new("RGB", (256, 256), (30, 30, 220))
     photo.paste((220, 30, 30), (64, 64, 192, 192))
+    return photo
+
+
+def run_zeroft(pipe, steps: int) -> dict:
+    """One image with equal weights (two branches) and one with unequal weights (three): seconds each."""
+    photo = object_photo()
     timings = {}
     for label, weights in (("equal_weights", (5.0, 5.0)), ("unequal_weights", (5.0, 3.0))):
         started = time.perf_counter()
@@ -503,10 +518,7 @@ FLUX_FORMS = {1: (1.0, 1.0, None), 2: (1.0, 2.0, None), 3: (3.5, 2.0, "blurry, l
 def run_zeroft_flux(pipe, steps: int) -> dict:
     """At each of FLUX_SIZES, one image per guidance form (1, 2 or 3 branches in one batched transformer call):
     seconds per image, per transformer step and in T5; the peak after each size (so the 256 px peak is its own)."""
-    from PIL import Image
-
-    photo = Image.new("RGB", (256, 256), (30, 30, 220))
-    photo.paste((220, 30, 30), (64, 64, 192, 192))
+    photo = object_photo()
     steps_timer, t5_timer = CallTimer(pipe.transformer), CallTimer(pipe.text_encoder_2)
     sizes = {}
     for size in FLUX_SIZES:
@@ -583,18 +595,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def plan(backbones: list[str]) -> dict:
     """Parameter counts at full size, from models built on the meta device (no memory, no files)."""
-    from accelerate import init_empty_weights
-
-    sizes = {}
-    for backbone in backbones:
-        sizes[backbone] = {}
-        for part, spec in BACKBONES[backbone]["parts"].items():
-            with init_empty_weights():
-                model = build_part(*spec)
-            if hasattr(model, "tie_weights"):
-                model.tie_weights()
-            sizes[backbone][part] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
-    return sizes
+    return {backbone: {part: round(sum(p.numel() for p in build_empty(*spec).parameters()) / 1e6, 1)
+                       for part, spec in BACKBONES[backbone]["parts"].items()} for backbone in backbones}
 
 
 def main(argv=None) -> dict:
