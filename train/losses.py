@@ -86,6 +86,12 @@ class TextEncoderCache:
 LATENT_CACHE_BYTES = 2 * 2**30  # FLUX at 512 px: (16, 64, 64) mean and std in fp32, 0.5 MB an image: ~4,000 images
 
 
+def vae_posterior(vae, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the VAE's posterior for ``pixel_values`` (B, 3, H, W) in [-1, 1]."""
+    posterior = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    return posterior.mean, posterior.std
+
+
 class LatentCache:
     """Each training image's VAE posterior (mean, std), kept so that an image seen again skips the VAE encoder.
 
@@ -105,9 +111,9 @@ class LatentCache:
         found = {i: self.cache.get(key) for i, key in enumerate(keys)}
         missing = [i for i, value in found.items() if value is None]
         if missing:
-            posterior = self.vae.encode(pixel_values[missing].to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist
+            mean, std = vae_posterior(self.vae, pixel_values[missing])
             for row, i in enumerate(missing):
-                found[i] = (posterior.mean[row].detach().clone(), posterior.std[row].detach().clone())
+                found[i] = (mean[row].detach().clone(), std[row].detach().clone())
                 self.cache.put(keys[i], found[i])
             self.encoded += len(missing)
         return (torch.stack([found[i][0] for i in range(len(keys))]), torch.stack([found[i][1] for i in range(len(keys))]))
@@ -118,11 +124,7 @@ def encode_latents(vae, pixel_values: torch.Tensor, generator: torch.Generator, 
                    keys: list | None = None) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] → scaled (and for FLUX shifted) latents, sampled from the VAE posterior with
     ``generator``; with ``cache`` (and the images' ``keys``) the posterior of an image seen before is looked up."""
-    if cache is None:
-        posterior = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist
-        mean, std = posterior.mean, posterior.std
-    else:
-        mean, std = cache.posterior(pixel_values, keys)
+    mean, std = vae_posterior(vae, pixel_values) if cache is None else cache.posterior(pixel_values, keys)
     noise = torch.randn(mean.shape, generator=generator).to(mean)
     latents = mean + std * noise
     shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts before scaling; SD's has none

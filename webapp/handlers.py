@@ -91,6 +91,11 @@ FLUX_WEIGHTS_NOTE = (
     "object closer, each step then costing a second transformer call.")
 
 
+def is_flux(config) -> bool:
+    """A FLUX.1 model: its weights mean what FLUX_WEIGHTS_NOTE says, and it takes embedded guidance."""
+    return config is not None and config.backbone == "flux"
+
+
 def model_note(config) -> str:
     """The note shown under the model choice: the checkpoint's licence note (FLUX.1 [dev]'s non-commercial, gated
     licence) and, on FLUX.1, what the two weights mean; "" for the rest."""
@@ -99,7 +104,7 @@ def model_note(config) -> str:
     parts = []
     if config.licenses.get("note"):
         parts.append(f"**Licence:** {config.licenses['note']}")
-    if config.backbone == "flux":
+    if is_flux(config):
         parts.append(FLUX_WEIGHTS_NOTE)
     return "\n\n".join(parts)
 
@@ -195,8 +200,7 @@ class Handlers:
             seed = random.randrange(2**31)
         pipe = self.pipeline(checkpoint, quantization)
         config = self.offered.config(checkpoint)
-        family = {"embedded_guidance": embedded_guidance} if embedded_guidance is not None and config is not None \
-            and config.backbone == "flux" else {}
+        family = {"embedded_guidance": embedded_guidance} if embedded_guidance is not None and is_flux(config) else {}
         progress(0, desc="generating")
         try:
             out = pipe(
@@ -263,6 +267,5 @@ class Handlers:
         toy = self.offered.is_toy(checkpoint)
         config = self.offered.config(checkpoint)
         text = model_note(config)
-        flux = config is not None and config.backbone == "flux"
         return (gr.update(visible=toy), gr.update(visible=toy), gr.update(visible=not toy),
-                gr.update(value=text, visible=bool(text)), gr.update(visible=flux))
+                gr.update(value=text, visible=bool(text)), gr.update(visible=is_flux(config)))

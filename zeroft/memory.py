@@ -39,6 +39,7 @@ MEASURED_CPU_PEAK_GIB = {
     ("ip-adapter-plus-sd15", "float32", "int8"): 7.20,
     ("ip-adapter-plus-sdxl-vit-h", "bfloat16", "none"): 11.61,
     ("ip-adapter-plus-sdxl-vit-h", "bfloat16", "int8"): 10.96,
+    ("ip-adapter-flux-dev", "bfloat16", "int8"): 19.48,  # bench.full_size's flux row (256 and 512 px)
 }
 # Floors where no run could measure a peak, GiB: the weights alone (bench.full_size's FLUX.1-dev files, the real
 # repositories' sizes: transformer 23.80 GB, T5-XXL 9.52 GB, CLIP text, VAE, CLIP ViT-L/14 image tower and the
@@ -46,9 +47,8 @@ MEASURED_CPU_PEAK_GIB = {
 CPU_FLOOR_GIB = {
     ("ip-adapter-flux-dev", "bfloat16", "none"): 32.98,
     ("ip-adapter-flux-dev", "float32", "none"): 65.95,
-    ("ip-adapter-flux-dev", "float32", "int8"): 19.48,
+    ("ip-adapter-flux-dev", "float32", "int8"): MEASURED_CPU_PEAK_GIB[("ip-adapter-flux-dev", "bfloat16", "int8")],
 }
-MEASURED_CPU_PEAK_GIB[("ip-adapter-flux-dev", "bfloat16", "int8")] = 19.48  # bench.full_size's flux row
 # The rows of bench/results/full_size.json each measured peak comes from (tests/test_memory.py checks they agree).
 MEASURED_FROM = {
     ("ip-adapter-sd15", "float32"): "sd15/float32/zeroft",

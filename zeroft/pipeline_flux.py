@@ -27,11 +27,11 @@ import torch
 from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
+from .cache import LRUCache
 from .config import ZeroFTConfig
 from .encoder import ObjectEncoder
 from .errors import InputError
 from .fence import flux_unpack_latents
-from .cache import LRUCache
 from .generation import PROMPT_CACHE_BYTES, ZeroFTMixin
 from .masking import Masker
 from .validation import check_guidance, native_size
