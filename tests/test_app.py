@@ -171,19 +171,21 @@ def test_real_presets_are_offered_where_a_gpu_is(monkeypatch):
     assert offered.where("ip-adapter-sdxl") == "ip-adapter-sdxl"  # a name, loaded (and downloaded) on first use
 
 
-def _readme_client_example() -> str:
-    text = (APP_DIR / "README.md").read_text()
-    section = text[text.index("## The app"):]
+def _client_example() -> str:
+    text = (APP_DIR / "docs" / "app.md").read_text()
+    section = text[text.index("## From a program"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_client_example_runs_as_written(embedded_server, monkeypatch):
-    """The README's gradio_client code, as written, against the app as `python app.py` serves it (another port)."""
-    code = _readme_client_example()
+def test_the_documented_client_example_runs_as_written(embedded_server, monkeypatch):
+    """docs/app.md's gradio_client code (the README links it), as written, against the app as `python app.py`
+    serves it (another port)."""
+    assert "docs/app.md#from-a-program" in (APP_DIR / "README.md").read_text()
+    code = _client_example()
     assert "http://127.0.0.1:7860/" in code
     monkeypatch.chdir(APP_DIR)  # its paths are relative to the checkout, as a user runs it
     namespace = {}
-    exec(compile(code.replace("http://127.0.0.1:7860/", embedded_server[0]), "README.md", "exec"), namespace)
+    exec(compile(code.replace("http://127.0.0.1:7860/", embedded_server[0]), "docs/app.md", "exec"), namespace)
     assert len(namespace["gallery"]) == 4 and namespace["settings"]["checkpoint"] == "zeroft-toy"
     assert namespace["seed"] == 0 and Image.open(namespace["mask_png"]).mode == "L"
 
